@@ -1,0 +1,1 @@
+//! Importers (CDNOW, JSON lines).

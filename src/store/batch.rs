@@ -1,0 +1,185 @@
+//! Backend-independent planning of an append: idempotency, optimistic
+//! concurrency, versions, positions and hash chaining.
+//!
+//! Each SQL backend reads what the plan needs (existing ids, stream heads,
+//! the last position) inside its write transaction, calls [`plan`], and
+//! writes the planned rows. Keeping the rules here means every backend
+//! decides conflicts and duplicates identically.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{AppendOutcome, ExpectedVersion, StoreError, StreamHead, StreamWrite};
+use crate::domain::{EventHash, NewEvent, RecordedEvent, StreamId};
+
+/// One event placed in its stream and in the global order.
+#[derive(Debug)]
+pub(crate) struct PlannedRow {
+    pub event: NewEvent,
+    pub stream: StreamId,
+    pub version: u64,
+    pub position: u64,
+    pub hash: EventHash,
+}
+
+/// Everything a backend writes for one batch.
+#[derive(Debug)]
+pub(crate) struct AppendPlan {
+    pub rows: Vec<PlannedRow>,
+    /// New head of every stream the batch touches (only those that grow).
+    pub heads: Vec<(StreamId, StreamHead)>,
+    pub outcomes: Vec<AppendOutcome>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Rejects empty writes and ids repeated within the batch; returns all ids.
+pub(crate) fn check_writes(writes: &[StreamWrite]) -> Result<Vec<Uuid>, StoreError> {
+    if writes.is_empty() || writes.iter().any(|w| w.events.is_empty()) {
+        return Err(StoreError::EmptyAppend);
+    }
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    for event in writes.iter().flat_map(|w| &w.events) {
+        if !seen.insert(event.event_id()) {
+            return Err(StoreError::DuplicateInBatch(event.event_id()));
+        }
+        ids.push(event.event_id());
+    }
+    Ok(ids)
+}
+
+/// The distinct streams a batch touches, in first-seen order.
+pub(crate) fn streams_of(writes: &[StreamWrite]) -> Vec<StreamId> {
+    let mut seen = HashSet::new();
+    writes
+        .iter()
+        .filter(|w| seen.insert(&w.stream))
+        .map(|w| w.stream.clone())
+        .collect()
+}
+
+/// The recording instant for a batch, at the precision stores keep.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    crate::domain::envelope::truncate_to_micros(Utc::now())
+}
+
+/// Plans a batch given what is already stored.
+///
+/// `existing` holds the stored events whose ids the batch reuses; `heads`
+/// the current head of every existing stream the batch touches;
+/// `head_position` the last committed global position.
+pub(crate) fn plan(
+    writes: Vec<StreamWrite>,
+    existing: &HashMap<Uuid, RecordedEvent>,
+    heads: &HashMap<StreamId, StreamHead>,
+    head_position: u64,
+    recorded_at: DateTime<Utc>,
+) -> Result<AppendPlan, StoreError> {
+    let mut current: HashMap<StreamId, StreamHead> = heads.clone();
+    let mut touched: Vec<StreamId> = Vec::new();
+    let mut touched_set: HashSet<StreamId> = HashSet::new();
+    let mut rows = Vec::new();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut position = head_position;
+
+    for write in writes {
+        let total = write.events.len();
+        let mut stored: Vec<&RecordedEvent> = Vec::new();
+        for event in &write.events {
+            if let Some(found) = existing.get(&event.event_id()) {
+                if found.stream_id != write.stream || !event.same_content_as(found) {
+                    return Err(StoreError::EventIdConflict {
+                        event_id: event.event_id(),
+                        stream: found.stream_id.to_string(),
+                        version: found.version,
+                    });
+                }
+                stored.push(found);
+            }
+        }
+        if stored.len() == total {
+            outcomes.push(AppendOutcome {
+                next_version: stored.iter().map(|e| e.version).max().unwrap_or(0),
+                first_position: stored.iter().map(|e| e.position).min().unwrap_or(0),
+                last_position: stored.iter().map(|e| e.position).max().unwrap_or(0),
+                already_stored: true,
+            });
+            continue;
+        }
+        if !stored.is_empty() && write.expected != ExpectedVersion::Any {
+            return Err(StoreError::PartiallyStored {
+                stored: stored.len(),
+                total,
+            });
+        }
+
+        let head = current.get(&write.stream).copied().unwrap_or(StreamHead {
+            version: 0,
+            hash: EventHash::GENESIS,
+        });
+        let matches = match write.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => head.version == 0,
+            ExpectedVersion::Exact(v) => head.version == v,
+        };
+        if !matches {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: write.stream.to_string(),
+                expected: write.expected,
+                actual: head.version,
+            });
+        }
+
+        let mut version = head.version;
+        let mut previous = head.hash;
+        let first_position = position + 1;
+        for event in write.events {
+            if existing.contains_key(&event.event_id()) {
+                continue;
+            }
+            version += 1;
+            position += 1;
+            let hash = event.chain_hash(&previous, &write.stream, version, &recorded_at);
+            previous = hash;
+            rows.push(PlannedRow {
+                event,
+                stream: write.stream.clone(),
+                version,
+                position,
+                hash,
+            });
+        }
+        if touched_set.insert(write.stream.clone()) {
+            touched.push(write.stream.clone());
+        }
+        current.insert(
+            write.stream.clone(),
+            StreamHead {
+                version,
+                hash: previous,
+            },
+        );
+        outcomes.push(AppendOutcome {
+            next_version: version,
+            first_position,
+            last_position: position,
+            already_stored: false,
+        });
+    }
+
+    let heads = touched
+        .into_iter()
+        .map(|s| {
+            let head = current[&s];
+            (s, head)
+        })
+        .collect();
+    Ok(AppendPlan {
+        rows,
+        heads,
+        outcomes,
+        recorded_at,
+    })
+}

@@ -1,0 +1,237 @@
+//! The event store: one trait, one file per backend, one contract suite.
+//!
+//! Every backend guarantees the same things (see [`EventStore`]); the
+//! contract suite in [`contract`] is written once and run against each.
+
+pub(crate) mod batch;
+pub mod contract;
+pub mod error;
+pub mod postgres;
+pub mod sqlite;
+pub mod subscription;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+use crate::domain::{EventHash, NewEvent, RecordedEvent, StreamId};
+
+pub use error::StoreError;
+
+/// What the caller believes the stream's current version is.
+///
+/// Versions are 1-based: a stream with `n` events is at version `n`, and an
+/// absent stream is at version 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ExpectedVersion {
+    /// Append regardless of the current version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be exactly at this version.
+    Exact(u64),
+}
+
+/// Events destined for one stream, with the version the writer expects.
+#[derive(Debug, Clone)]
+pub struct StreamWrite {
+    /// Target stream.
+    pub stream: StreamId,
+    /// Optimistic concurrency check.
+    pub expected: ExpectedVersion,
+    /// Events in order; at least one.
+    pub events: Vec<NewEvent>,
+}
+
+/// The result of a successful append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppendOutcome {
+    /// The stream's version after the append (its last event's version).
+    pub next_version: u64,
+    /// Global position of the first event appended.
+    pub first_position: u64,
+    /// Global position of the last event appended.
+    pub last_position: u64,
+    /// True when every event was already stored with identical content
+    /// (an idempotent retry): nothing was written.
+    pub already_stored: bool,
+}
+
+/// Which way to read a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first.
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// Options for [`EventStore::read_stream`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReadStream {
+    /// Reading direction.
+    pub direction: Direction,
+    /// First version to return (inclusive). Forwards: defaults to 1;
+    /// backwards: defaults to the last version.
+    pub from_version: Option<u64>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+impl ReadStream {
+    /// The whole stream, oldest first.
+    pub fn all_forwards() -> Self {
+        Self {
+            direction: Direction::Forwards,
+            from_version: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+/// What a backend can promise beyond the common contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Global positions are 1, 2, 3, … with no gaps (SQL stores). When
+    /// false (EventStoreDB), positions are strictly increasing but sparse.
+    pub gapless_positions: bool,
+}
+
+/// Counts reported by `journey stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Number of events.
+    pub events: u64,
+    /// Number of streams.
+    pub streams: u64,
+    /// Last global position (0 when empty).
+    pub head_position: u64,
+    /// Events per type, sorted by type name.
+    pub event_types: Vec<(String, u64)>,
+}
+
+/// The head of a stream: its version and last hash (for chaining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHead {
+    /// Current version (number of events).
+    pub version: u64,
+    /// Hash of the last event.
+    pub hash: EventHash,
+}
+
+/// An append-only, totally ordered store of customer event streams.
+///
+/// Guarantees every backend gives (checked by [`contract`]):
+/// - an append is atomic: all of its events are stored, or none;
+/// - stream versions are contiguous from 1; the expected version is checked
+///   atomically with the write, and a mismatch is
+///   [`StoreError::WrongExpectedVersion`];
+/// - re-appending events whose ids are stored with identical content is a
+///   no-op success; the same id with different content is an error;
+/// - global positions strictly increase in commit order, so a reader that
+///   tails the log from its last position never skips or repeats an event;
+/// - each stored event carries the SHA-256 chained to its predecessor.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Short backend name (`sqlite`, `postgres`, `eventstoredb`).
+    fn backend(&self) -> &'static str;
+
+    /// What this backend promises beyond the contract.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Appends to several streams in one all-or-nothing transaction, each
+    /// write checked against its own expected version. Imports use this so
+    /// that a bad line leaves nothing of its batch behind.
+    async fn append_batch(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> Result<Vec<AppendOutcome>, StoreError>;
+
+    /// Appends `events` to `stream` if its version matches `expected`.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut outcomes = self
+            .append_batch(vec![StreamWrite {
+                stream: stream.clone(),
+                expected,
+                events,
+            }])
+            .await?;
+        Ok(outcomes.pop().expect("one write, one outcome"))
+    }
+
+    /// Reads part of one stream.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The current head of a stream, or `None` if it does not exist.
+    async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError>;
+
+    /// Reads up to `limit` events with position `>= from`, in position order.
+    async fn read_all_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The last committed global position (0 when empty).
+    async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// Counts of events, streams and event types.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Lists stream ids in name order, starting after `after`.
+    async fn list_streams(
+        &self,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StreamId>, StoreError>;
+
+    /// Resolves when new events may have been committed (by this process or,
+    /// where the backend can tell, another). May resolve spuriously;
+    /// callers re-read. Backends without notifications poll.
+    async fn wait_for_append(&self, after_position: u64);
+}
+
+/// Reads all events from `from` (inclusive) as an async stream, fetching the
+/// next page while the caller decodes the current one.
+pub fn read_all(
+    store: Arc<dyn EventStore>,
+    from: u64,
+    page_size: usize,
+) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+    subscription::read_all(store, from, page_size)
+}
+
+/// Catch-up subscription: every event from `from` (inclusive), then live
+/// events as they commit — never skipping or repeating one.
+pub fn subscribe_all(
+    store: Arc<dyn EventStore>,
+    from: u64,
+) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+    subscription::subscribe_all(store, from)
+}
+
+/// Opens the store a URL names, migrating it on first use.
+///
+/// - `sqlite://path/to/journey.db` (created if missing) — embedded default;
+/// - `postgres://user@host:port/db` — production;
+/// - `esdb://host:2113?tls=false` — EventStoreDB/KurrentDB.
+pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

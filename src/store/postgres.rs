@@ -1,0 +1,373 @@
+//! The production backend: PostgreSQL.
+//!
+//! Appenders serialize on the single `ledger_head` row lock for the length of
+//! their transaction, so positions are gapless and become visible in
+//! position order — unlike a sequence, which hands out numbers that can
+//! commit out of order and make tailing readers skip events. Rows are
+//! written with one `UNNEST` insert per batch; commits are announced with
+//! `NOTIFY` so subscribers in other processes wake at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use tokio::sync::watch;
+
+use super::batch;
+use super::{
+    AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
+    StreamHead, StreamWrite,
+};
+use crate::domain::{EventHash, RecordedEvent, StreamId};
+
+/// The embedded migrations under `schema/postgres/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("schema/postgres");
+
+/// The `NOTIFY` channel announcing new positions.
+const CHANNEL: &str = "journey_events";
+
+const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+                       occurred_at, recorded_at, metadata, payload, hash";
+
+/// Fallback re-check interval should a notification be lost.
+const POLL: Duration = Duration::from_secs(1);
+
+/// An event store in a PostgreSQL database.
+pub struct PostgresStore {
+    pool: PgPool,
+    head: watch::Sender<u64>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` URL names and migrates it.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool (tests, or read models sharing the database).
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        let (head, _) = watch::channel(0u64);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let notify = head.clone();
+        let listener = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if let Ok(position) = n.payload().parse::<u64>() {
+                            notify.send_if_modified(|h| {
+                                let grew = position > *h;
+                                *h = (*h).max(position);
+                                grew
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event notification listener failed; polling");
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            }
+        });
+        let store = Self {
+            pool,
+            head,
+            listener,
+        };
+        let last = store.head_position().await?;
+        store.head.send_replace(last);
+        Ok(store)
+    }
+
+    /// The connection pool, for read models that live in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get(0)?;
+    let position = position as u64;
+    let stream: String = row.try_get(2)?;
+    let version: i64 = row.try_get(3)?;
+    let schema_version: i32 = row.try_get(5)?;
+    let hash: &[u8] = row.try_get(10)?;
+    Ok(RecordedEvent {
+        event_id: row.try_get(1)?,
+        stream_id: StreamId::from_trusted(stream),
+        version: version as u64,
+        position,
+        event_type: row.try_get(4)?,
+        schema_version: schema_version as u32,
+        occurred_at: row.try_get::<DateTime<Utc>, _>(6)?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>(7)?,
+        metadata_json: row.try_get(8)?,
+        payload_json: row.try_get(9)?,
+        hash: EventHash::from_slice(hash)
+            .map_err(|reason| StoreError::Corrupt { position, reason })?,
+    })
+}
+
+async fn stream_heads(
+    conn: &mut sqlx::PgConnection,
+    streams: &[StreamId],
+) -> Result<HashMap<StreamId, StreamHead>, StoreError> {
+    let names: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+    let rows =
+        sqlx::query("SELECT stream_id, version, head_hash FROM streams WHERE stream_id = ANY($1)")
+            .bind(&names)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut heads = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let stream: String = row.try_get(0)?;
+        let version: i64 = row.try_get(1)?;
+        let hash: &[u8] = row.try_get(2)?;
+        let hash = EventHash::from_slice(hash).map_err(|reason| StoreError::Corrupt {
+            position: 0,
+            reason: format!("head of {stream}: {reason}"),
+        })?;
+        heads.insert(
+            StreamId::from_trusted(stream),
+            StreamHead {
+                version: version as u64,
+                hash,
+            },
+        );
+    }
+    Ok(heads)
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gapless_positions: true,
+        }
+    }
+
+    async fn append_batch(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let ids = batch::check_writes(&writes)?;
+        let streams = batch::streams_of(&writes);
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let event = decode_row(row)?;
+            existing.insert(event.event_id, event);
+        }
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let plan = batch::plan(writes, &existing, &heads, head as u64, batch::now_micros())?;
+        if plan.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan.outcomes);
+        }
+
+        let n = plan.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut stream_ids = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut schemas = Vec::with_capacity(n);
+        let mut occurred = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        for row in &plan.rows {
+            positions.push(row.position as i64);
+            event_ids.push(row.event.event_id());
+            stream_ids.push(row.stream.as_str());
+            versions.push(row.version as i64);
+            types.push(row.event.event_type());
+            schemas.push(row.event.schema_version() as i32);
+            occurred.push(row.event.occurred_at());
+            metadata.push(row.event.metadata_json());
+            payloads.push(row.event.payload_json());
+            hashes.push(row.hash.0.to_vec());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO events ({COLUMNS}) \
+             SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
+               $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
+               $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
+             AS u(p, e, s, v, t, sv, o, m, pl, h)"
+        ))
+        .bind(&positions)
+        .bind(&event_ids)
+        .bind(&stream_ids)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&occurred)
+        .bind(&metadata)
+        .bind(&payloads)
+        .bind(&hashes)
+        .bind(plan.recorded_at)
+        .execute(&mut *tx)
+        .await?;
+
+        let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
+        let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
+        let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO streams (stream_id, version, head_hash) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             head_hash = excluded.head_hash",
+        )
+        .bind(&head_streams)
+        .bind(&head_versions)
+        .bind(&head_hashes)
+        .execute(&mut *tx)
+        .await?;
+
+        let last = plan.rows.last().expect("non-empty").position;
+        sqlx::query("UPDATE ledger_head SET position = $1 WHERE id")
+            .bind(last as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.head.send_if_modified(|h| {
+            let grew = last > *h;
+            *h = (*h).max(last);
+            grew
+        });
+        Ok(plan.outcomes)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(options.limit).unwrap_or(i64::MAX);
+        let sql = match options.direction {
+            Direction::Forwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 \
+                 ORDER BY version ASC LIMIT $3"
+            ),
+            Direction::Backwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version <= $2 \
+                 ORDER BY version DESC LIMIT $3"
+            ),
+        };
+        let from = match (options.direction, options.from_version) {
+            (_, Some(v)) => i64::try_from(v).unwrap_or(i64::MAX),
+            (Direction::Forwards, None) => 1,
+            (Direction::Backwards, None) => i64::MAX,
+        };
+        let rows = sqlx::query(&sql)
+            .bind(stream.as_str())
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(stream_heads(&mut conn, std::slice::from_ref(stream))
+            .await?
+            .remove(stream))
+    }
+
+    async fn read_all_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(head as u64)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let streams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM streams")
+            .fetch_one(&self.pool)
+            .await?;
+        let types: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT event_type, COUNT(*) FROM events GROUP BY event_type ORDER BY event_type",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(StoreStats {
+            events: types.iter().map(|(_, n)| *n as u64).sum(),
+            streams: streams as u64,
+            head_position: self.head_position().await?,
+            event_types: types.into_iter().map(|(t, n)| (t, n as u64)).collect(),
+        })
+    }
+
+    async fn list_streams(
+        &self,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StreamId>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
+        )
+        .bind(after.map(|s| s.as_str()).unwrap_or(""))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names.into_iter().map(StreamId::from_trusted).collect())
+    }
+
+    async fn wait_for_append(&self, after_position: u64) {
+        let mut rx = self.head.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|h| *h > after_position) => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The embedded default: one SQLite file in WAL mode.
+//!
+//! Writes go through a single connection with `BEGIN IMMEDIATE`, so SQLite's
+//! one-writer rule gives commit order = position order; reads use a separate
+//! pool and never block the writer.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::batch::{self, PlannedRow};
+use super::{
+    AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
+    StreamHead, StreamWrite,
+};
+use crate::domain::{EventHash, RecordedEvent, StreamId};
+
+/// The embedded migrations under `schema/sqlite/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("schema/sqlite");
+
+/// Columns of `events` in the order [`decode_row`] reads them.
+const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+                       occurred_at, recorded_at, metadata, payload, hash";
+
+/// Rows per multi-row INSERT (11 binds each, below SQLite's 32,766 limit).
+const INSERT_CHUNK: usize = 500;
+/// Binds per `IN (...)` lookup.
+const LOOKUP_CHUNK: usize = 900;
+
+/// How often a waiting subscriber re-checks the file for appends made by
+/// other processes (appends in this process wake it at once).
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(200);
+
+/// An event store in one SQLite file.
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+    head: watch::Sender<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-65536");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let store = Self {
+            reader,
+            writer,
+            head: watch::channel(0).0,
+        };
+        let head = store.head_position().await?;
+        store.head.send_replace(head);
+        Ok(store)
+    }
+
+    /// The read pool, for read models that live in the same file.
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// The single-connection write pool, for read models in the same file.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+fn micros(at: &DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(position: u64, value: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(value).ok_or_else(|| StoreError::Corrupt {
+        position,
+        reason: format!("timestamp {value} is out of range"),
+    })
+}
+
+/// Turns one `events` row into a [`RecordedEvent`].
+fn decode_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get(0)?;
+    let position = position as u64;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let id_bytes: &[u8] = row.try_get(1)?;
+    let event_id = Uuid::from_slice(id_bytes).map_err(|e| corrupt(format!("event_id: {e}")))?;
+    let stream: String = row.try_get(2)?;
+    let version: i64 = row.try_get(3)?;
+    let schema_version: i64 = row.try_get(5)?;
+    let hash_bytes: &[u8] = row.try_get(10)?;
+    Ok(RecordedEvent {
+        event_id,
+        stream_id: StreamId::from_trusted(stream),
+        version: version as u64,
+        position,
+        event_type: row.try_get(4)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt(format!("schema_version {schema_version}")))?,
+        occurred_at: from_micros(position, row.try_get(6)?)?,
+        recorded_at: from_micros(position, row.try_get(7)?)?,
+        metadata_json: row.try_get(8)?,
+        payload_json: row.try_get(9)?,
+        hash: EventHash::from_slice(hash_bytes).map_err(corrupt)?,
+    })
+}
+
+async fn existing_events(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, RecordedEvent>, StoreError> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM events WHERE event_id IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let event = decode_row(&row)?;
+            found.insert(event.event_id, event);
+        }
+    }
+    Ok(found)
+}
+
+async fn stream_heads(
+    conn: &mut sqlx::SqliteConnection,
+    streams: &[StreamId],
+) -> Result<HashMap<StreamId, StreamHead>, StoreError> {
+    let mut heads = HashMap::new();
+    for chunk in streams.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT stream_id, version, head_hash FROM streams WHERE stream_id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for s in chunk {
+            sep.push_bind(s.as_str());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let stream: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            let hash: &[u8] = row.try_get(2)?;
+            let hash = EventHash::from_slice(hash).map_err(|reason| StoreError::Corrupt {
+                position: 0,
+                reason: format!("head of {stream}: {reason}"),
+            })?;
+            heads.insert(
+                StreamId::from_trusted(stream),
+                StreamHead {
+                    version: version as u64,
+                    hash,
+                },
+            );
+        }
+    }
+    Ok(heads)
+}
+
+async fn insert_rows(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[PlannedRow],
+    recorded_at: i64,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({COLUMNS}) "));
+        q.push_values(chunk, |mut b, row| {
+            b.push_bind(row.position as i64)
+                .push_bind(row.event.event_id().as_bytes().to_vec())
+                .push_bind(row.stream.as_str())
+                .push_bind(row.version as i64)
+                .push_bind(row.event.event_type())
+                .push_bind(row.event.schema_version() as i64)
+                .push_bind(micros(&row.event.occurred_at()))
+                .push_bind(recorded_at)
+                .push_bind(row.event.metadata_json())
+                .push_bind(row.event.payload_json())
+                .push_bind(row.hash.0.to_vec());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gapless_positions: true,
+        }
+    }
+
+    async fn append_batch(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let ids = batch::check_writes(&writes)?;
+        let streams = batch::streams_of(&writes);
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let existing = existing_events(&mut tx, &ids).await?;
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let plan = batch::plan(writes, &existing, &heads, head as u64, batch::now_micros())?;
+        if plan.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan.outcomes);
+        }
+        insert_rows(&mut tx, &plan.rows, micros(&plan.recorded_at)).await?;
+        for chunk in plan.heads.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
+            q.push_values(chunk, |mut b, (stream, head)| {
+                b.push_bind(stream.as_str())
+                    .push_bind(head.version as i64)
+                    .push_bind(head.hash.0.to_vec());
+            });
+            q.push(
+                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                 head_hash = excluded.head_hash",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let last = plan.rows.last().expect("non-empty").position;
+        self.head.send_if_modified(|h| {
+            let grew = last > *h;
+            *h = (*h).max(last);
+            grew
+        });
+        Ok(plan.outcomes)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(options.limit).unwrap_or(i64::MAX);
+        let sql = match options.direction {
+            Direction::Forwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version >= ? \
+                 ORDER BY version ASC LIMIT ?"
+            ),
+            Direction::Backwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version <= ? \
+                 ORDER BY version DESC LIMIT ?"
+            ),
+        };
+        let from = match (options.direction, options.from_version) {
+            (_, Some(v)) => i64::try_from(v).unwrap_or(i64::MAX),
+            (Direction::Forwards, None) => 1,
+            (Direction::Backwards, None) => i64::MAX,
+        };
+        let rows = sqlx::query(&sql)
+            .bind(stream.as_str())
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        Ok(stream_heads(&mut conn, std::slice::from_ref(stream))
+            .await?
+            .remove(stream))
+    }
+
+    async fn read_all_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(head as u64)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let streams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM streams")
+            .fetch_one(&self.reader)
+            .await?;
+        let types: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT event_type, COUNT(*) FROM events GROUP BY event_type ORDER BY event_type",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(StoreStats {
+            events: types.iter().map(|(_, n)| *n as u64).sum(),
+            streams: streams as u64,
+            head_position: self.head_position().await?,
+            event_types: types.into_iter().map(|(t, n)| (t, n as u64)).collect(),
+        })
+    }
+
+    async fn list_streams(
+        &self,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StreamId>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE stream_id > ? ORDER BY stream_id LIMIT ?",
+        )
+        .bind(after.map(|s| s.as_str()).unwrap_or(""))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(names.into_iter().map(StreamId::from_trusted).collect())
+    }
+
+    async fn wait_for_append(&self, after_position: u64) {
+        let mut rx = self.head.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|h| *h > after_position) => {}
+            _ = tokio::time::sleep(CROSS_PROCESS_POLL) => {}
+        }
+    }
+}
