@@ -8,6 +8,8 @@
 //! the [`store::EventStore`] trait, one module per backend and the contract
 //! suite; [`import`] reads CDNOW and JSON-lines files.
 
+pub mod bench;
+pub mod config;
 pub mod domain;
 pub mod import;
 pub mod store;

@@ -534,7 +534,11 @@ impl DomainEvent {
             }
             Self::OrderPlaced(e) => {
                 require_id("order_id", &e.order_id)?;
-                e.amount.require_positive("amount")?;
+                // Zero-value orders are real (promotions, free replacements;
+                // CDNOW has 80 of them); negative ones are refunds.
+                if e.amount.minor < 0 {
+                    return Err(ValidationError::new("amount.minor", "must not be negative"));
+                }
                 if e.item_count == 0 {
                     return Err(ValidationError::new("item_count", "must be at least 1"));
                 }

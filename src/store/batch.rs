@@ -105,6 +105,7 @@ pub(crate) fn plan(
                 first_position: stored.iter().map(|e| e.position).min().unwrap_or(0),
                 last_position: stored.iter().map(|e| e.position).max().unwrap_or(0),
                 already_stored: true,
+                appended: 0,
             });
             continue;
         }
@@ -135,6 +136,7 @@ pub(crate) fn plan(
         let mut version = head.version;
         let mut previous = head.hash;
         let first_position = position + 1;
+        let appended = total - stored.len();
         for event in write.events {
             if existing.contains_key(&event.event_id()) {
                 continue;
@@ -166,6 +168,7 @@ pub(crate) fn plan(
             first_position,
             last_position: position,
             already_stored: false,
+            appended,
         });
     }
 

@@ -57,6 +57,9 @@ pub struct AppendOutcome {
     /// True when every event was already stored with identical content
     /// (an idempotent retry): nothing was written.
     pub already_stored: bool,
+    /// How many events this append newly stored (the rest were stored
+    /// already, identically).
+    pub appended: usize,
 }
 
 /// Which way to read a stream.

@@ -1,0 +1,398 @@
+//! Store benchmarks behind `journey bench append|read`, each measured beside
+//! a bare sqlx baseline on the same backend and row shape, so the figures
+//! say what the ledger's own work (planning, hashing, idempotency checks,
+//! typed decoding) costs.
+//!
+//! Timed here, never in tests: numbers on a shared 2-core machine are noisy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{Duration, TimeZone, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::{Executor, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::events::{
+    CustomerRegistered, DomainEvent, OrderPlaced, Profile, SessionRecorded,
+};
+use crate::domain::{Currency, CustomerId, EventMetadata, Money, NewEvent};
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{EventStore, ExpectedVersion, StoreError, StreamWrite};
+
+/// Events per generated customer history.
+const EVENTS_PER_CUSTOMER: u64 = 10;
+/// Customers per atomic batch (1,000 events per transaction).
+const CUSTOMERS_PER_BATCH: u64 = 100;
+/// Rows per transaction in the bare baseline.
+const BARE_ROWS_PER_TX: usize = 1_000;
+
+/// Figures of `bench append`.
+#[derive(Debug, Serialize)]
+pub struct AppendReport {
+    /// Backend measured.
+    pub backend: &'static str,
+    /// Events appended.
+    pub events: u64,
+    /// Ledger appends, events per second.
+    pub events_per_sec: f64,
+    /// Bare batched INSERTs of the same rows, rows per second.
+    pub baseline_inserts_per_sec: Option<f64>,
+    /// `events_per_sec / baseline_inserts_per_sec`.
+    pub ratio_to_baseline: Option<f64>,
+    /// Median latency of a single one-event conditional append, ms.
+    pub single_append_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub single_append_p99_ms: f64,
+}
+
+/// Figures of `bench read`.
+#[derive(Debug, Serialize)]
+pub struct ReadReport {
+    /// Backend measured.
+    pub backend: &'static str,
+    /// Events replayed.
+    pub events: u64,
+    /// Replay with typed decoding, events per second.
+    pub events_per_sec: f64,
+    /// Bare ordered scan parsing each payload as JSON, rows per second.
+    pub baseline_rows_per_sec: Option<f64>,
+    /// `events_per_sec / baseline_rows_per_sec`.
+    pub ratio_to_baseline: Option<f64>,
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Raw SQL of a baseline failed.
+    #[error("baseline query failed: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A stored event did not decode.
+    #[error("event at position {position} does not decode: {reason}")]
+    Decode {
+        /// Where.
+        position: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+    Other(Arc<dyn EventStore>),
+}
+
+impl Backend {
+    async fn open(url: &str) -> Result<Self, StoreError> {
+        Ok(if url.starts_with("sqlite:") {
+            Backend::Sqlite(Arc::new(SqliteStore::open(url).await?))
+        } else if url.starts_with("postgres") {
+            Backend::Postgres(Arc::new(PostgresStore::connect(url).await?))
+        } else {
+            Backend::Other(crate::store::open(url).await?)
+        })
+    }
+
+    fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+            Backend::Other(s) => s.clone(),
+        }
+    }
+}
+
+/// A realistic customer history: registration, sessions and orders.
+pub fn synthetic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>) {
+    let id = CustomerId::parse(&format!("bench-{run}-{customer}")).expect("valid id");
+    let start = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+        + Duration::minutes((customer % 500_000) as i64);
+    let metadata = EventMetadata {
+        actor: Some("bench".into()),
+        source: Some("synthetic".into()),
+        ..Default::default()
+    };
+    let mut events = Vec::with_capacity(EVENTS_PER_CUSTOMER as usize);
+    for i in 0..EVENTS_PER_CUSTOMER {
+        let event = match i {
+            0 => DomainEvent::CustomerRegistered(CustomerRegistered {
+                channel: ["web", "app", "referral", "paid_search"][(customer % 4) as usize].into(),
+                acquisition_cost: Some(Money::new(1_500 + (customer % 700) as i64, Currency::USD)),
+                profile: Profile::default(),
+            }),
+            i if i % 2 == 1 => DomainEvent::SessionRecorded(SessionRecorded {
+                session_id: format!("s-{customer}-{i}"),
+                channel: "web".into(),
+                duration_secs: Some(30 + (i * 17 % 600) as u32),
+            }),
+            i => DomainEvent::OrderPlaced(OrderPlaced {
+                order_id: format!("o-{customer}-{i}"),
+                amount: Money::new(
+                    999 + ((customer * 31 + i * 7) % 20_000) as i64,
+                    Currency::USD,
+                ),
+                item_count: 1 + (i % 4) as u32,
+            }),
+        };
+        let at = start + Duration::days(i as i64 * 9);
+        events.push(NewEvent::from_domain(Uuid::new_v4(), at, &metadata, &event).expect("valid"));
+    }
+    (id, events)
+}
+
+/// Runs `bench append`.
+pub async fn append(url: &str, events: u64, baseline: bool) -> Result<AppendReport, BenchError> {
+    let backend = Backend::open(url).await?;
+    let store = backend.store();
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let customers = events.div_ceil(EVENTS_PER_CUSTOMER);
+    let batches: Vec<Vec<StreamWrite>> = (0..customers)
+        .collect::<Vec<_>>()
+        .chunks(CUSTOMERS_PER_BATCH as usize)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&c| {
+                    let (id, events) = synthetic_history(&run, c);
+                    StreamWrite {
+                        stream: id.stream_id(),
+                        expected: ExpectedVersion::NoStream,
+                        events,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let total: u64 = batches
+        .iter()
+        .flat_map(|b| b.iter().map(|w| w.events.len() as u64))
+        .sum();
+
+    let baseline_rate = if baseline {
+        Some(bare_insert(&backend, &batches).await?)
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    for batch in batches {
+        store.append_batch(batch).await?;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+
+    // Latency of single conditional appends, as an app recording one
+    // interaction at a time would see it.
+    let mut latencies = Vec::with_capacity(300);
+    let (one, history) = synthetic_history(&format!("{run}-single"), 0);
+    let stream = one.stream_id();
+    for (version, event) in history.into_iter().cycle().take(300).enumerate() {
+        let event = NewEvent::from_parts(
+            Uuid::new_v4(),
+            event.event_type(),
+            event.schema_version(),
+            event.occurred_at(),
+            &EventMetadata::default(),
+            &serde_json::from_str(event.payload_json()).expect("json"),
+        );
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version as u64)
+        };
+        let t = Instant::now();
+        store.append(&stream, expected, vec![event]).await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(AppendReport {
+        backend: store.backend(),
+        events: total,
+        events_per_sec: rate.round(),
+        baseline_inserts_per_sec: baseline_rate.map(f64::round),
+        ratio_to_baseline: baseline_rate.map(|b| (rate / b * 100.0).round() / 100.0),
+        single_append_p50_ms: percentile(&latencies, 0.50),
+        single_append_p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    (sorted[i] * 1000.0).round() / 1000.0
+}
+
+/// Bare baseline: the same rows, batched INSERTs of 1,000 rows per
+/// transaction into a scratch table shaped like `events` (same columns,
+/// same unique indexes), no ledger logic. Returns rows per second.
+async fn bare_insert(backend: &Backend, batches: &[Vec<StreamWrite>]) -> Result<f64, BenchError> {
+    let rows: Vec<(i64, &StreamWrite, &NewEvent, i64)> = batches
+        .iter()
+        .flatten()
+        .flat_map(|w| {
+            w.events
+                .iter()
+                .enumerate()
+                .map(move |(v, e)| (w, e, v as i64 + 1))
+        })
+        .enumerate()
+        .map(|(i, (w, e, v))| (i as i64 + 1, w, e, v))
+        .collect();
+    let hash = vec![0u8; 32];
+    match backend {
+        Backend::Sqlite(s) => {
+            let pool = s.writer();
+            pool.execute("DROP TABLE IF EXISTS bench_bare").await?;
+            pool.execute(
+                "CREATE TABLE bench_bare (position INTEGER PRIMARY KEY, event_id BLOB NOT NULL UNIQUE, \
+                 stream_id TEXT NOT NULL, version INTEGER NOT NULL, event_type TEXT NOT NULL, \
+                 schema_version INTEGER NOT NULL, occurred_at INTEGER NOT NULL, recorded_at INTEGER NOT NULL, \
+                 metadata TEXT NOT NULL, payload TEXT NOT NULL, hash BLOB NOT NULL, UNIQUE (stream_id, version))",
+            )
+            .await?;
+            let started = Instant::now();
+            for tx_rows in rows.chunks(BARE_ROWS_PER_TX) {
+                let mut tx = pool.begin().await?;
+                for chunk in tx_rows.chunks(500) {
+                    let mut q = QueryBuilder::new("INSERT INTO bench_bare VALUES ");
+                    let mut first = true;
+                    for (pos, w, e, v) in chunk {
+                        if !first {
+                            q.push(", ");
+                        }
+                        first = false;
+                        q.push("(")
+                            .push_bind(*pos)
+                            .push(", ")
+                            .push_bind(e.event_id().as_bytes().to_vec())
+                            .push(", ")
+                            .push_bind(w.stream.as_str())
+                            .push(", ")
+                            .push_bind(*v)
+                            .push(", ")
+                            .push_bind(e.event_type())
+                            .push(", ")
+                            .push_bind(e.schema_version() as i64)
+                            .push(", ")
+                            .push_bind(e.occurred_at().timestamp_micros())
+                            .push(", ")
+                            .push_bind(e.occurred_at().timestamp_micros())
+                            .push(", ")
+                            .push_bind(e.metadata_json())
+                            .push(", ")
+                            .push_bind(e.payload_json())
+                            .push(", ")
+                            .push_bind(hash.clone())
+                            .push(")");
+                    }
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+            pool.execute("DROP TABLE bench_bare").await?;
+            Ok(rate)
+        }
+        Backend::Postgres(s) => {
+            let pool = s.pool();
+            pool.execute("DROP TABLE IF EXISTS bench_bare").await?;
+            pool.execute(
+                "CREATE TABLE bench_bare (position BIGINT PRIMARY KEY, event_id UUID NOT NULL UNIQUE, \
+                 stream_id TEXT COLLATE \"C\" NOT NULL, version BIGINT NOT NULL, event_type TEXT NOT NULL, \
+                 schema_version INTEGER NOT NULL, occurred_at TIMESTAMPTZ NOT NULL, recorded_at TIMESTAMPTZ NOT NULL, \
+                 metadata TEXT NOT NULL, payload TEXT NOT NULL, hash BYTEA NOT NULL, UNIQUE (stream_id, version))",
+            )
+            .await?;
+            let started = Instant::now();
+            for tx_rows in rows.chunks(BARE_ROWS_PER_TX) {
+                let mut tx = pool.begin().await?;
+                let mut q = QueryBuilder::new("INSERT INTO bench_bare ");
+                q.push_values(tx_rows, |mut b, (pos, w, e, v)| {
+                    b.push_bind(*pos)
+                        .push_bind(e.event_id())
+                        .push_bind(w.stream.as_str())
+                        .push_bind(*v)
+                        .push_bind(e.event_type())
+                        .push_bind(e.schema_version() as i32)
+                        .push_bind(e.occurred_at())
+                        .push_bind(e.occurred_at())
+                        .push_bind(e.metadata_json())
+                        .push_bind(e.payload_json())
+                        .push_bind(hash.clone());
+                });
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+            pool.execute("DROP TABLE bench_bare").await?;
+            Ok(rate)
+        }
+        Backend::Other(_) => Ok(f64::NAN),
+    }
+}
+
+/// Runs `bench read`.
+pub async fn read(url: &str, baseline: bool) -> Result<ReadReport, BenchError> {
+    let backend = Backend::open(url).await?;
+    let store = backend.store();
+    let baseline_rate = if baseline {
+        bare_scan(&backend).await?
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let mut count = 0u64;
+    let mut stream = crate::store::read_all(store.clone(), 0, 5_000);
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        event.decode().map_err(|e| BenchError::Decode {
+            position: event.position,
+            reason: e.to_string(),
+        })?;
+        count += 1;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    Ok(ReadReport {
+        backend: store.backend(),
+        events: count,
+        events_per_sec: rate.round(),
+        baseline_rows_per_sec: baseline_rate.map(f64::round),
+        ratio_to_baseline: baseline_rate.map(|b| (rate / b * 100.0).round() / 100.0),
+    })
+}
+
+/// Bare baseline: one ordered scan of `events`, parsing every payload as
+/// untyped JSON. Returns rows per second.
+async fn bare_scan(backend: &Backend) -> Result<Option<f64>, BenchError> {
+    use sqlx::Row;
+    const SQL: &str = "SELECT position, event_id, stream_id, version, event_type, schema_version, \
+                       occurred_at, recorded_at, metadata, payload, hash FROM events ORDER BY position";
+    let started = Instant::now();
+    let mut count = 0u64;
+    match backend {
+        Backend::Sqlite(s) => {
+            let mut rows = sqlx::query(SQL).fetch(s.reader());
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let payload: &str = row.try_get(9)?;
+                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+                count += 1;
+            }
+        }
+        Backend::Postgres(s) => {
+            let mut rows = sqlx::query(SQL).fetch(s.pool());
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let payload: &str = row.try_get(9)?;
+                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+                count += 1;
+            }
+        }
+        Backend::Other(_) => return Ok(None),
+    }
+    Ok(Some(count as f64 / started.elapsed().as_secs_f64()))
+}

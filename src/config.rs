@@ -1,0 +1,122 @@
+//! Configuration: defaults, then a TOML file, then environment variables,
+//! then command-line flags — each later source overriding the earlier.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The embedded store used when nothing else is configured.
+pub const DEFAULT_STORE: &str = "sqlite://journey.db";
+/// Where the rules files live by default.
+pub const DEFAULT_RULES_DIR: &str = "projections";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message, naming the key and line.
+        message: String,
+    },
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Store URL (`sqlite://…`, `postgres://…`, `esdb://…`).
+    pub store: String,
+    /// Directory of the rules files (`projections/`).
+    pub rules_dir: PathBuf,
+    /// Settings of `journey serve`.
+    pub server: ServerConfig,
+}
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub addr: String,
+    /// API keys and their roles.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// One bearer API key and the role it grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and audit metadata (never the key itself).
+    pub name: String,
+    /// The secret bearer token.
+    pub key: String,
+    /// `app`, `analyst`, `auditor` or `admin`.
+    pub role: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store: DEFAULT_STORE.to_owned(),
+            rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".to_owned(),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must exist), else `./journey.toml` if it
+    /// exists, then applies `JOURNEY_STORE`, `JOURNEY_RULES` and
+    /// `JOURNEY_ADDR` from the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new("journey.toml").exists() => {
+                Self::from_file(Path::new("journey.toml"))?
+            }
+            None => Self::default(),
+        };
+        if let Ok(store) = std::env::var("JOURNEY_STORE") {
+            config.store = store;
+        }
+        if let Ok(rules) = std::env::var("JOURNEY_RULES") {
+            config.rules_dir = PathBuf::from(rules);
+        }
+        if let Ok(addr) = std::env::var("JOURNEY_ADDR") {
+            config.server.addr = addr;
+        }
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
