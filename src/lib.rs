@@ -9,6 +9,7 @@
 //! suite; [`import`] reads CDNOW and JSON-lines files.
 
 pub mod bench;
+pub mod clv;
 pub mod config;
 pub mod domain;
 pub mod import;

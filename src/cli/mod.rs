@@ -1,5 +1,6 @@
 //! Command definitions and dispatch. One file per group of commands.
 
+mod clv;
 mod ledger;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ pub enum Command {
     Events(ledger::EventsArgs),
     /// Print counts of events, streams and event types.
     Stats,
+    /// Customer lifetime value: fit BG/NBD, Pareto/NBD, Gamma-Gamma; score; validate.
+    #[command(subcommand)]
+    Clv(clv::ClvCommand),
     /// Measure the store: `bench append` and `bench read`.
     #[command(subcommand)]
     Bench(ledger::BenchCommand),
@@ -87,5 +91,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => ledger::events(&config, args).await,
         Command::Stats => ledger::stats(&config).await,
         Command::Bench(cmd) => ledger::bench(&config, cmd).await,
+        Command::Clv(cmd) => clv::run(&config, cmd).await,
     }
 }
