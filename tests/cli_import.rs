@@ -1,0 +1,139 @@
+//! `journey import|events|stats` as a user runs them: the real binary on a
+//! real SQLite file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use journey_ledger::testing::temp_sqlite;
+
+fn journey(store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_journey"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("JOURNEY_STORE")
+        .env_remove("JOURNEY_CONFIG")
+        .output()
+        .expect("run journey")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "journey failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/events.jsonl");
+
+#[test]
+fn jsonl_fixture_imports_once_and_reads_back() {
+    let (_dir, store) = temp_sqlite();
+    let first = json(&ok(journey(
+        &store,
+        &["import", FIXTURE, "--format", "jsonl"],
+    )));
+    let lines = std::fs::read_to_string(FIXTURE).unwrap().lines().count() as u64;
+    assert_eq!(first["appended"], lines);
+    let again = json(&ok(journey(
+        &store,
+        &["import", FIXTURE, "--format", "jsonl"],
+    )));
+    assert_eq!(again["appended"], 0, "a second import stores nothing");
+    assert_eq!(again["already_stored"], lines);
+
+    let stats = json(&ok(journey(&store, &["stats"])));
+    assert_eq!(stats["events"], lines);
+    assert_eq!(stats["streams"], 4);
+    assert_eq!(
+        stats["event_types"].as_array().unwrap().len(),
+        20,
+        "every event type"
+    );
+
+    let events = ok(journey(&store, &["events", "grace"]));
+    let versions: Vec<u64> = events
+        .lines()
+        .map(|l| json(l)["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    assert!(events
+        .lines()
+        .next()
+        .unwrap()
+        .contains("CustomerRegistered"));
+
+    let missing = journey(&store, &["events", "nobody"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no events for customer nobody"));
+}
+
+#[test]
+fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
+    let (dir, store) = temp_sqlite();
+    let good = std::fs::read_to_string(FIXTURE).unwrap();
+    let mut lines: Vec<&str> = good.lines().take(6).collect();
+    let bad = r#"{"customer_id":"ada","event_type":"OrderPlaced","occurred_at":"2024-05-01T00:00:00Z","payload":{"order_id":"x","amount":{"minor":100,"currency":"ZZZ"},"item_count":1}}"#;
+    lines.push(bad);
+    let file = dir.path().join("bad.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = journey(
+        &store,
+        &["import", file.to_str().unwrap(), "--format", "jsonl"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.jsonl:7: ") && stderr.contains("ZZZ"),
+        "error names file, line and value: {stderr}"
+    );
+    let stats = json(&ok(journey(&store, &["stats"])));
+    assert_eq!(stats["events"], 0, "nothing of the batch was stored");
+
+    let cdnow = dir.path().join("bad.txt");
+    std::fs::write(
+        &cdnow,
+        " 00001 19970101  1   11.77\n 00002 19970112  x   12.00\n",
+    )
+    .unwrap();
+    let out = journey(
+        &store,
+        &["import", cdnow.to_str().unwrap(), "--format", "cdnow"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.txt:2: number_of_cds"), "{stderr}");
+    assert_eq!(json(&ok(journey(&store, &["stats"])))["events"], 0);
+}
+
+/// The issue's acceptance check on the full CDNOW master file (read from
+/// `../shared/data` when present).
+#[test]
+fn cdnow_master_imported_twice_is_stored_once() {
+    let master = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cdnow_master.txt");
+    if !master.exists() {
+        eprintln!("SKIPPED: {} is absent", master.display());
+        return;
+    }
+    let (_dir, store) = temp_sqlite();
+    let path = master.to_str().unwrap();
+    ok(journey(&store, &["import", path, "--format", "cdnow"]));
+    let again = json(&ok(journey(&store, &["import", path, "--format", "cdnow"])));
+    assert_eq!(again["appended"], 0);
+    let stats = json(&ok(journey(&store, &["stats"])));
+    assert_eq!(stats["streams"], 23_570);
+    let orders = stats["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t[0] == "OrderPlaced")
+        .unwrap()[1]
+        .clone();
+    assert_eq!(orders, 69_659);
+}
