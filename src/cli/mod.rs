@@ -62,8 +62,8 @@ pub enum Command {
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,sqlx::query=error",
+        1 => "info,sqlx::query=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

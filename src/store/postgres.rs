@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::watch;
@@ -314,14 +315,19 @@ impl EventStore for PostgresStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(i64::try_from(from).unwrap_or(i64::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
+        let mut rows = sqlx::query(&sql)
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch(&self.pool);
+        // Decode while streaming: each row is dropped as soon as it is
+        // converted, instead of holding a whole page of driver rows.
+        let mut events = Vec::with_capacity(limit.min(100_000));
+        while let Some(row) = rows.try_next().await? {
+            events.push(decode_row(&row)?);
+        }
+        Ok(events)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -305,12 +306,17 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?");
-        let rows = sqlx::query(&sql)
+        let mut rows = sqlx::query(&sql)
             .bind(i64::try_from(from).unwrap_or(i64::MAX))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(decode_row).collect()
+            .fetch(&self.reader);
+        // Decode while streaming: each row is dropped as soon as it is
+        // converted, instead of holding a whole page of driver rows.
+        let mut events = Vec::with_capacity(limit.min(100_000));
+        while let Some(row) = rows.try_next().await? {
+            events.push(decode_row(&row)?);
+        }
+        Ok(events)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
