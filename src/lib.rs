@@ -13,6 +13,7 @@ pub mod clv;
 pub mod config;
 pub mod domain;
 pub mod import;
+pub mod projections;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
