@@ -16,9 +16,9 @@ use crate::domain::{EventHash, NewEvent, RecordedEvent, StreamId};
 
 /// One event placed in its stream and in the global order.
 #[derive(Debug)]
-pub(crate) struct PlannedRow {
-    pub event: NewEvent,
-    pub stream: StreamId,
+pub(crate) struct PlannedRow<'a> {
+    pub event: &'a NewEvent,
+    pub stream: &'a StreamId,
     pub version: u64,
     pub position: u64,
     pub hash: EventHash,
@@ -26,8 +26,8 @@ pub(crate) struct PlannedRow {
 
 /// Everything a backend writes for one batch.
 #[derive(Debug)]
-pub(crate) struct AppendPlan {
-    pub rows: Vec<PlannedRow>,
+pub(crate) struct AppendPlan<'a> {
+    pub rows: Vec<PlannedRow<'a>>,
     /// New head of every stream the batch touches (only those that grow).
     pub heads: Vec<(StreamId, StreamHead)>,
     pub outcomes: Vec<AppendOutcome>,
@@ -70,13 +70,13 @@ pub(crate) fn now_micros() -> DateTime<Utc> {
 /// `existing` holds the stored events whose ids the batch reuses; `heads`
 /// the current head of every existing stream the batch touches;
 /// `head_position` the last committed global position.
-pub(crate) fn plan(
-    writes: Vec<StreamWrite>,
+pub(crate) fn plan<'a>(
+    writes: &'a [StreamWrite],
     existing: &HashMap<Uuid, RecordedEvent>,
     heads: &HashMap<StreamId, StreamHead>,
     head_position: u64,
     recorded_at: DateTime<Utc>,
-) -> Result<AppendPlan, StoreError> {
+) -> Result<AppendPlan<'a>, StoreError> {
     let mut current: HashMap<StreamId, StreamHead> = heads.clone();
     let mut touched: Vec<StreamId> = Vec::new();
     let mut touched_set: HashSet<StreamId> = HashSet::new();
@@ -137,7 +137,7 @@ pub(crate) fn plan(
         let mut previous = head.hash;
         let first_position = position + 1;
         let appended = total - stored.len();
-        for event in write.events {
+        for event in &write.events {
             if existing.contains_key(&event.event_id()) {
                 continue;
             }
@@ -147,7 +147,7 @@ pub(crate) fn plan(
             previous = hash;
             rows.push(PlannedRow {
                 event,
-                stream: write.stream.clone(),
+                stream: &write.stream,
                 version,
                 position,
                 hash,

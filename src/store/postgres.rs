@@ -155,6 +155,107 @@ async fn stream_heads(
     Ok(heads)
 }
 
+/// Inserts the planned rows with one `UNNEST` statement; with
+/// `skip_stored_ids`, rows whose event id is already stored are skipped
+/// instead of failing. Returns rows inserted.
+async fn insert_rows(
+    conn: &mut sqlx::PgConnection,
+    plan: &batch::AppendPlan<'_>,
+    skip_stored_ids: bool,
+) -> Result<u64, StoreError> {
+    let n = plan.rows.len();
+    let mut positions = Vec::with_capacity(n);
+    let mut event_ids = Vec::with_capacity(n);
+    let mut stream_ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schemas = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    for row in &plan.rows {
+        positions.push(row.position as i64);
+        event_ids.push(row.event.event_id());
+        stream_ids.push(row.stream.as_str());
+        versions.push(row.version as i64);
+        types.push(row.event.event_type());
+        schemas.push(row.event.schema_version() as i32);
+        occurred.push(row.event.occurred_at());
+        metadata.push(row.event.metadata_json());
+        payloads.push(row.event.payload_json());
+        hashes.push(row.hash.0.to_vec());
+    }
+    let on_conflict = if skip_stored_ids {
+        " ON CONFLICT (event_id) DO NOTHING"
+    } else {
+        ""
+    };
+    let result = sqlx::query(&format!(
+        "INSERT INTO events ({COLUMNS}) \
+         SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
+           $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
+           $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
+         AS u(p, e, s, v, t, sv, o, m, pl, h){on_conflict}"
+    ))
+    .bind(&positions)
+    .bind(&event_ids)
+    .bind(&stream_ids)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&occurred)
+    .bind(&metadata)
+    .bind(&payloads)
+    .bind(&hashes)
+    .bind(plan.recorded_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+impl PostgresStore {
+    /// Moves the stream heads and the global head, announces the new
+    /// position, commits and wakes local subscribers.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        plan: &batch::AppendPlan<'_>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
+        let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
+        let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO streams (stream_id, version, head_hash) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             head_hash = excluded.head_hash",
+        )
+        .bind(&head_streams)
+        .bind(&head_versions)
+        .bind(&head_hashes)
+        .execute(&mut *tx)
+        .await?;
+        let last = plan.rows.last().expect("non-empty").position;
+        sqlx::query("UPDATE ledger_head SET position = $1 WHERE id")
+            .bind(last as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.head.send_if_modified(|h| {
+            let grew = last > *h;
+            *h = (*h).max(last);
+            grew
+        });
+        Ok(plan.outcomes.clone())
+    }
+}
+
 #[async_trait]
 impl EventStore for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -177,6 +278,30 @@ impl EventStore for PostgresStore {
         let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let recorded_at = batch::now_micros();
+
+        // Fast path: assume no id is stored yet and let the unique index
+        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
+        let no_existing = HashMap::new();
+        if let Ok(plan) = batch::plan(&writes, &no_existing, &heads, head as u64, recorded_at) {
+            sqlx::query("SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+            let inserted = insert_rows(&mut tx, &plan, true).await?;
+            if inserted == plan.rows.len() as u64 {
+                sqlx::query("RELEASE SAVEPOINT fast_append")
+                    .execute(&mut *tx)
+                    .await?;
+                return self.finish(tx, &plan).await;
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        // Slow path: some ids are stored (a retry) or the expected version
+        // did not match; decide with the stored events in hand.
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
         ))
@@ -188,89 +313,13 @@ impl EventStore for PostgresStore {
             let event = decode_row(row)?;
             existing.insert(event.event_id, event);
         }
-        let heads = stream_heads(&mut tx, &streams).await?;
-        let plan = batch::plan(writes, &existing, &heads, head as u64, batch::now_micros())?;
+        let plan = batch::plan(&writes, &existing, &heads, head as u64, recorded_at)?;
         if plan.rows.is_empty() {
             tx.rollback().await?;
             return Ok(plan.outcomes);
         }
-
-        let n = plan.rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut stream_ids = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut schemas = Vec::with_capacity(n);
-        let mut occurred = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        for row in &plan.rows {
-            positions.push(row.position as i64);
-            event_ids.push(row.event.event_id());
-            stream_ids.push(row.stream.as_str());
-            versions.push(row.version as i64);
-            types.push(row.event.event_type());
-            schemas.push(row.event.schema_version() as i32);
-            occurred.push(row.event.occurred_at());
-            metadata.push(row.event.metadata_json());
-            payloads.push(row.event.payload_json());
-            hashes.push(row.hash.0.to_vec());
-        }
-        sqlx::query(&format!(
-            "INSERT INTO events ({COLUMNS}) \
-             SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
-               $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
-               $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
-             AS u(p, e, s, v, t, sv, o, m, pl, h)"
-        ))
-        .bind(&positions)
-        .bind(&event_ids)
-        .bind(&stream_ids)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&occurred)
-        .bind(&metadata)
-        .bind(&payloads)
-        .bind(&hashes)
-        .bind(plan.recorded_at)
-        .execute(&mut *tx)
-        .await?;
-
-        let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
-        let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
-        let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
-        sqlx::query(
-            "INSERT INTO streams (stream_id, version, head_hash) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             head_hash = excluded.head_hash",
-        )
-        .bind(&head_streams)
-        .bind(&head_versions)
-        .bind(&head_hashes)
-        .execute(&mut *tx)
-        .await?;
-
-        let last = plan.rows.last().expect("non-empty").position;
-        sqlx::query("UPDATE ledger_head SET position = $1 WHERE id")
-            .bind(last as i64)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.head.send_if_modified(|h| {
-            let grew = last > *h;
-            *h = (*h).max(last);
-            grew
-        });
-        Ok(plan.outcomes)
+        insert_rows(&mut tx, &plan, false).await?;
+        self.finish(tx, &plan).await
     }
 
     async fn read_stream(

@@ -87,6 +87,36 @@ impl SqliteStore {
     pub fn writer(&self) -> &SqlitePool {
         &self.writer
     }
+
+    /// Moves the stream heads, commits and wakes subscribers.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, Sqlite>,
+        plan: &batch::AppendPlan<'_>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        for chunk in plan.heads.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
+            q.push_values(chunk, |mut b, (stream, head)| {
+                b.push_bind(stream.as_str())
+                    .push_bind(head.version as i64)
+                    .push_bind(head.hash.0.to_vec());
+            });
+            q.push(
+                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                 head_hash = excluded.head_hash",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let last = plan.rows.last().expect("non-empty").position;
+        self.head.send_if_modified(|h| {
+            let grew = last > *h;
+            *h = (*h).max(last);
+            grew
+        });
+        Ok(plan.outcomes.clone())
+    }
 }
 
 fn micros(at: &DateTime<Utc>) -> i64 {
@@ -183,11 +213,15 @@ async fn stream_heads(
     Ok(heads)
 }
 
+/// Inserts planned rows; with `skip_stored_ids`, rows whose event id is
+/// already stored are skipped instead of failing. Returns rows inserted.
 async fn insert_rows(
     conn: &mut sqlx::SqliteConnection,
-    rows: &[PlannedRow],
+    rows: &[PlannedRow<'_>],
     recorded_at: i64,
-) -> Result<(), StoreError> {
+    skip_stored_ids: bool,
+) -> Result<u64, StoreError> {
+    let mut inserted = 0;
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({COLUMNS}) "));
         q.push_values(chunk, |mut b, row| {
@@ -203,9 +237,12 @@ async fn insert_rows(
                 .push_bind(row.event.payload_json())
                 .push_bind(row.hash.0.to_vec());
         });
-        q.build().execute(&mut *conn).await?;
+        if skip_stored_ids {
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+        }
+        inserted += q.build().execute(&mut *conn).await?.rows_affected();
     }
-    Ok(())
+    Ok(inserted)
 }
 
 #[async_trait]
@@ -227,39 +264,40 @@ impl EventStore for SqliteStore {
         let ids = batch::check_writes(&writes)?;
         let streams = batch::streams_of(&writes);
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let existing = existing_events(&mut tx, &ids).await?;
         let heads = stream_heads(&mut tx, &streams).await?;
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&mut *tx)
             .await?;
-        let plan = batch::plan(writes, &existing, &heads, head as u64, batch::now_micros())?;
+        let recorded_at = batch::now_micros();
+
+        // Fast path: assume no id is stored yet and let the unique index
+        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
+        let no_existing = HashMap::new();
+        if let Ok(plan) = batch::plan(&writes, &no_existing, &heads, head as u64, recorded_at) {
+            sqlx::query("SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+            let inserted = insert_rows(&mut tx, &plan.rows, micros(&recorded_at), true).await?;
+            if inserted == plan.rows.len() as u64 {
+                sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
+                return self.finish(tx, &plan).await;
+            }
+            sqlx::query("ROLLBACK TO fast_append")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
+        }
+
+        // Slow path: some ids are stored (a retry) or the expected version
+        // did not match; decide with the stored events in hand.
+        let existing = existing_events(&mut tx, &ids).await?;
+        let plan = batch::plan(&writes, &existing, &heads, head as u64, recorded_at)?;
         if plan.rows.is_empty() {
             tx.rollback().await?;
             return Ok(plan.outcomes);
         }
-        insert_rows(&mut tx, &plan.rows, micros(&plan.recorded_at)).await?;
-        for chunk in plan.heads.chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
-            q.push_values(chunk, |mut b, (stream, head)| {
-                b.push_bind(stream.as_str())
-                    .push_bind(head.version as i64)
-                    .push_bind(head.hash.0.to_vec());
-            });
-            q.push(
-                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                 head_hash = excluded.head_hash",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let last = plan.rows.last().expect("non-empty").position;
-        self.head.send_if_modified(|h| {
-            let grew = last > *h;
-            *h = (*h).max(last);
-            grew
-        });
-        Ok(plan.outcomes)
+        insert_rows(&mut tx, &plan.rows, micros(&recorded_at), false).await?;
+        self.finish(tx, &plan).await
     }
 
     async fn read_stream(
