@@ -359,12 +359,16 @@ pub async fn conflicting_reuse_of_an_event_id_is_rejected(store: Arc<dyn EventSt
         matches!(err, StoreError::EventIdConflict { event_id, version: 1, .. } if event_id == original.event_id()),
         "{err:?}"
     );
-    let err = store
-        .append(&stream("other"), ExpectedVersion::Any, vec![original])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::EventIdConflict { .. }), "{err:?}");
-    assert!(store.stream_head(&stream("other")).await.unwrap().is_none());
+    // Reuse in another stream is caught only where ids are indexed
+    // globally; EventStoreDB checks ids within the target stream only.
+    if store.capabilities().unique_event_ids_across_streams {
+        let err = store
+            .append(&stream("other"), ExpectedVersion::Any, vec![original])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::EventIdConflict { .. }), "{err:?}");
+        assert!(store.stream_head(&stream("other")).await.unwrap().is_none());
+    }
 }
 
 /// Empty appends and ids repeated inside one append are refused.
@@ -384,7 +388,12 @@ pub async fn empty_and_self_duplicating_appends_are_rejected(store: Arc<dyn Even
     assert_eq!(store.head_position().await.unwrap(), 0);
 }
 
-/// A batch over several streams commits whole or not at all.
+/// A batch over several streams is checked as a whole before anything is
+/// stored, on every backend: a failed expectation in any write stores
+/// nothing. Where `atomic_multi_stream_batches` holds (SQL) the batch also
+/// commits as one transaction; without it (EventStoreDB) writes commit
+/// stream by stream, so only a writer racing between the check and the last
+/// write can leave part of a batch stored — which the error then says.
 pub async fn multi_stream_batches_are_atomic(store: Arc<dyn EventStore>) {
     let (a, b) = (stream("ba"), stream("bb"));
     store
@@ -684,7 +693,10 @@ pub async fn subscription_catches_up_then_goes_live(store: Arc<dyn EventStore>) 
         .append(&s, ExpectedVersion::NoStream, events(3))
         .await
         .unwrap();
-    let mut sub = subscribe_all(store.clone(), 2);
+    // Start at the second event's own position: positions are sparse on
+    // some backends (see `Capabilities::gapless_positions`).
+    let second = whole_stream(&*store, &s).await[1].position;
+    let mut sub = subscribe_all(store.clone(), second);
     let mut got = Vec::new();
     for _ in 0..2 {
         got.push(next_within(&mut sub).await);

@@ -6,6 +6,7 @@
 pub(crate) mod batch;
 pub mod contract;
 pub mod error;
+pub mod esdb;
 pub mod postgres;
 pub mod sqlite;
 pub mod subscription;
@@ -100,6 +101,25 @@ pub struct Capabilities {
     /// Global positions are 1, 2, 3, … with no gaps (SQL stores). When
     /// false (EventStoreDB), positions are strictly increasing but sparse.
     pub gapless_positions: bool,
+    /// An [`EventStore::append_batch`] over several streams commits all or
+    /// nothing (SQL stores). When false (EventStoreDB), the batch is checked
+    /// as a whole before anything is written, but written stream by stream:
+    /// a failure after the first write reports which writes are stored, and
+    /// re-sending the same events completes the batch idempotently.
+    pub atomic_multi_stream_batches: bool,
+    /// Reusing a stored event id in *another* stream is refused (SQL stores
+    /// index ids globally). When false (EventStoreDB), ids are checked
+    /// against the target streams only.
+    pub unique_event_ids_across_streams: bool,
+}
+
+impl Capabilities {
+    /// Everything promised: what the SQL stores give.
+    pub const FULL: Self = Self {
+        gapless_positions: true,
+        atomic_multi_stream_batches: true,
+        unique_event_ids_across_streams: true,
+    };
 }
 
 /// Counts reported by `journey stats`.
@@ -228,12 +248,16 @@ pub fn subscribe_all(
 ///
 /// - `sqlite://path/to/journey.db` (created if missing) — embedded default;
 /// - `postgres://user@host:port/db` — production;
-/// - `esdb://host:2113?tls=false` — EventStoreDB/KurrentDB.
+/// - `esdb://host:2113?tls=false` — EventStoreDB/KurrentDB (also
+///   `esdb+discover://`, `kurrentdb://`, `kurrentdb+discover://`; add
+///   `&namespace=NAME` to share a server between ledgers).
 pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else if esdb::mapping::is_esdb_url(url) {
+        Ok(Arc::new(esdb::EsdbStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

@@ -263,9 +263,7 @@ impl EventStore for PostgresStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            gapless_positions: true,
-        }
+        Capabilities::FULL
     }
 
     async fn append_batch(

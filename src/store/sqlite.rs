@@ -252,9 +252,7 @@ impl EventStore for SqliteStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            gapless_positions: true,
-        }
+        Capabilities::FULL
     }
 
     async fn append_batch(
