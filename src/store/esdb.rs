@@ -197,13 +197,13 @@ impl EsdbStore {
     }
 
     /// Plans `writes` against what the target streams hold right now.
-    async fn plan(&self, writes: Vec<StreamWrite>) -> Result<AppendPlan, StoreError> {
+    async fn plan<'a>(&self, writes: &'a [StreamWrite]) -> Result<AppendPlan<'a>, StoreError> {
         let ids: HashSet<Uuid> = writes
             .iter()
             .flat_map(|w| w.events.iter().map(|e| e.event_id()))
             .collect();
         let contents: Vec<(StreamId, Vec<RecordedEvent>)> =
-            futures::stream::iter(batch::streams_of(&writes))
+            futures::stream::iter(batch::streams_of(writes))
                 .map(|s| self.whole_stream(s))
                 .buffered(READ_CONCURRENCY)
                 .try_collect()
@@ -235,14 +235,14 @@ impl EsdbStore {
     async fn write_rows(
         &self,
         stream: &StreamId,
-        rows: &[batch::PlannedRow],
+        rows: &[batch::PlannedRow<'_>],
         recorded_at: &chrono::DateTime<chrono::Utc>,
     ) -> Result<(u64, u64), WriteError> {
         let first_version = rows[0].version;
         let expected = mapping::expected_revision(ExpectedVersion::Exact(first_version - 1));
         let events = rows
             .iter()
-            .map(|r| mapping::event_data(&r.event, r.version, recorded_at, &r.hash))
+            .map(|r| mapping::event_data(r.event, r.version, recorded_at, &r.hash))
             .collect::<Result<Vec<_>, _>>()?;
         let options = AppendToStreamOptions::default().expected_revision(expected);
         match self
@@ -289,7 +289,7 @@ impl EsdbStore {
         writes: &[StreamWrite],
         done: &mut Vec<AppendOutcome>,
     ) -> Result<(), WriteError> {
-        let plan = self.plan(writes.to_vec()).await?;
+        let plan = self.plan(writes).await?;
         let mut rows = plan.rows.into_iter();
         for (write, mut outcome) in writes.iter().zip(plan.outcomes) {
             if outcome.appended > 0 {
