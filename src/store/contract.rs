@@ -40,7 +40,13 @@ where
     CF: Future<Output = ()>,
 {
     let Some(fixture) = setup().await else {
-        eprintln!("SKIPPED: the {backend} backend is not configured for this run");
+        // Written to stderr directly (not through `eprintln!`), so the test
+        // harness does not capture it: a skip must be visible.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the {backend} backend is not configured for this run (EventStoreDB: set EVENTSTORE_URL)"
+        );
         return;
     };
     let result = AssertUnwindSafe(check(fixture.store)).catch_unwind().await;
