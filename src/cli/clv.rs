@@ -41,6 +41,25 @@ pub enum ClvCommand {
         #[arg(long)]
         horizon: Option<f64>,
     },
+    /// RFM quintile scores (1-5, higher is better) and named segments as of
+    /// a day, with the rules file's weights and segments (JSON).
+    Rfm {
+        /// Evaluation day (inclusive), YYYY-MM-DD.
+        #[arg(long)]
+        as_of: NaiveDate,
+        /// Only print this customer's scores (segment sizes are always printed).
+        #[arg(long)]
+        customer: Option<String>,
+        /// Rules directory holding clv.toml.
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+    /// CLV/CAC by acquisition channel: predicted discounted CLV (rules'
+    /// horizon) against the acquisition costs recorded at registration (JSON).
+    Cac {
+        #[command(flatten)]
+        period: Period,
+    },
     /// Calibration/holdout validation: predicted vs actual repeat
     /// transactions per calibration-frequency bucket and in total (JSON).
     Holdout {
@@ -86,10 +105,32 @@ impl From<TimeUnitArg> for TimeUnit {
 }
 
 pub async fn run(config: &Config, cmd: ClvCommand) -> anyhow::Result<()> {
+    if let ClvCommand::Rfm {
+        as_of,
+        customer,
+        rules,
+    } = &cmd
+    {
+        let rules = ClvRules::load_dir(rules.as_ref().unwrap_or(&config.rules_dir))?;
+        let store = open_store(config).await?;
+        let transactions = ledger::load_transactions(store, rules.currency)
+            .await
+            .context("reading orders")?;
+        let report = ledger::rfm(
+            &transactions,
+            end_of_day(*as_of),
+            &rules,
+            customer.as_deref(),
+        )?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let period = match &cmd {
         ClvCommand::Fit { period, .. }
         | ClvCommand::Score { period, .. }
+        | ClvCommand::Cac { period }
         | ClvCommand::Holdout { period, .. } => period,
+        ClvCommand::Rfm { .. } => unreachable!("handled above"),
     };
     let rules_dir = period
         .rules
@@ -102,7 +143,7 @@ pub async fn run(config: &Config, cmd: ClvCommand) -> anyhow::Result<()> {
         .unwrap_or(rules.model.time_unit);
     let calibration_end = end_of_day(period.calibration_end);
     let store = open_store(config).await?;
-    let transactions = ledger::load_transactions(store, rules.currency)
+    let transactions = ledger::load_transactions(store.clone(), rules.currency)
         .await
         .context("reading orders")?;
     let json = match cmd {
@@ -132,6 +173,17 @@ pub async fn run(config: &Config, cmd: ClvCommand) -> anyhow::Result<()> {
                 &rules,
             )?)?
         }
+        ClvCommand::Cac { .. } => {
+            let acquisitions = ledger::load_acquisitions(store, rules.currency).await?;
+            serde_json::to_string(&ledger::channel_economics(
+                &transactions,
+                &acquisitions,
+                calibration_end,
+                unit,
+                &rules,
+            )?)?
+        }
+        ClvCommand::Rfm { .. } => unreachable!("handled above"),
         ClvCommand::Holdout {
             holdout_end, model, ..
         } => serde_json::to_string(&ledger::holdout(

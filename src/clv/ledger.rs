@@ -319,3 +319,169 @@ pub fn holdout(
     let length = days as f64 / unit.days();
     Ok(holdout_report(&purchase, &summaries, &counts, length)?)
 }
+
+/// How a customer was acquired, from their registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquisition {
+    /// Acquisition channel.
+    pub channel: String,
+    /// Cost in the rules' currency, when recorded in it.
+    pub cost_minor: Option<i64>,
+}
+
+/// Every customer's acquisition channel and cost (in `currency` only).
+pub async fn load_acquisitions(
+    store: Arc<dyn EventStore>,
+    currency: Currency,
+) -> Result<HashMap<String, Acquisition>, ClvLedgerError> {
+    let mut out = HashMap::new();
+    let mut events = crate::store::read_all(store, 0, 10_000);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.event_type != "CustomerRegistered" {
+            continue;
+        }
+        let Some(customer) = event.stream_id.customer_id() else {
+            continue;
+        };
+        if let DomainEvent::CustomerRegistered(r) =
+            event.decode().map_err(|e| ClvLedgerError::Decode {
+                position: event.position,
+                reason: e.to_string(),
+            })?
+        {
+            out.insert(
+                customer.as_str().to_owned(),
+                Acquisition {
+                    channel: r.channel,
+                    cost_minor: r
+                        .acquisition_cost
+                        .filter(|c| c.currency == currency)
+                        .map(|c| c.minor),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// CLV against acquisition cost for one channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelEconomics {
+    /// Acquisition channel.
+    pub channel: String,
+    /// Customers acquired through it (with an order before the calibration end).
+    pub customers: u64,
+    /// Of those, how many have a recorded acquisition cost.
+    pub customers_with_cost: u64,
+    /// Sum of the recorded costs, minor units.
+    pub acquisition_cost_minor: i64,
+    /// Sum of the predicted discounted CLV of customers with a cost (major units).
+    pub clv_of_costed_customers: f64,
+    /// Mean predicted CLV per customer (major units).
+    pub mean_clv: f64,
+    /// CLV / CAC over the customers with a cost; `None` when no cost is recorded.
+    pub clv_to_cac: Option<f64>,
+}
+
+/// CLV/CAC by acquisition channel: fits the purchase model and Gamma-Gamma
+/// as of the calibration end, scores every customer over the rules' horizon
+/// and compares the predicted value with what acquiring them cost.
+pub fn channel_economics(
+    transactions: &[Transaction],
+    acquisitions: &HashMap<String, Acquisition>,
+    calibration_end: DateTime<Utc>,
+    unit: TimeUnit,
+    rules: &ClvRules,
+) -> Result<Vec<ChannelEconomics>, ClvLedgerError> {
+    let summaries = summarize(transactions, calibration_end, unit)?;
+    let purchase = fit_purchase_model(&summaries, rules.model.purchase_model)?;
+    let scale = minor_per_major(rules.currency);
+    let spend = GammaGammaParams::fit(
+        &GammaGammaData::from_summaries(&summaries, scale)?,
+        &FitOptions::default(),
+    )?
+    .params;
+    let options = ClvOptions::monthly(
+        unit,
+        rules.clv.horizon_months,
+        rules.clv.monthly_discount_rate,
+    );
+    let values = customer_lifetime_value(&purchase, &spend, &summaries, scale, &options)?;
+    let mut by_channel: std::collections::BTreeMap<String, ChannelEconomics> = Default::default();
+    for value in values {
+        let acquisition = acquisitions.get(&value.customer);
+        let channel = acquisition.map_or("unknown", |a| a.channel.as_str());
+        let entry = by_channel
+            .entry(channel.to_owned())
+            .or_insert_with(|| ChannelEconomics {
+                channel: channel.to_owned(),
+                customers: 0,
+                customers_with_cost: 0,
+                acquisition_cost_minor: 0,
+                clv_of_costed_customers: 0.0,
+                mean_clv: 0.0,
+                clv_to_cac: None,
+            });
+        entry.customers += 1;
+        entry.mean_clv += value.clv;
+        if let Some(cost) = acquisition.and_then(|a| a.cost_minor) {
+            entry.customers_with_cost += 1;
+            entry.acquisition_cost_minor += cost;
+            entry.clv_of_costed_customers += value.clv;
+        }
+    }
+    Ok(by_channel
+        .into_values()
+        .map(|mut c| {
+            c.mean_clv /= c.customers as f64;
+            if c.acquisition_cost_minor > 0 {
+                let cac = c.acquisition_cost_minor as f64 / f64::from(scale);
+                c.clv_to_cac = super::clv_to_cac_ratio(c.clv_of_costed_customers, cac).ok();
+            }
+            c
+        })
+        .collect())
+}
+
+/// RFM as of an instant: every customer's scores and the segment sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RfmReport {
+    /// Evaluation instant.
+    pub as_of: DateTime<Utc>,
+    /// Customers with an order at or before `as_of`.
+    pub customers: usize,
+    /// Customers per segment (`unsegmented` when no rule matched).
+    pub segments: std::collections::BTreeMap<String, usize>,
+    /// Scores of the requested customers (all when none were named).
+    pub scores: Vec<super::RfmScore>,
+}
+
+/// Scores RFM quintiles over customers active as of `as_of`, with the rules'
+/// weights and segments.
+pub fn rfm(
+    transactions: &[Transaction],
+    as_of: DateTime<Utc>,
+    rules: &ClvRules,
+    only: Option<&str>,
+) -> Result<RfmReport, ClvLedgerError> {
+    let inputs = super::rfm_inputs_from_transactions(transactions, as_of);
+    let scores = super::score_rfm(&inputs, &rules.rfm.weights, &rules.rfm.segments)?;
+    let mut segments = std::collections::BTreeMap::new();
+    for s in &scores {
+        *segments
+            .entry(s.segment.clone().unwrap_or_else(|| "unsegmented".into()))
+            .or_insert(0) += 1;
+    }
+    let customers = scores.len();
+    let scores = match only {
+        Some(id) => scores.into_iter().filter(|s| s.customer == id).collect(),
+        None => scores,
+    };
+    Ok(RfmReport {
+        as_of,
+        customers,
+        segments,
+        scores,
+    })
+}

@@ -5,4 +5,5 @@ pub mod alerts;
 pub mod cohorts;
 pub mod loyalty;
 pub mod rules_error;
+pub mod value;
 pub mod view;
