@@ -19,9 +19,14 @@ const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/cdnow_sample
 async fn imported() -> (tempfile::TempDir, String) {
     let (dir, url) = temp_sqlite();
     let store = store::open(&url).await.unwrap();
-    import_file(store.clone(), Path::new(SAMPLE), ImportFormat::Cdnow, |_| {})
-        .await
-        .unwrap();
+    import_file(
+        store.clone(),
+        Path::new(SAMPLE),
+        ImportFormat::Cdnow,
+        |_| {},
+    )
+    .await
+    .unwrap();
     (dir, url)
 }
 
@@ -54,7 +59,9 @@ async fn victim(conn: &mut SqliteConnection) -> (String, Vec<(u64, u64)>) {
             .unwrap();
     (
         stream,
-        rows.into_iter().map(|(v, p)| (v as u64, p as u64)).collect(),
+        rows.into_iter()
+            .map(|(v, p)| (v as u64, p as u64))
+            .collect(),
     )
 }
 
@@ -87,7 +94,11 @@ async fn a_changed_payload_byte_is_found_at_that_event() {
     // Flip one digit of the amount: still canonical JSON, different bytes.
     let at = payload.find("\"minor\":").unwrap() + "\"minor\":".len();
     let mut bytes = payload.into_bytes();
-    bytes[at] = if bytes[at] == b'9' { b'8' } else { bytes[at] + 1 };
+    bytes[at] = if bytes[at] == b'9' {
+        b'8'
+    } else {
+        bytes[at] + 1
+    };
     sqlx::query("UPDATE events SET payload = ? WHERE position = ?")
         .bind(String::from_utf8(bytes).unwrap())
         .bind(position as i64)
@@ -107,7 +118,9 @@ async fn a_changed_payload_byte_is_found_at_that_event() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     let text = first(&report).to_string();
     assert!(
-        text.starts_with(&format!("{stream} v{version} @ position {position}: hash mismatch")),
+        text.starts_with(&format!(
+            "{stream} v{version} @ position {position}: hash mismatch"
+        )),
         "{text}"
     );
 }
@@ -154,7 +167,10 @@ async fn a_deleted_tail_event_is_found_through_the_stream_head() {
             ..
         } => {
             assert_eq!(s.as_str(), stream);
-            assert_eq!((*head_version, *log_version), (last_version, last_version - 1));
+            assert_eq!(
+                (*head_version, *log_version),
+                (last_version, last_version - 1)
+            );
         }
         other => panic!("unexpected {other}"),
     }
@@ -271,7 +287,11 @@ async fn the_cli_exits_non_zero_on_a_tampered_file_and_zero_on_an_intact_one() {
             .unwrap()
     };
     let ok = run(&url);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(summary["problems"], serde_json::json!([]));
 
@@ -288,14 +308,18 @@ async fn the_cli_exits_non_zero_on_a_tampered_file_and_zero_on_an_intact_one() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        stderr.contains(&format!("{stream} v{version} @ position {position}: hash mismatch")),
+        stderr.contains(&format!(
+            "{stream} v{version} @ position {position}: hash mismatch"
+        )),
         "{stderr}"
     );
 }
 
 #[tokio::test]
 async fn postgres_tampering_is_found_too() {
-    let db = TempDatabase::create().await.expect("PostgreSQL at DATABASE_URL");
+    let db = TempDatabase::create()
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
     let store: Arc<dyn EventStore> = store::open(&db.url).await.unwrap();
     let text: String = std::fs::read_to_string(SAMPLE)
         .unwrap()
@@ -309,7 +333,10 @@ async fn postgres_tampering_is_found_too() {
     import_file(store.clone(), &file, ImportFormat::Cdnow, |_| {})
         .await
         .unwrap();
-    assert!(verify_store(store.clone(), |_| {}).await.unwrap().is_intact());
+    assert!(verify_store(store.clone(), |_| {})
+        .await
+        .unwrap()
+        .is_intact());
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     conn.execute("DROP TRIGGER events_no_update ON events")
         .await
