@@ -6,13 +6,16 @@
 //!
 //! Layout: [`domain`] holds the typed events and their validation; [`store`]
 //! the [`store::EventStore`] trait, one module per backend and the contract
-//! suite; [`import`] reads CDNOW and JSON-lines files.
+//! suite; [`import`] reads CDNOW and JSON-lines files; [`audit`] verifies
+//! chains and exports histories; [`privacy`] seals and erases personal data.
 
+pub mod audit;
 pub mod bench;
 pub mod clv;
 pub mod config;
 pub mod domain;
 pub mod import;
+pub mod privacy;
 pub mod projections;
 pub mod store;
 #[doc(hidden)]

@@ -24,6 +24,10 @@ pub struct ImportArgs {
 pub struct EventsArgs {
     /// Customer id (the stream is `customer-<ID>`).
     pub customer_id: String,
+    /// Decrypt personal profile fields (they read "[erased]" after
+    /// `journey erase`); without it they print sealed, exactly as stored.
+    #[arg(long)]
+    pub reveal: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,10 +77,16 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
         .len();
     let bar = progress_bar(size, "importing");
     let started = std::time::Instant::now();
-    let result = import::import_file(store, &args.file, args.format, |bytes| {
-        bar.set_position(bytes)
-    })
-    .await;
+    let vault = journey_ledger::privacy::Vault::open_if_supported(&config.store)
+        .await
+        .context("opening the key table")?;
+    let progress = |bytes| bar.set_position(bytes);
+    let result = match &vault {
+        Some(vault) => {
+            import::import_file_with_vault(store, vault, &args.file, args.format, progress).await
+        }
+        None => import::import_file(store, &args.file, args.format, progress).await,
+    };
     bar.finish_and_clear();
     let report = result?;
     tracing::info!(?report, elapsed = ?started.elapsed(), "import finished");
@@ -93,10 +103,23 @@ pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
     if events.is_empty() {
         anyhow::bail!("no events for customer {customer}");
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let vault = if args.reveal {
+        Some(journey_ledger::privacy::Vault::open(&config.store).await?)
+    } else {
+        None
+    };
+    let mut lines = Vec::with_capacity(events.len());
     for event in events {
+        let mut value = serde_json::to_value(&event)?;
+        if let Some(vault) = &vault {
+            value["payload"] = vault.reveal_payload(&event).await?;
+        }
+        lines.push(value);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in lines {
         use std::io::Write;
-        serde_json::to_writer(&mut out, &event)?;
+        serde_json::to_writer(&mut out, &line)?;
         writeln!(out)?;
     }
     Ok(())

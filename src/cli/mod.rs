@@ -1,5 +1,6 @@
 //! Command definitions and dispatch. One file per group of commands.
 
+mod audit;
 mod clv;
 mod ledger;
 
@@ -57,6 +58,35 @@ pub enum Command {
     /// Measure the store: `bench append` and `bench read`.
     #[command(subcommand)]
     Bench(ledger::BenchCommand),
+    /// Recompute every hash chain and the global order; exit non-zero at tampering.
+    ///
+    /// Streams the whole log once and checks each event's SHA-256 against its
+    /// content and predecessor, contiguous versions, increasing (gapless)
+    /// positions, canonical JSON, and every stream's recorded head. Prints a
+    /// JSON summary; on a problem names stream, version, position and what
+    /// is wrong, e.g.
+    ///   customer-00017 v3 @ position 58: hash mismatch (...) — payload, metadata, envelope or stored hash altered
+    ///   customer-00017: version 3 missing (v2 @ 57 followed by v4 @ 59) — event deleted
+    /// --customer checks one stream; --file checks an audit export offline.
+    #[command(verbatim_doc_comment)]
+    Verify(audit::VerifyArgs),
+    /// Write one customer's history as a self-verifying JSON audit export.
+    ///
+    /// Holds the events exactly as stored, the chain head (the last included
+    /// event's hash) and a projected_state object whose sections each name
+    /// their source. --as-of exports the stream's prefix recorded by then.
+    /// Re-check it anywhere with `journey verify --file EXPORT.json`.
+    #[command(verbatim_doc_comment)]
+    Export(audit::ExportArgs),
+    /// Erase a customer's personal data by destroying their key.
+    ///
+    /// Personal profile fields are stored encrypted with a per-customer key
+    /// kept outside the events. Erasing deletes that key (SQLite: with
+    /// secure_delete and a WAL truncation; PostgreSQL: DELETE + VACUUM) and
+    /// appends a PersonalDataErased event (actor, reason). The events stay,
+    /// the chain still verifies, and the fields read as "[erased]".
+    #[command(verbatim_doc_comment)]
+    Erase(audit::EraseArgs),
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -92,5 +122,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats => ledger::stats(&config).await,
         Command::Bench(cmd) => ledger::bench(&config, cmd).await,
         Command::Clv(cmd) => clv::run(&config, cmd).await,
+        Command::Verify(args) => audit::verify(&config, args).await,
+        Command::Export(args) => audit::export(&config, args).await,
+        Command::Erase(args) => audit::erase(&config, args).await,
     }
 }

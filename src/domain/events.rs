@@ -352,6 +352,23 @@ pub struct PersonalDataErased {
     pub reason: String,
 }
 
+/// The read models were rebuilt from the log; recorded in `ledger-admin` so
+/// every rebuild is itself part of the audited history (who, when, why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadModelsRebuilt {
+    /// Who requested the rebuild.
+    pub requested_by: String,
+    /// Why (rules change, repair, ticket).
+    pub reason: String,
+    /// Version of the rules the projections were rebuilt with, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_version: Option<String>,
+    /// Names of the projections rebuilt (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projections: Vec<String>,
+}
+
 /// Declares the event catalogue once: variant, payload type, type name and
 /// current schema version. Everything that maps between names and types is
 /// generated from this single list.
@@ -438,6 +455,8 @@ domain_events! {
     SubscriptionCancelled(SubscriptionCancelled) = "SubscriptionCancelled", 1,
     /// Personal data erased (crypto-shredding).
     PersonalDataErased(PersonalDataErased) = "PersonalDataErased", 1,
+    /// Read models rebuilt (in the `ledger-admin` stream).
+    ReadModelsRebuilt(ReadModelsRebuilt) = "ReadModelsRebuilt", 1,
 }
 
 impl DomainEvent {
@@ -617,6 +636,10 @@ impl DomainEvent {
             }
             Self::SubscriptionCancelled(e) => require_id("subscription_id", &e.subscription_id),
             Self::PersonalDataErased(e) => {
+                require_id("requested_by", &e.requested_by)?;
+                require_id("reason", &e.reason)
+            }
+            Self::ReadModelsRebuilt(e) => {
                 require_id("requested_by", &e.requested_by)?;
                 require_id("reason", &e.reason)
             }

@@ -9,6 +9,9 @@
 //!
 //! `event_id` defaults to a UUID v5 of the line's content (customer, type,
 //! instant and canonical payload), so re-importing a file stores it once.
+//! Profile *values* are left out of that content (only the field names
+//! count), so the id is no hash of personal data that would outlive an
+//! erasure. Profile fields are sealed by the importer's privacy vault.
 //! `schema_version` defaults to the current one; older payloads are upcast
 //! and stored at the current version. Unknown fields are rejected.
 
@@ -61,7 +64,7 @@ impl LineParser for JsonlParser {
                 "jsonl/{customer}/{}/{}/{}",
                 raw.event_type,
                 raw.occurred_at.timestamp_micros(),
-                to_canonical_string(&raw.payload)
+                to_canonical_string(&without_profile_values(&raw.payload))
             ))
         });
         let metadata = raw.metadata.unwrap_or_else(|| EventMetadata {
@@ -76,6 +79,17 @@ impl LineParser for JsonlParser {
             events: vec![new],
         }))
     }
+}
+
+/// The payload with every profile value replaced by a placeholder.
+fn without_profile_values(payload: &serde_json::Value) -> serde_json::Value {
+    let mut copy = payload.clone();
+    if let Some(profile) = copy.get_mut("profile").and_then(|p| p.as_object_mut()) {
+        for value in profile.values_mut() {
+            *value = serde_json::Value::String("<personal>".to_owned());
+        }
+    }
+    copy
 }
 
 #[cfg(test)]

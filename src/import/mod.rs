@@ -19,6 +19,8 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::domain::{NewEvent, StreamId, ValidationError};
+use crate::privacy::vault::has_plaintext_personal_data;
+use crate::privacy::Vault;
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamWrite};
 
 /// Namespace of the UUID v5 ids that importers derive from content.
@@ -120,8 +122,33 @@ pub fn derived_id(key: &str) -> Uuid {
 
 /// Reads `path` with `parser` and appends its events in atomic batches,
 /// calling `progress` with the bytes consumed so far.
+///
+/// Without a vault, a line carrying personal profile fields is refused
+/// (they must never be stored in plaintext); use [`import_file_with_vault`].
 pub async fn import_file(
     store: Arc<dyn EventStore>,
+    path: &Path,
+    format: ImportFormat,
+    progress: impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    read_and_import(store, None, path, format, progress).await
+}
+
+/// [`import_file`], sealing personal profile fields with `vault` before
+/// they are stored.
+pub async fn import_file_with_vault(
+    store: Arc<dyn EventStore>,
+    vault: &Vault,
+    path: &Path,
+    format: ImportFormat,
+    progress: impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    read_and_import(store, Some(vault), path, format, progress).await
+}
+
+async fn read_and_import(
+    store: Arc<dyn EventStore>,
+    vault: Option<&Vault>,
     path: &Path,
     format: ImportFormat,
     mut progress: impl FnMut(u64),
@@ -137,12 +164,33 @@ pub async fn import_file(
         ImportFormat::Cdnow => Box::new(cdnow::CdnowParser::default()),
         ImportFormat::Jsonl => Box::new(jsonl::JsonlParser),
     };
-    import_lines(store, &file_name, reader, parser.as_mut(), &mut progress).await
+    import_lines_sealed(
+        store,
+        vault,
+        &file_name,
+        reader,
+        parser.as_mut(),
+        &mut progress,
+    )
+    .await
 }
 
 /// The batching loop, separate from file handling so tests can feed text.
+/// Lines with personal profile fields are refused (no vault to seal them).
 pub async fn import_lines(
     store: Arc<dyn EventStore>,
+    file_name: &str,
+    reader: impl BufRead,
+    parser: &mut (dyn LineParser + Send),
+    progress: &mut impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    import_lines_sealed(store, None, file_name, reader, parser, progress).await
+}
+
+/// The batching loop, sealing personal fields with `vault` when given.
+pub async fn import_lines_sealed(
+    store: Arc<dyn EventStore>,
+    vault: Option<&Vault>,
     file_name: &str,
     reader: impl BufRead,
     parser: &mut (dyn LineParser + Send),
@@ -169,7 +217,14 @@ pub async fn import_lines(
                 line: line_no,
                 reason,
             })?;
-        let Some(parsed) = parsed else { continue };
+        let Some(mut parsed) = parsed else { continue };
+        parsed.events = seal_line(vault, &parsed.stream, parsed.events)
+            .await
+            .map_err(|reason| ImportError::Line {
+                file: file_name.to_owned(),
+                line: line_no,
+                reason,
+            })?;
         if batch.is_empty() {
             batch_first_line = line_no;
         }
@@ -209,6 +264,29 @@ pub async fn import_lines(
     progress(bytes);
     report.streams = streams.len();
     Ok(report)
+}
+
+/// Seals a line's personal fields, or refuses them when there is no vault:
+/// plaintext personal data never reaches the store.
+async fn seal_line(
+    vault: Option<&Vault>,
+    stream: &StreamId,
+    events: Vec<NewEvent>,
+) -> Result<Vec<NewEvent>, String> {
+    let mut sealed = Vec::with_capacity(events.len());
+    for event in events {
+        sealed.push(match vault {
+            Some(vault) => vault
+                .seal_new_event(stream, event)
+                .await
+                .map_err(|e| e.to_string())?,
+            None if has_plaintext_personal_data(&event) => {
+                return Err("payload.profile: personal fields must be sealed; import them with a privacy vault (`journey import` does)".to_owned());
+            }
+            None => event,
+        });
+    }
+    Ok(sealed)
 }
 
 async fn flush(
