@@ -6,9 +6,12 @@
 //!
 //! Layout: [`domain`] holds the typed events and their validation; [`store`]
 //! the [`store::EventStore`] trait, one module per backend and the contract
-//! suite; [`import`] reads CDNOW and JSON-lines files.
+//! suite; [`import`] reads CDNOW and JSON-lines files; [`commands`] checks
+//! business rules before appending; [`api`] serves GraphQL.
 
+pub mod api;
 pub mod bench;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod import;

@@ -1,6 +1,7 @@
 //! Command definitions and dispatch. One file per group of commands.
 
 mod ledger;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,15 @@ pub enum Command {
     /// Measure the store: `bench append` and `bench read`.
     #[command(subcommand)]
     Bench(ledger::BenchCommand),
+    /// Serve the GraphQL API (GraphiQL at /graphql, subscriptions at
+    /// /graphql/ws, /healthz, /metrics).
+    ///
+    /// Try it:  journey serve --demo
+    /// Requests need `Authorization: Bearer <key>`; keys come from
+    /// [[server.api_keys]] in journey.toml (name, key, role) or
+    /// JOURNEY_API_KEYS="name:role:key,...". Roles: app < analyst < auditor < admin.
+    #[command(verbatim_doc_comment)]
+    Serve(serve::ServeArgs),
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -87,5 +97,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => ledger::events(&config, args).await,
         Command::Stats => ledger::stats(&config).await,
         Command::Bench(cmd) => ledger::bench(&config, cmd).await,
+        Command::Serve(args) => serve::serve(&config, args).await,
     }
 }
