@@ -6,12 +6,17 @@
 //!
 //! Layout: [`domain`] holds the typed events and their validation; [`store`]
 //! the [`store::EventStore`] trait, one module per backend and the contract
-//! suite; [`import`] reads CDNOW and JSON-lines files; [`audit`] verifies
-//! chains and exports histories; [`privacy`] seals and erases personal data.
+//! suite; [`import`] reads CDNOW and JSON-lines files; [`commands`] checks
+//! business rules before appending; [`projections`] folds events into read
+//! models; [`clv`] values customers; [`audit`] verifies chains and exports
+//! histories; [`privacy`] seals and erases personal data; [`api`] serves
+//! GraphQL.
 
+pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod clv;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod import;

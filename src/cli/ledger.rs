@@ -49,6 +49,26 @@ pub enum BenchCommand {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// Serve the API in-process on loopback and drive `customer(id)` lookups
+    /// over HTTP at a fixed rate; prints p50/p99 latency and requests/s.
+    ///
+    /// With --populate, synthetic customers are appended until the store
+    /// has --customers of them (use a scratch store!).
+    #[command(verbatim_doc_comment)]
+    Query {
+        /// Customers to spread lookups over.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u64,
+        /// Append synthetic customers if the store has fewer.
+        #[arg(long)]
+        populate: bool,
+        /// Requests per second to issue.
+        #[arg(long, default_value_t = 1_000)]
+        rps: u64,
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 /// Opens the configured store.
@@ -139,6 +159,15 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             no_baseline,
         } => serde_json::to_string(
             &journey_ledger::bench::append(&config.store, events, !no_baseline).await?,
+        )?,
+        BenchCommand::Query {
+            customers,
+            populate,
+            rps,
+            seconds,
+        } => serde_json::to_string(
+            &journey_ledger::api::bench::query(&config.store, customers, populate, rps, seconds)
+                .await?,
         )?,
         BenchCommand::Read { no_baseline } => {
             serde_json::to_string(&journey_ledger::bench::read(&config.store, !no_baseline).await?)?

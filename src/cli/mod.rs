@@ -3,6 +3,7 @@
 mod audit;
 mod clv;
 mod ledger;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -87,6 +88,15 @@ pub enum Command {
     /// the chain still verifies, and the fields read as "[erased]".
     #[command(verbatim_doc_comment)]
     Erase(audit::EraseArgs),
+    /// Serve the GraphQL API (GraphiQL at /graphql, subscriptions at
+    /// /graphql/ws, /healthz, /metrics).
+    ///
+    /// Try it:  journey serve --demo
+    /// Requests need `Authorization: Bearer <key>`; keys come from
+    /// [[server.api_keys]] in journey.toml (name, key, role) or
+    /// JOURNEY_API_KEYS="name:role:key,...". Roles: app < analyst < auditor < admin.
+    #[command(verbatim_doc_comment)]
+    Serve(serve::ServeArgs),
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -125,5 +135,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => audit::verify(&config, args).await,
         Command::Export(args) => audit::export(&config, args).await,
         Command::Erase(args) => audit::erase(&config, args).await,
+        Command::Serve(args) => serve::serve(&config, args).await,
     }
 }

@@ -1,0 +1,219 @@
+//! `journey bench query`: `customer(id)` lookups over HTTP on loopback at a
+//! fixed request rate, against a server started in-process.
+//!
+//! Open loop: requests are issued on a fixed schedule whatever the server's
+//! speed, and each latency is measured from its *scheduled* start, so a
+//! stalled server shows up in p99 instead of silently lowering the rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::auth::{random_key, ApiKeys, Role};
+use super::read_models::EventFoldReadModels;
+use super::{router, serve, ApiState};
+use crate::domain::StreamId;
+use crate::store::{self, ExpectedVersion, StoreError, StreamWrite};
+
+/// Customers appended per atomic batch while populating.
+const POPULATE_BATCH: u64 = 100;
+
+/// Figures of `bench query`.
+#[derive(Debug, Serialize)]
+pub struct QueryBenchReport {
+    /// Backend measured.
+    pub backend: &'static str,
+    /// Customer streams in the store.
+    pub customers: u64,
+    /// Customers appended to reach `customers`.
+    pub populated: u64,
+    /// Requested rate.
+    pub target_rps: u64,
+    /// Requests issued.
+    pub requests: u64,
+    /// Requests that failed or returned GraphQL errors.
+    pub errors: u64,
+    /// Completed requests per second of wall time.
+    pub achieved_rps: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Worst latency, ms.
+    pub max_ms: f64,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, Error)]
+pub enum QueryBenchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The local server could not start.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    /// Arguments out of range.
+    #[error("{0}")]
+    Arguments(String),
+    /// The key table could not be opened.
+    #[error(transparent)]
+    Privacy(#[from] crate::privacy::PrivacyError),
+}
+
+/// Runs the benchmark on the store at `url`.
+pub async fn query(
+    url: &str,
+    customers: u64,
+    populate: bool,
+    rps: u64,
+    seconds: u64,
+) -> Result<QueryBenchReport, QueryBenchError> {
+    if rps == 0 || seconds == 0 || customers == 0 {
+        return Err(QueryBenchError::Arguments(
+            "--customers, --rps and --seconds must be positive".into(),
+        ));
+    }
+    let store = store::open(url).await?;
+    let vault = crate::privacy::Vault::open_if_supported(url)
+        .await?
+        .map(Arc::new);
+    let mut ids = customer_ids(&store, customers).await?;
+    let populated = customers.saturating_sub(ids.len() as u64);
+    if populated > 0 && !populate {
+        return Err(QueryBenchError::Arguments(format!(
+            "the store has {} customers, fewer than --customers {customers}; \
+             pass --populate to append synthetic ones (on a scratch store)",
+            ids.len()
+        )));
+    }
+    if populated > 0 {
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let mut next = 0u64;
+        while next < populated {
+            let end = (next + POPULATE_BATCH).min(populated);
+            let writes = (next..end)
+                .map(|i| {
+                    let (id, events) = crate::bench::synthetic_history(&run, i);
+                    ids.push(id.to_string());
+                    StreamWrite {
+                        stream: id.stream_id(),
+                        expected: ExpectedVersion::NoStream,
+                        events,
+                    }
+                })
+                .collect();
+            store.append_batch(writes).await?;
+            next = end;
+        }
+    }
+
+    let key = random_key();
+    let mut keys = ApiKeys::default();
+    keys.add("bench", Role::Admin, &key)
+        .expect("random keys are long");
+    let state = ApiState::new(
+        store.clone(),
+        Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
+        keys,
+        vault,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, router(state), async move {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| QueryBenchError::Arguments(e.to_string()))?;
+    let endpoint = format!("http://{addr}/graphql");
+    let total = rps * seconds;
+    let period = Duration::from_secs_f64(1.0 / rps as f64);
+    let ids = Arc::new(ids);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        let auth = format!("Bearer {key}");
+        let id = ids[(i.wrapping_mul(2_654_435_761) % ids.len() as u64) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({
+                "operationName": "BenchCustomer",
+                "query": "query BenchCustomer($id: String!) { customer(id: $id) { id version historicalValue { orderCount net { minor currency } } } }",
+                "variables": {"id": id},
+            });
+            let ok = match client
+                .post(&endpoint)
+                .header("authorization", auth)
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => resp
+                    .bytes()
+                    .await
+                    .map(|b| !b.windows(9).any(|w| w == b"\"errors\":"))
+                    .unwrap_or(false),
+                _ => false,
+            };
+            (scheduled.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut errors = 0u64;
+    for task in tasks {
+        let (latency, ok) = task.await.expect("request task");
+        errors += u64::from(!ok);
+        latencies.push(latency);
+    }
+    let wall = started.elapsed();
+    let _ = stop.send(());
+    let _ = server.await;
+    latencies.sort();
+    let pick = |q: f64| {
+        let idx = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[idx].as_secs_f64() * 1e3
+    };
+    Ok(QueryBenchReport {
+        backend: store.backend(),
+        customers: ids.len() as u64,
+        populated,
+        target_rps: rps,
+        requests: total,
+        errors,
+        achieved_rps: total as f64 / wall.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    })
+}
+
+/// Up to `limit` existing customer ids, in stream-name order.
+async fn customer_ids(
+    store: &Arc<dyn store::EventStore>,
+    limit: u64,
+) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    let mut after: Option<StreamId> = None;
+    while (ids.len() as u64) < limit {
+        let page = store.list_streams(after.as_ref(), 10_000).await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        ids.extend(
+            page.iter()
+                .filter_map(|s| s.customer_id())
+                .map(|c| c.to_string())
+                .take((limit - ids.len() as u64) as usize),
+        );
+        after = Some(last);
+    }
+    Ok(ids)
+}

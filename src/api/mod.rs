@@ -1,0 +1,259 @@
+//! The HTTP edge: GraphQL over axum.
+//!
+//! Routes:
+//! - `POST /graphql` — queries and mutations (bearer API key required);
+//! - `GET /graphql` — GraphiQL, served from files embedded in the binary;
+//! - `GET /graphql/ws` — subscriptions (graphql-transport-ws); the key goes
+//!   in the `connection_init` payload as `{"Authorization": "Bearer <key>"}`
+//!   or in the upgrade request's `Authorization` header;
+//! - `GET /healthz` — store reachability;
+//! - `GET /metrics` — Prometheus text (request counts and latency per
+//!   operation, events appended, store head, projection lag when known).
+//!
+//! This module stays thin: rules live in [`crate::commands`], queries behind
+//! [`read_models::ReadModels`].
+
+pub mod auth;
+pub mod bench;
+pub mod error;
+pub mod graphiql;
+pub mod limits;
+pub mod live;
+pub mod metrics;
+pub mod read_models;
+pub mod schema;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::commands::CommandHandler;
+use crate::store::EventStore;
+use auth::{ApiKeys, Caller};
+use live::LiveFeeds;
+use metrics::Metrics;
+use read_models::{ReadModelBalances, ReadModels};
+use schema::{build_schema, JourneySchema, Services};
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The executable schema (holds [`Services`]).
+    pub schema: JourneySchema,
+    /// Known API keys.
+    pub keys: Arc<ApiKeys>,
+    /// The store (for `/healthz`).
+    pub store: Arc<dyn EventStore>,
+    /// The read side (for `/metrics` lag).
+    pub read_models: Arc<dyn ReadModels>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Broadcasts the projection runner feeds.
+    pub live: LiveFeeds,
+}
+
+impl ApiState {
+    /// Wires the schema, command handler and counters over a store and a
+    /// read side.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        read_models: Arc<dyn ReadModels>,
+        keys: ApiKeys,
+        vault: Option<Arc<crate::privacy::Vault>>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let live = LiveFeeds::default();
+        let commands = CommandHandler::new(
+            store.clone(),
+            Arc::new(ReadModelBalances(read_models.clone())),
+        )
+        .with_vault(vault);
+        let schema = build_schema(Services {
+            store: store.clone(),
+            read_models: read_models.clone(),
+            commands,
+            live: live.clone(),
+            metrics: metrics.clone(),
+        });
+        Self {
+            schema,
+            keys: Arc::new(keys),
+            store,
+            read_models,
+            metrics,
+            live,
+        }
+    }
+}
+
+/// The application's routes with their limits.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/graphql",
+            get(graphiql::page)
+                .post(graphql_post)
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits::REQUEST_TIMEOUT,
+                )),
+        )
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/graphql/assets/{name}", get(graphiql::assets))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes
+/// the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "errors": [{
+                "message": "invalid API key: send Authorization: Bearer <API key>",
+                "extensions": {"code": "UNAUTHENTICATED"}
+            }]
+        })),
+    )
+        .into_response()
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn graphql_post(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
+    let caller = match state.keys.from_header(authorization(&headers)) {
+        Ok(caller) => caller,
+        Err(auth::InvalidKey) => return unauthorized(),
+    };
+    let mut request = request.into_inner();
+    let operation = request
+        .operation_name
+        .clone()
+        .unwrap_or_else(|| "anonymous".to_owned());
+    if let Some(caller) = caller {
+        request = request.data(caller);
+    }
+    let started = Instant::now();
+    let response = state.schema.execute(request).await;
+    state
+        .metrics
+        .observe_request(&operation, started.elapsed(), response.is_err());
+    GraphQLResponse::from(response).into_response()
+}
+
+async fn graphql_ws(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header_caller = match state.keys.from_header(authorization(&headers)) {
+        Ok(caller) => caller,
+        Err(auth::InvalidKey) => return unauthorized(),
+    };
+    let keys = state.keys.clone();
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let mut data = Data::default();
+                    match connection_caller(&keys, &payload) {
+                        Ok(Some(caller)) => data.insert(caller),
+                        Ok(None) => {
+                            if let Some(caller) = header_caller {
+                                data.insert(caller);
+                            }
+                        }
+                        Err(auth::InvalidKey) => {
+                            return Err(async_graphql::Error::new("invalid API key"));
+                        }
+                    }
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+/// The caller named by a `connection_init` payload: `{"Authorization":
+/// "Bearer <key>"}`, lower-case `authorization`, or the same inside
+/// `headers` (what GraphiQL sends).
+fn connection_caller(
+    keys: &ApiKeys,
+    payload: &serde_json::Value,
+) -> Result<Option<Caller>, auth::InvalidKey> {
+    let find = |v: &serde_json::Value| {
+        v.get("Authorization")
+            .or_else(|| v.get("authorization"))
+            .and_then(|a| a.as_str())
+            .map(str::to_owned)
+    };
+    let value = find(payload).or_else(|| payload.get("headers").and_then(find));
+    keys.from_header(value.as_deref())
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.store.head_position().await {
+        Ok(head) => Json(serde_json::json!({
+            "status": "ok",
+            "backend": state.store.backend(),
+            "headPosition": head,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "store unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    let status = state.read_models.projection_status().await.ok();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(status.as_ref()),
+    )
+        .into_response()
+}

@@ -1,0 +1,988 @@
+//! The GraphQL schema: queries over the read models, one mutation per
+//! interaction of the event model (each a command, see [`crate::commands`]),
+//! and subscriptions. Every root field is guarded by a minimum role.
+
+use std::sync::Arc;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, InputObject, Json, Object, Schema, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
+use super::auth::{Caller, Role, RoleGuard};
+use super::error::{bad_input, command_error, internal, read_error};
+use super::limits;
+use super::live::LiveFeeds;
+use super::metrics::Metrics;
+use super::read_models::{
+    Alert, CohortRow, CustomerFilter, CustomerView, ProjectionStatus, ReadModels, StageCount,
+    StageTransition,
+};
+use crate::commands::{Command, CommandHandler};
+use crate::domain::events::{self as ev, DomainEvent};
+use crate::domain::{Currency, CustomerId, Money, RecordedEvent, ValidationError};
+use crate::store::{Direction, EventStore, ReadStream};
+
+/// The executable schema.
+pub type JourneySchema = Schema<Query, Mutation, Subscription>;
+
+/// What resolvers need, shared by every request.
+#[derive(Clone)]
+pub struct Services {
+    /// The event store.
+    pub store: Arc<dyn EventStore>,
+    /// The read side.
+    pub read_models: Arc<dyn ReadModels>,
+    /// The write side.
+    pub commands: CommandHandler,
+    /// Alert and stage-transition broadcasts.
+    pub live: LiveFeeds,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the schema with its depth and complexity limits.
+pub fn build_schema(services: Services) -> JourneySchema {
+    Schema::build(Query, Mutation, Subscription)
+        .data(services)
+        .limit_depth(limits::MAX_DEPTH)
+        .limit_complexity(limits::MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema without services, for printing the SDL.
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription).finish().sdl()
+}
+
+fn services<'a>(ctx: &Context<'a>) -> &'a Services {
+    ctx.data_unchecked::<Services>()
+}
+
+fn parse_customer(field: &str, id: &str) -> async_graphql::Result<CustomerId> {
+    CustomerId::parse(id).map_err(|e| bad_input(field, e.reason))
+}
+
+/// A stored event, as the API shows it.
+#[derive(Debug, Clone, SimpleObject)]
+#[graphql(name = "Event")]
+pub struct EventView {
+    /// Unique id.
+    pub event_id: uuid::Uuid,
+    /// Stream name (`customer-<id>`).
+    pub stream_id: String,
+    /// Customer id, for customer streams.
+    pub customer_id: Option<String>,
+    /// Version within the stream (1-based).
+    pub version: u64,
+    /// Global position.
+    pub position: u64,
+    /// Event type, e.g. `OrderPlaced`.
+    pub event_type: String,
+    /// Payload schema version.
+    pub schema_version: u32,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When the ledger stored it.
+    pub recorded_at: DateTime<Utc>,
+    /// The payload as stored.
+    pub payload: Json<serde_json::Value>,
+    /// Who and what caused it.
+    pub metadata: Json<serde_json::Value>,
+    /// Chained SHA-256, hex.
+    pub hash: String,
+}
+
+impl From<RecordedEvent> for EventView {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            customer_id: e.stream_id.customer_id().map(|c| c.to_string()),
+            stream_id: e.stream_id.to_string(),
+            version: e.version,
+            position: e.position,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            payload: Json(serde_json::from_str(&e.payload_json).unwrap_or_default()),
+            metadata: Json(serde_json::from_str(&e.metadata_json).unwrap_or_default()),
+            hash: e.hash.to_string(),
+        }
+    }
+}
+
+/// What a mutation stored.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CommandResult {
+    /// The appended events.
+    pub events: Vec<EventView>,
+    /// The customer stream's version afterwards (next `expectedVersion`).
+    pub version: u64,
+}
+
+/// The read side.
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// One customer, as of `asOf` (default: all events). Null when unknown.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn customer(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        as_of: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<Option<CustomerView>> {
+        let id = parse_customer("id", &id)?;
+        services(ctx)
+            .read_models
+            .customer(&id, as_of)
+            .await
+            .map_err(read_error)
+    }
+
+    /// Customers, a page at a time (Relay connection). `first` is at most 100.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<CustomerFilter>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, CustomerView>> {
+        let first = limits::page_size("first", first)?;
+        let page = services(ctx)
+            .read_models
+            .customers(&filter.unwrap_or_default(), first, after.as_deref())
+            .await
+            .map_err(read_error)?;
+        let mut connection = Connection::new(after.is_some(), page.has_next_page);
+        connection.edges.extend(
+            page.items
+                .into_iter()
+                .map(|(cursor, view)| Edge::new(cursor, view)),
+        );
+        Ok(connection)
+    }
+
+    /// A customer's raw events after version `after` (Relay connection;
+    /// cursors are stream versions). Auditors and admins only.
+    #[graphql(guard = "RoleGuard::new(Role::Auditor)")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        after: Option<String>,
+        #[graphql(default = 50)] first: i32,
+    ) -> async_graphql::Result<Connection<String, EventView>> {
+        let customer = parse_customer("customerId", &customer_id)?;
+        let first = limits::page_size("first", first)?;
+        let after_version = match &after {
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .map_err(|_| bad_input("after", "is not a cursor this API issued"))?,
+            None => 0,
+        };
+        let mut events = services(ctx)
+            .store
+            .read_stream(
+                &customer.stream_id(),
+                ReadStream {
+                    direction: Direction::Forwards,
+                    from_version: Some(after_version + 1),
+                    limit: first + 1,
+                },
+            )
+            .await
+            .map_err(|e| internal(&e))?;
+        let has_next = events.len() > first;
+        events.truncate(first);
+        let mut connection = Connection::new(after_version > 0, has_next);
+        connection.edges.extend(
+            events
+                .into_iter()
+                .map(|e| Edge::new(e.version.to_string(), EventView::from(e))),
+        );
+        Ok(connection)
+    }
+
+    /// Customers per lifecycle stage as of `asOf`. Null when not available
+    /// until the projection is running.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn stage_distribution(
+        &self,
+        ctx: &Context<'_>,
+        as_of: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<Option<Vec<StageCount>>> {
+        services(ctx)
+            .read_models
+            .stage_distribution(as_of)
+            .await
+            .map_err(read_error)
+    }
+
+    /// Retention by acquisition cohort for cohorts starting in `[from, to)`.
+    /// Null when not available until the projection is running.
+    #[graphql(guard = "RoleGuard::new(Role::Analyst)")]
+    async fn cohort_retention(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> async_graphql::Result<Option<Vec<CohortRow>>> {
+        if to <= from {
+            return Err(bad_input("to", "must be after `from`"));
+        }
+        services(ctx)
+            .read_models
+            .cohort_retention(from, to)
+            .await
+            .map_err(read_error)
+    }
+
+    /// The store's head and each projection's checkpoint and lag.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn projection_status(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<ProjectionStatus> {
+        services(ctx)
+            .read_models
+            .projection_status()
+            .await
+            .map_err(read_error)
+    }
+}
+
+/// An amount in integer minor units.
+#[derive(Debug, Clone, InputObject)]
+pub struct MoneyInput {
+    /// Minor units (cents for USD).
+    pub minor: i64,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+}
+
+impl MoneyInput {
+    fn to_money(&self, field: &str) -> Result<Money, ValidationError> {
+        let currency = Currency::parse(&self.currency).map_err(|e| e.within(field))?;
+        Ok(Money::new(self.minor, currency))
+    }
+}
+
+/// Personal data fields; absent ones are left unchanged.
+#[derive(Debug, Clone, Default, InputObject)]
+pub struct ProfileInput {
+    /// Full name.
+    pub name: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Phone number.
+    pub phone: Option<String>,
+    /// Postal address.
+    pub address: Option<String>,
+}
+
+impl From<ProfileInput> for ev::Profile {
+    fn from(p: ProfileInput) -> Self {
+        Self {
+            name: p.name,
+            email: p.email,
+            phone: p.phone,
+            address: p.address,
+        }
+    }
+}
+
+/// Registration.
+#[derive(Debug, Clone, InputObject)]
+pub struct RegisterCustomerInput {
+    /// Acquisition channel, e.g. `paid_search`.
+    pub channel: String,
+    /// What acquiring the customer cost.
+    pub acquisition_cost: Option<MoneyInput>,
+    /// Personal data.
+    pub profile: Option<ProfileInput>,
+}
+
+/// A consent purpose, e.g. `marketing_email`.
+#[derive(Debug, Clone, InputObject)]
+pub struct ConsentInput {
+    /// What the consent covers.
+    pub purpose: String,
+}
+
+/// A visit.
+#[derive(Debug, Clone, InputObject)]
+pub struct RecordSessionInput {
+    /// Session identifier.
+    pub session_id: String,
+    /// `web`, `app`, `store`, ...
+    pub channel: String,
+    /// Length in seconds (not negative).
+    pub duration_secs: Option<i32>,
+}
+
+/// A cart left without checkout.
+#[derive(Debug, Clone, InputObject)]
+pub struct AbandonCartInput {
+    /// Cart identifier.
+    pub cart_id: String,
+    /// Cart value.
+    pub value: MoneyInput,
+    /// Items in the cart (not negative).
+    pub item_count: i32,
+}
+
+/// A purchase.
+#[derive(Debug, Clone, InputObject)]
+pub struct PlaceOrderInput {
+    /// Order identifier, unique per customer.
+    pub order_id: String,
+    /// Order value.
+    pub amount: MoneyInput,
+    /// Items (at least 1).
+    pub item_count: i32,
+}
+
+/// Whether a refund returns the whole remaining amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum RefundKindInput {
+    /// Exactly what the order has left.
+    Full,
+    /// Part of it.
+    Partial,
+}
+
+/// A refund against an order.
+#[derive(Debug, Clone, InputObject)]
+pub struct RefundOrderInput {
+    /// The order.
+    pub order_id: String,
+    /// Refund identifier.
+    pub refund_id: String,
+    /// Amount, at most what the order has left, in its currency.
+    pub amount: MoneyInput,
+    /// Full or partial.
+    pub kind: RefundKindInput,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// A complaint.
+#[derive(Debug, Clone, InputObject)]
+pub struct FileComplaintInput {
+    /// Complaint identifier.
+    pub complaint_id: String,
+    /// Category, e.g. `delivery`.
+    pub category: String,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Resolution of an open complaint.
+#[derive(Debug, Clone, InputObject)]
+pub struct ResolveComplaintInput {
+    /// Complaint identifier.
+    pub complaint_id: String,
+    /// How it was resolved.
+    pub resolution: Option<String>,
+}
+
+/// Points spent.
+#[derive(Debug, Clone, InputObject)]
+pub struct RedeemPointsInput {
+    /// Redemption identifier.
+    pub redemption_id: String,
+    /// Points (positive, at most the balance).
+    pub points: i64,
+    /// What they were spent on.
+    pub reward: Option<String>,
+}
+
+/// A manual balance correction.
+#[derive(Debug, Clone, InputObject)]
+pub struct AdjustPointsInput {
+    /// Adjustment identifier.
+    pub adjustment_id: String,
+    /// Points added (positive) or removed (negative).
+    pub points: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A campaign reaching the customer.
+#[derive(Debug, Clone, InputObject)]
+pub struct TouchCampaignInput {
+    /// Campaign identifier.
+    pub campaign_id: String,
+    /// Channel; needs consent `marketing_<channel>`.
+    pub channel: String,
+}
+
+/// Satisfaction scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum SurveyMetricInput {
+    /// Net Promoter Score, 0–10.
+    Nps,
+    /// Customer satisfaction, 1–5.
+    Csat,
+}
+
+/// A survey answer.
+#[derive(Debug, Clone, InputObject)]
+pub struct AnswerSurveyInput {
+    /// Survey identifier.
+    pub survey_id: String,
+    /// Scale.
+    pub metric: SurveyMetricInput,
+    /// Score on the scale.
+    pub score: i32,
+}
+
+/// A support ticket.
+#[derive(Debug, Clone, InputObject)]
+pub struct OpenTicketInput {
+    /// Ticket identifier.
+    pub ticket_id: String,
+    /// Subject line.
+    pub subject: String,
+}
+
+/// Closing an open ticket.
+#[derive(Debug, Clone, InputObject)]
+pub struct CloseTicketInput {
+    /// Ticket identifier.
+    pub ticket_id: String,
+    /// Whether the problem was solved.
+    pub solved: Option<bool>,
+}
+
+/// An outage affecting the customer.
+#[derive(Debug, Clone, InputObject)]
+pub struct StartOutageInput {
+    /// Outage identifier.
+    pub outage_id: String,
+    /// Affected service.
+    pub service: String,
+}
+
+/// The end of an ongoing outage.
+#[derive(Debug, Clone, InputObject)]
+pub struct EndOutageInput {
+    /// Outage identifier.
+    pub outage_id: String,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, InputObject)]
+pub struct StartSubscriptionInput {
+    /// Subscription identifier.
+    pub subscription_id: String,
+    /// Plan name.
+    pub plan: String,
+    /// Recurring price.
+    pub price: Option<MoneyInput>,
+}
+
+/// Cancelling an active subscription.
+#[derive(Debug, Clone, InputObject)]
+pub struct CancelSubscriptionInput {
+    /// Subscription identifier.
+    pub subscription_id: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Runs one command for the calling key and shapes the result.
+async fn record(
+    ctx: &Context<'_>,
+    customer_id: String,
+    occurred_at: DateTime<Utc>,
+    expected_version: Option<u64>,
+    event: Result<DomainEvent, ValidationError>,
+) -> async_graphql::Result<CommandResult> {
+    let customer = parse_customer("customerId", &customer_id)?;
+    let event = event.map_err(|e| bad_input(&e.field, e.reason))?;
+    let caller = ctx.data::<Caller>()?;
+    let svc = services(ctx);
+    let stored = svc
+        .commands
+        .execute(Command {
+            customer,
+            occurred_at,
+            expected_version,
+            event,
+            actor: caller.name.clone(),
+            source: "graphql".into(),
+        })
+        .await
+        .map_err(command_error)?;
+    svc.metrics.events_appended(1);
+    Ok(CommandResult {
+        version: stored.version,
+        events: vec![stored.into()],
+    })
+}
+
+fn money(input: &MoneyInput, field: &str) -> Result<Money, ValidationError> {
+    input.to_money(field)
+}
+
+/// A GraphQL `Int` that must not be negative, as the domain's `u32`, with
+/// an error naming the field (GraphQL's own message would not).
+fn count(value: i32, field: &str) -> Result<u32, ValidationError> {
+    u32::try_from(value)
+        .map_err(|_| ValidationError::new(field, format!("must not be negative, got {value}")))
+}
+
+/// The write side: one mutation per interaction. Each takes the customer,
+/// when it happened (RFC 3339, not more than a day ahead), an optional
+/// `expectedVersion` (the stream version last read; a mismatch is
+/// `CONCURRENCY_CONFLICT`) and the interaction's fields.
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// A customer joins.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn register_customer(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: RegisterCustomerInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = input
+            .acquisition_cost
+            .as_ref()
+            .map(|m| money(m, "input.acquisitionCost"))
+            .transpose()
+            .map(|acquisition_cost| {
+                DomainEvent::CustomerRegistered(ev::CustomerRegistered {
+                    channel: input.channel,
+                    acquisition_cost,
+                    profile: input.profile.map(Into::into).unwrap_or_default(),
+                })
+            });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// Profile fields change.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn change_profile(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: ProfileInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ProfileChanged(ev::ProfileChanged {
+            profile: input.into(),
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// Consent given for a purpose.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn give_consent(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: ConsentInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ConsentGiven(ev::Consent {
+            purpose: input.purpose,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// Consent withdrawn for a purpose.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn withdraw_consent(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: ConsentInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ConsentWithdrawn(ev::Consent {
+            purpose: input.purpose,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A visit or session.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn record_session(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: RecordSessionInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = input
+            .duration_secs
+            .map(|d| count(d, "input.durationSecs"))
+            .transpose()
+            .map(|duration_secs| {
+                DomainEvent::SessionRecorded(ev::SessionRecorded {
+                    session_id: input.session_id,
+                    channel: input.channel,
+                    duration_secs,
+                })
+            });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A cart left without checkout.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn abandon_cart(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: AbandonCartInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = money(&input.value, "input.value").and_then(|value| {
+            Ok(DomainEvent::CartAbandoned(ev::CartAbandoned {
+                cart_id: input.cart_id,
+                value,
+                item_count: count(input.item_count, "input.itemCount")?,
+            }))
+        });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A purchase; the customer must be registered.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn place_order(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: PlaceOrderInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = money(&input.amount, "input.amount").and_then(|amount| {
+            Ok(DomainEvent::OrderPlaced(ev::OrderPlaced {
+                order_id: input.order_id,
+                amount,
+                item_count: count(input.item_count, "input.itemCount")?,
+            }))
+        });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A refund of at most what the order has left.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn refund_order(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: RefundOrderInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = money(&input.amount, "input.amount").map(|amount| {
+            DomainEvent::OrderRefunded(ev::OrderRefunded {
+                order_id: input.order_id,
+                refund_id: input.refund_id,
+                amount,
+                kind: match input.kind {
+                    RefundKindInput::Full => ev::RefundKind::Full,
+                    RefundKindInput::Partial => ev::RefundKind::Partial,
+                },
+                reason: input.reason,
+            })
+        });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A complaint filed.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn file_complaint(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: FileComplaintInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ComplaintFiled(ev::ComplaintFiled {
+            complaint_id: input.complaint_id,
+            category: input.category,
+            description: input.description,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// An open complaint resolved.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn resolve_complaint(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: ResolveComplaintInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ComplaintResolved(ev::ComplaintResolved {
+            complaint_id: input.complaint_id,
+            resolution: input.resolution,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// Points spent; at most the current balance (needs the loyalty
+    /// projection: `PRECONDITION_UNAVAILABLE` without it).
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn redeem_points(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: RedeemPointsInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::PointsRedeemed(ev::PointsRedeemed {
+            redemption_id: input.redemption_id,
+            points: input.points,
+            reward: input.reward,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A manual points correction.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn adjust_points(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: AdjustPointsInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::PointsAdjusted(ev::PointsAdjusted {
+            adjustment_id: input.adjustment_id,
+            points: input.points,
+            reason: input.reason,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A campaign reached the customer; needs consent `marketing_<channel>`.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn touch_campaign(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: TouchCampaignInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::CampaignTouched(ev::CampaignTouched {
+            campaign_id: input.campaign_id,
+            channel: input.channel,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A survey answer.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn answer_survey(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: AnswerSurveyInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = u8::try_from(input.score)
+            .map_err(|_| ValidationError::new("input.score", "must be between 0 and 10"))
+            .map(|score| {
+                DomainEvent::SurveyAnswered(ev::SurveyAnswered {
+                    survey_id: input.survey_id,
+                    metric: match input.metric {
+                        SurveyMetricInput::Nps => ev::SurveyMetric::Nps,
+                        SurveyMetricInput::Csat => ev::SurveyMetric::Csat,
+                    },
+                    score,
+                })
+            });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A support ticket opened.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn open_ticket(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: OpenTicketInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::SupportTicketOpened(ev::SupportTicketOpened {
+            ticket_id: input.ticket_id,
+            subject: input.subject,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// An open ticket closed.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn close_ticket(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: CloseTicketInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::SupportTicketClosed(ev::SupportTicketClosed {
+            ticket_id: input.ticket_id,
+            solved: input.solved,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A service the customer relies on went down.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn start_outage(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: StartOutageInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ServiceOutageStarted(
+            ev::ServiceOutageStarted {
+                outage_id: input.outage_id,
+                service: input.service,
+            },
+        ));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// An ongoing outage ended.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn end_outage(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: EndOutageInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::ServiceOutageEnded(ev::ServiceOutageEnded {
+            outage_id: input.outage_id,
+        }));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// A subscription began.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn start_subscription(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: StartSubscriptionInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = input
+            .price
+            .as_ref()
+            .map(|m| money(m, "input.price"))
+            .transpose()
+            .map(|price| {
+                DomainEvent::SubscriptionStarted(ev::SubscriptionStarted {
+                    subscription_id: input.subscription_id,
+                    plan: input.plan,
+                    price,
+                })
+            });
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+
+    /// An active subscription cancelled.
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn cancel_subscription(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        occurred_at: DateTime<Utc>,
+        expected_version: Option<u64>,
+        input: CancelSubscriptionInput,
+    ) -> async_graphql::Result<CommandResult> {
+        let event = Ok(DomainEvent::SubscriptionCancelled(
+            ev::SubscriptionCancelled {
+                subscription_id: input.subscription_id,
+                reason: input.reason,
+            },
+        ));
+        record(ctx, customer_id, occurred_at, expected_version, event).await
+    }
+}
+
+/// Live feeds over the graphql-transport-ws protocol at `/graphql/ws`.
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// Every appended event from global position `fromPosition` (inclusive;
+    /// default: only events appended from now on), optionally for one
+    /// customer. Catches up, then follows live. Auditors and admins only.
+    #[graphql(guard = "RoleGuard::new(Role::Auditor)")]
+    async fn event_appended(
+        &self,
+        ctx: &Context<'_>,
+        from_position: Option<u64>,
+        customer_id: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<EventView>>> {
+        let store = services(ctx).store.clone();
+        let only = customer_id
+            .map(|c| parse_customer("customerId", &c).map(|c| c.stream_id()))
+            .transpose()?;
+        let from = match from_position {
+            Some(p) => p,
+            None => store.head_position().await.map_err(|e| internal(&e))? + 1,
+        };
+        Ok(
+            crate::store::subscribe_all(store, from).filter_map(move |item| {
+                let only = only.clone();
+                async move {
+                    match item {
+                        Ok(e) if only.as_ref().is_some_and(|s| *s != e.stream_id) => None,
+                        Ok(e) => Some(Ok(EventView::from(e))),
+                        Err(e) => Some(Err(internal(&e))),
+                    }
+                }
+            }),
+        )
+    }
+
+    /// Alerts as the projections raise them (nothing until the alert
+    /// projection is running and feeding the broadcast).
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn alert_raised(&self, ctx: &Context<'_>) -> impl Stream<Item = Alert> {
+        services(ctx).live.alerts()
+    }
+
+    /// Lifecycle stage transitions as the projections compute them (nothing
+    /// until the lifecycle projection is running and feeding the broadcast).
+    #[graphql(guard = "RoleGuard::new(Role::App)")]
+    async fn stage_changed(&self, ctx: &Context<'_>) -> impl Stream<Item = StageTransition> {
+        services(ctx).live.stage_transitions()
+    }
+}

@@ -1,0 +1,130 @@
+//! A real server on a random local port over a temp SQLite store, with one
+//! key per role, shared by the API tests.
+#![allow(dead_code)]
+
+pub mod ws;
+
+use std::sync::Arc;
+
+use journey_ledger::api::auth::{ApiKeys, Role};
+use journey_ledger::api::read_models::EventFoldReadModels;
+use journey_ledger::api::{router, serve, ApiState};
+use journey_ledger::store::{self, EventStore};
+use serde_json::{json, Value};
+
+/// The key of each role (long enough for the 16-character minimum).
+pub fn key(role: Role) -> String {
+    format!("test-key-for-role-{}", role.name())
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub store: Arc<dyn EventStore>,
+    pub state: ApiState,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let (dir, url) = journey_ledger::testing::temp_sqlite();
+        let store = store::open(&url).await.expect("store");
+        let vault = journey_ledger::privacy::Vault::open(&url)
+            .await
+            .map(Arc::new)
+            .ok();
+        let mut keys = ApiKeys::default();
+        for role in Role::ALL {
+            keys.add(&format!("{}-client", role.name()), role, &key(role))
+                .unwrap();
+        }
+        let state = ApiState::new(
+            store.clone(),
+            Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
+            keys,
+            vault,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, router(state.clone()), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            store,
+            state,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/graphql/ws", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// POSTs a raw body; returns status and the body parsed as JSON (or as
+    /// a JSON string when it is not JSON).
+    pub async fn post_raw(
+        &self,
+        role: Option<Role>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(role) = role {
+            req = req.bearer_auth(key(role));
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn gql(&self, role: Option<Role>, query: &str, variables: Value) -> Value {
+        let body = json!({"query": query, "variables": variables}).to_string();
+        let (status, value) = self.post_raw(role, body).await;
+        assert!(status == 200 || status == 400, "status {status}: {value}");
+        value
+    }
+
+    /// Runs a query as admin and insists it succeeds.
+    pub async fn ok(&self, query: &str, variables: Value) -> Value {
+        let value = self.gql(Some(Role::Admin), query, variables).await;
+        assert!(value.get("errors").is_none(), "unexpected errors: {value}");
+        value["data"].clone()
+    }
+
+    pub async fn head(&self) -> u64 {
+        self.store.head_position().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The first error's `extensions.code`, or `None` when there is no error.
+pub fn error_code(value: &Value) -> Option<String> {
+    value["errors"][0]["extensions"]["code"]
+        .as_str()
+        .map(str::to_owned)
+}
