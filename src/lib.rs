@@ -12,6 +12,7 @@ pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod import;
+pub mod projections;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -1,6 +1,7 @@
 //! Command definitions and dispatch. One file per group of commands.
 
 mod ledger;
+mod projections;
 
 use std::path::PathBuf;
 
@@ -50,9 +51,36 @@ pub enum Command {
     Events(ledger::EventsArgs),
     /// Print counts of events, streams and event types.
     Stats,
-    /// Measure the store: `bench append` and `bench read`.
+    /// Measure the store: `bench append`, `bench read`, `bench rebuild`.
     #[command(subcommand)]
     Bench(ledger::BenchCommand),
+    /// Replay the whole log into a fresh version of the read models under
+    /// the rules in projections/ (or --rules DIR), then switch to it.
+    ///
+    /// Queries keep reading the previous version until the new one is
+    /// complete. An interrupted rebuild under the same rules resumes from its
+    /// last committed batch when run again.
+    #[command(verbatim_doc_comment)]
+    Rebuild(projections::RebuildArgs),
+    /// Keep the active read models up to date: follow the store and apply
+    /// new events as they are committed (--once: catch up and exit).
+    Run(projections::RunArgs),
+    /// Compare two rule sets: replay the log in memory under both and report,
+    /// per projection, how many customers change stage or value tier, with
+    /// examples (JSON). Nothing is written.
+    ///
+    ///   cp -r projections /tmp/rules-b && $EDITOR /tmp/rules-b/lifecycle.toml
+    ///   journey diff --rules-a projections --rules-b /tmp/rules-b
+    #[command(verbatim_doc_comment)]
+    Diff(projections::DiffArgs),
+    /// Print a customer's projected state as JSON: lifecycle stage, stage
+    /// history and value tier, as of now or --as-of RFC3339.
+    ///
+    ///   journey customer 00003 --as-of 1998-06-30T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Customer(projections::CustomerArgs),
+    /// List the read-model versions (building, active, retired) as JSON lines.
+    Versions(projections::ReadModelArgs),
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -87,5 +115,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => ledger::events(&config, args).await,
         Command::Stats => ledger::stats(&config).await,
         Command::Bench(cmd) => ledger::bench(&config, cmd).await,
+        Command::Rebuild(args) => projections::rebuild(&config, args).await,
+        Command::Run(args) => projections::run(&config, args).await,
+        Command::Diff(args) => projections::diff(&config, args).await,
+        Command::Customer(args) => projections::customer(&config, args).await,
+        Command::Versions(args) => projections::versions(&config, args).await,
     }
 }

@@ -52,10 +52,12 @@ impl LineParser for CdnowParser {
         let (customer, date, cds, dollars) = match fields.as_slice() {
             [c, d, n, v] => (*c, *d, *n, *v),
             [c, _sample, d, n, v] => (*c, *d, *n, *v),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "expected 4 columns (customer_id date cds dollars) or 5 (with sample id), found {}",
                 fields.len()
-            )),
+            ))
+            }
         };
         let customer = CustomerId::parse(customer).map_err(|e| e.to_string())?;
         let day = NaiveDate::parse_from_str(date, "%Y%m%d")
