@@ -277,10 +277,8 @@ impl LifecycleState {
                     self.revenue_minor += order.amount.minor;
                 }
             }
-            DomainEvent::OrderRefunded(refund) => {
-                if refund.amount.currency == rules.currency {
-                    self.revenue_minor -= refund.amount.minor;
-                }
+            DomainEvent::OrderRefunded(refund) if refund.amount.currency == rules.currency => {
+                self.revenue_minor -= refund.amount.minor;
             }
             DomainEvent::SubscriptionCancelled(_) => {
                 self.cancelled_us = Some(t);
