@@ -69,6 +69,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Rebuild every projection into a fresh version; prints one JSON line
+    /// with `events_per_sec`, `peak_rss_bytes` and a bare ordered-scan rate.
+    /// With --events N, first appends synthetic events up to N.
+    Rebuild(super::projections::BenchRebuildArgs),
 }
 
 /// Opens the configured store.
@@ -171,6 +175,9 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
         )?,
         BenchCommand::Read { no_baseline } => {
             serde_json::to_string(&journey_ledger::bench::read(&config.store, !no_baseline).await?)?
+        }
+        BenchCommand::Rebuild(args) => {
+            return super::projections::bench_rebuild(config, args).await
         }
     };
     println!("{line}");

@@ -3,6 +3,7 @@
 mod audit;
 mod clv;
 mod ledger;
+mod projections;
 mod serve;
 
 use std::path::PathBuf;
@@ -56,9 +57,6 @@ pub enum Command {
     /// Customer lifetime value: fit BG/NBD, Pareto/NBD, Gamma-Gamma; score; validate.
     #[command(subcommand)]
     Clv(clv::ClvCommand),
-    /// Measure the store: `bench append` and `bench read`.
-    #[command(subcommand)]
-    Bench(ledger::BenchCommand),
     /// Recompute every hash chain and the global order; exit non-zero at tampering.
     ///
     /// Streams the whole log once and checks each event's SHA-256 against its
@@ -97,6 +95,36 @@ pub enum Command {
     /// JOURNEY_API_KEYS="name:role:key,...". Roles: app < analyst < auditor < admin.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
+    /// Measure the store: `bench append`, `bench read`, `bench rebuild`.
+    #[command(subcommand)]
+    Bench(ledger::BenchCommand),
+    /// Replay the whole log into a fresh version of the read models under
+    /// the rules in projections/ (or --rules DIR), then switch to it.
+    ///
+    /// Queries keep reading the previous version until the new one is
+    /// complete. An interrupted rebuild under the same rules resumes from its
+    /// last committed batch when run again.
+    #[command(verbatim_doc_comment)]
+    Rebuild(projections::RebuildArgs),
+    /// Keep the active read models up to date: follow the store and apply
+    /// new events as they are committed (--once: catch up and exit).
+    Run(projections::RunArgs),
+    /// Compare two rule sets: replay the log in memory under both and report,
+    /// per projection, how many customers change stage or value tier, with
+    /// examples (JSON). Nothing is written.
+    ///
+    ///   cp -r projections /tmp/rules-b && $EDITOR /tmp/rules-b/lifecycle.toml
+    ///   journey diff --rules-a projections --rules-b /tmp/rules-b
+    #[command(verbatim_doc_comment)]
+    Diff(projections::DiffArgs),
+    /// Print a customer's projected state as JSON: lifecycle stage, stage
+    /// history and value tier, as of now or --as-of RFC3339.
+    ///
+    ///   journey customer 00003 --as-of 1998-06-30T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Customer(projections::CustomerArgs),
+    /// List the read-model versions (building, active, retired) as JSON lines.
+    Versions(projections::ReadModelArgs),
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -136,5 +164,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => audit::export(&config, args).await,
         Command::Erase(args) => audit::erase(&config, args).await,
         Command::Serve(args) => serve::serve(&config, args).await,
+        Command::Rebuild(args) => projections::rebuild(&config, args).await,
+        Command::Run(args) => projections::run(&config, args).await,
+        Command::Diff(args) => projections::diff(&config, args).await,
+        Command::Customer(args) => projections::customer(&config, args).await,
+        Command::Versions(args) => projections::versions(&config, args).await,
     }
 }

@@ -1,0 +1,189 @@
+//! Commands on the read models: rebuild, run, diff, customer, versions and
+//! `bench rebuild`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use journey_ledger::config::Config;
+use journey_ledger::domain::CustomerId;
+use journey_ledger::projections::rules::RuleSet;
+use journey_ledger::projections::runner::{self, RebuildOptions, DEFAULT_BATCH_EVENTS};
+use journey_ledger::projections::storage::ReadModelDb;
+use journey_ledger::projections::{bench, diff, query};
+
+use super::ledger::{open_store, progress_bar};
+
+/// Where the read models live.
+#[derive(Debug, Args)]
+pub struct ReadModelArgs {
+    /// Read-model database (sqlite://FILE or postgres://...). Default: the
+    /// store's own database.
+    #[arg(long, value_name = "URL", env = "JOURNEY_READ_MODELS")]
+    pub read_models: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Rules directory (default: `rules_dir` of the config, `projections`).
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Events per committed batch.
+    #[arg(long, default_value_t = DEFAULT_BATCH_EVENTS)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Events per committed batch at most.
+    #[arg(long, default_value_t = DEFAULT_BATCH_EVENTS)]
+    pub batch: usize,
+    /// Catch up to the head and exit instead of following.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The current rules directory.
+    #[arg(long, value_name = "DIR")]
+    pub rules_a: PathBuf,
+    /// The proposed rules directory.
+    #[arg(long, value_name = "DIR")]
+    pub rules_b: PathBuf,
+    /// Compare as of this instant (RFC 3339); default: the newest event.
+    #[arg(long, value_name = "RFC3339")]
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct CustomerArgs {
+    /// Customer id (e.g. 00003).
+    pub customer_id: String,
+    /// The instant to answer for (RFC 3339); default: now.
+    #[arg(long, value_name = "RFC3339")]
+    pub as_of: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRebuildArgs {
+    /// First append synthetic events until the store holds this many.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Events per committed batch.
+    #[arg(long, default_value_t = DEFAULT_BATCH_EVENTS)]
+    pub batch: usize,
+    /// Rules directory (default: the config's).
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadModelDb> {
+    let url = args.read_models.as_deref().unwrap_or(&config.store);
+    ReadModelDb::open(url).await.with_context(|| {
+        format!("opening read models at {url} (use --read-models for stores without SQL)")
+    })
+}
+
+fn load_rules(config: &Config, dir: Option<&PathBuf>) -> anyhow::Result<RuleSet> {
+    let dir = dir.unwrap_or(&config.rules_dir);
+    Ok(RuleSet::load(dir)?)
+}
+
+pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
+    let rules = load_rules(config, args.rules.as_ref())?;
+    let store = open_store(config).await?;
+    let db = open_db(config, &args.read_models).await?;
+    let head = store.head_position().await?;
+    let bar = progress_bar(head, "rebuilding");
+    let report = runner::rebuild(
+        store,
+        &db,
+        &rules,
+        &RebuildOptions {
+            batch_events: args.batch,
+            stop_after_batches: None,
+        },
+        Utc::now(),
+        |checkpoint| bar.set_position(checkpoint),
+    )
+    .await;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string(&report?)?);
+    Ok(())
+}
+
+pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let db = open_db(config, &args.read_models).await?;
+    if args.once {
+        let applied = runner::catch_up(store, &db, args.batch).await?;
+        println!("{}", serde_json::json!({ "applied": applied }));
+        return Ok(());
+    }
+    eprintln!("following the store; Ctrl-C to stop");
+    tokio::select! {
+        result = runner::follow(store, &db, args.batch, |checkpoint| {
+            tracing::info!(checkpoint, "read models committed");
+        }) => result?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
+    let a = RuleSet::load(&args.rules_a)?;
+    let b = RuleSet::load(&args.rules_b)?;
+    let store = open_store(config).await?;
+    let report = diff::diff(store, &a, &b, args.as_of).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()> {
+    let id = CustomerId::parse(&args.customer_id)?;
+    let store = open_store(config).await?;
+    let db = open_db(config, &args.read_models).await?;
+    let as_of = args.as_of.unwrap_or_else(Utc::now);
+    match query::customer_as_of(store, &db, &id, as_of).await? {
+        Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
+        None => anyhow::bail!("customer {id} has no events up to {as_of}"),
+    }
+    Ok(())
+}
+
+pub async fn versions(config: &Config, args: ReadModelArgs) -> anyhow::Result<()> {
+    let db = open_db(config, &args).await?;
+    for v in db.versions().await? {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model_version": v.model_version,
+                "status": v.status,
+                "rules_id": v.rules_id,
+                "rules_hash": v.rules_hash,
+                "checkpoint": v.checkpoint,
+                "events_applied": v.events_applied,
+            })
+        );
+    }
+    Ok(())
+}
+
+pub async fn bench_rebuild(config: &Config, args: BenchRebuildArgs) -> anyhow::Result<()> {
+    let rules = load_rules(config, args.rules.as_ref())?;
+    let store = open_store(config).await?;
+    let db = open_db(config, &args.read_models).await?;
+    let report = bench::rebuild_bench(store, &db, &rules, args.events, args.batch).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

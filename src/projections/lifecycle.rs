@@ -1,0 +1,506 @@
+//! The lifecycle projection: each customer's stage (prospect, new, active,
+//! mature, at_risk, dormant, churned, reactivated) with its full transition
+//! history, and value tiers (high / mid / low by share of revenue).
+//!
+//! The stage at instant `t` is a pure function of the folded facts
+//! ([`LifecycleState::stage_at`]); it is piecewise constant and changes only
+//! at "boundary" instants (last order + 90 days, ...). Advancing time walks
+//! those boundaries in order and records a transition at the exact instant
+//! a threshold is crossed. Every comparison is `>=` at the threshold: a
+//! customer whose last order was exactly 90 days ago is at_risk; one
+//! microsecond earlier, not yet.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::rules::{days, LifecycleRules};
+use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
+use crate::domain::{CustomerId, DomainEvent};
+
+/// A lifecycle stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Registered, no order yet.
+    Prospect,
+    /// First order recently.
+    New,
+    /// Ordering, neither new nor mature.
+    Active,
+    /// Long tenure and frequent orders.
+    Mature,
+    /// No order for a while.
+    AtRisk,
+    /// No order for longer.
+    Dormant,
+    /// Gone: no order for a long time, or subscription cancelled.
+    Churned,
+    /// Came back after dormant or churned.
+    Reactivated,
+}
+
+impl Stage {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::Prospect => "prospect",
+            Stage::New => "new",
+            Stage::Active => "active",
+            Stage::Mature => "mature",
+            Stage::AtRisk => "at_risk",
+            Stage::Dormant => "dormant",
+            Stage::Churned => "churned",
+            Stage::Reactivated => "reactivated",
+        }
+    }
+}
+
+/// A value tier by share of revenue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueTier {
+    /// Among the customers holding the top share of revenue.
+    High,
+    /// The next share.
+    Mid,
+    /// The rest, and customers without revenue.
+    Low,
+}
+
+impl ValueTier {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ValueTier::High => "high",
+            ValueTier::Mid => "mid",
+            ValueTier::Low => "low",
+        }
+    }
+}
+
+/// One stage change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Previous stage (none for the first).
+    pub from: Option<Stage>,
+    /// New stage.
+    pub to: Stage,
+    /// The instant of the change.
+    pub at: DateTime<Utc>,
+    /// The event id, or `rule:<name>` for a time rule.
+    pub cause: String,
+}
+
+/// What the lifecycle fold remembers about one customer. Instants are µs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleState {
+    /// Current stage (none before the first event).
+    pub stage: Option<Stage>,
+    /// When the current stage began.
+    pub stage_since_us: i64,
+    /// The instant the state has been advanced to.
+    pub cursor_us: i64,
+    /// Registration (or first event) instant: the start of tenure.
+    pub tenure_start_us: Option<i64>,
+    /// First order.
+    pub first_order_us: Option<i64>,
+    /// Latest order.
+    pub last_order_us: Option<i64>,
+    /// Orders inside the mature window as of the cursor, oldest first.
+    pub window_orders_us: VecDeque<i64>,
+    /// The order that reactivated the customer, if any.
+    pub reactivated_us: Option<i64>,
+    /// Latest subscription cancellation.
+    pub cancelled_us: Option<i64>,
+    /// Orders minus refunds in the rules' currency, minor units.
+    pub revenue_minor: i64,
+    /// Number of orders.
+    pub orders: i64,
+    /// Number of transitions recorded (the next one's sequence number).
+    pub transitions: i64,
+}
+
+fn to_us(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_us(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).expect("instants in range")
+}
+
+fn day_us(n: u32) -> i64 {
+    days(n).num_microseconds().expect("at most 100 years")
+}
+
+impl LifecycleState {
+    /// The stage at instant `t` (>= the cursor), from the folded facts.
+    pub fn stage_at(&self, rules: &LifecycleRules, t: i64) -> Option<Stage> {
+        let s = &rules.stages;
+        self.tenure_start_us?;
+        if s.churned.on_subscription_cancelled {
+            if let Some(c) = self.cancelled_us {
+                if self.last_order_us.is_none_or(|o| c >= o) {
+                    return Some(Stage::Churned);
+                }
+            }
+        }
+        let Some(last) = self.last_order_us else {
+            return Some(Stage::Prospect);
+        };
+        let idle = t - last;
+        if idle >= day_us(s.churned.after_days) {
+            return Some(Stage::Churned);
+        }
+        if idle >= day_us(s.dormant.after_days) {
+            return Some(Stage::Dormant);
+        }
+        if idle >= day_us(s.at_risk.after_days) {
+            return Some(Stage::AtRisk);
+        }
+        if self
+            .reactivated_us
+            .is_some_and(|r| t - r < day_us(s.reactivated.lasts_days))
+        {
+            return Some(Stage::Reactivated);
+        }
+        if self
+            .first_order_us
+            .is_some_and(|f| t - f < day_us(s.new.within_days))
+        {
+            return Some(Stage::New);
+        }
+        let tenure_ok = self
+            .tenure_start_us
+            .is_some_and(|start| t - start >= day_us(s.mature.tenure_days));
+        let window = day_us(s.mature.window_days);
+        let recent = self
+            .window_orders_us
+            .iter()
+            .filter(|&&o| t - o < window)
+            .count();
+        if tenure_ok && recent >= s.mature.min_orders as usize {
+            return Some(Stage::Mature);
+        }
+        Some(Stage::Active)
+    }
+
+    /// The next instant after the cursor at which `stage_at` may change.
+    fn next_boundary(&self, rules: &LifecycleRules) -> Option<i64> {
+        let s = &rules.stages;
+        let c = self.cursor_us;
+        let mut candidates: Vec<i64> = Vec::with_capacity(8);
+        if let Some(last) = self.last_order_us {
+            candidates.push(last + day_us(s.at_risk.after_days));
+            candidates.push(last + day_us(s.dormant.after_days));
+            candidates.push(last + day_us(s.churned.after_days));
+        }
+        if let Some(first) = self.first_order_us {
+            candidates.push(first + day_us(s.new.within_days));
+        }
+        if let Some(start) = self.tenure_start_us {
+            candidates.push(start + day_us(s.mature.tenure_days));
+        }
+        if let Some(oldest) = self.window_orders_us.front() {
+            candidates.push(oldest + day_us(s.mature.window_days));
+        }
+        if let Some(r) = self.reactivated_us {
+            candidates.push(r + day_us(s.reactivated.lasts_days));
+        }
+        candidates.into_iter().filter(|&b| b > c).min()
+    }
+
+    fn set_cursor(&mut self, rules: &LifecycleRules, t: i64) {
+        self.cursor_us = t;
+        let window = day_us(rules.stages.mature.window_days);
+        while self
+            .window_orders_us
+            .front()
+            .is_some_and(|&o| t - o >= window)
+        {
+            self.window_orders_us.pop_front();
+        }
+    }
+
+    fn change(&mut self, to: Option<Stage>, at: i64, cause: String, out: &mut Vec<Transition>) {
+        if to == self.stage {
+            return;
+        }
+        let Some(to) = to else { return };
+        out.push(Transition {
+            from: self.stage,
+            to,
+            at: from_us(at),
+            cause,
+        });
+        self.stage = Some(to);
+        self.stage_since_us = at;
+        self.transitions += 1;
+    }
+
+    /// Advances to `t`, recording each threshold crossing at its instant.
+    pub fn advance_to(&mut self, rules: &LifecycleRules, t: i64, out: &mut Vec<Transition>) {
+        if t <= self.cursor_us {
+            return;
+        }
+        while let Some(b) = self.next_boundary(rules).filter(|&b| b <= t) {
+            self.set_cursor(rules, b);
+            let from = self.stage;
+            let to = self.stage_at(rules, b);
+            if to != from {
+                let cause = time_rule_name(rules, from, to.expect("known customer"));
+                self.change(to, b, cause, out);
+            }
+        }
+        self.set_cursor(rules, t);
+    }
+
+    /// Folds one event (after advancing to its instant).
+    pub fn apply(&mut self, rules: &LifecycleRules, event: &FoldEvent, out: &mut Vec<Transition>) {
+        let t = to_us(event.occurred_at);
+        self.advance_to(rules, t, out);
+        if self.tenure_start_us.is_none() {
+            self.tenure_start_us = Some(t);
+            self.cursor_us = t;
+        }
+        match &event.event {
+            DomainEvent::OrderPlaced(order) => {
+                if matches!(self.stage, Some(Stage::Dormant | Stage::Churned)) {
+                    self.reactivated_us = Some(t);
+                }
+                self.first_order_us.get_or_insert(t);
+                self.last_order_us = Some(t);
+                self.window_orders_us.push_back(t);
+                self.orders += 1;
+                if order.amount.currency == rules.currency {
+                    self.revenue_minor += order.amount.minor;
+                }
+            }
+            DomainEvent::OrderRefunded(refund) if refund.amount.currency == rules.currency => {
+                self.revenue_minor -= refund.amount.minor;
+            }
+            DomainEvent::SubscriptionCancelled(_) => {
+                self.cancelled_us = Some(t);
+            }
+            _ => {}
+        }
+        let to = self.stage_at(rules, t);
+        self.change(to, t, event.event_id.to_string(), out);
+    }
+}
+
+/// The name of the time rule behind a time-based change.
+fn time_rule_name(rules: &LifecycleRules, from: Option<Stage>, to: Stage) -> String {
+    let s = &rules.stages;
+    let name = match (from, to) {
+        (_, Stage::AtRisk) => format!("at_risk_after_{}_days", s.at_risk.after_days),
+        (_, Stage::Dormant) => format!("dormant_after_{}_days", s.dormant.after_days),
+        (_, Stage::Churned) => format!("churned_after_{}_days", s.churned.after_days),
+        (_, Stage::Mature) => format!(
+            "mature_after_{}_days_with_{}_orders_in_{}_days",
+            s.mature.tenure_days, s.mature.min_orders, s.mature.window_days
+        ),
+        (Some(Stage::New), _) => format!("new_ends_after_{}_days", s.new.within_days),
+        (Some(Stage::Reactivated), _) => {
+            format!("reactivated_ends_after_{}_days", s.reactivated.lasts_days)
+        }
+        (Some(Stage::Mature), _) => format!(
+            "mature_needs_{}_orders_in_{}_days",
+            s.mature.min_orders, s.mature.window_days
+        ),
+        (_, to) => format!("{}_by_time", to.as_str()),
+    };
+    format!("rule:{name}")
+}
+
+/// Value tiers of a population: customers ranked by revenue (ties by id);
+/// while the revenue of those ranked above a customer is below the high
+/// share of the total, they are high; then mid; then low. Customers with
+/// no positive revenue are low.
+pub fn value_tiers<'a>(
+    rules: &LifecycleRules,
+    revenues: impl IntoIterator<Item = (&'a CustomerId, i64)>,
+) -> HashMap<&'a CustomerId, ValueTier> {
+    let mut ranked: Vec<(&CustomerId, i64)> = revenues.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let total: i128 = ranked.iter().map(|(_, r)| (*r).max(0) as i128).sum();
+    let high = total * rules.value_tiers.high_revenue_share_percent as i128;
+    let mid = total
+        * (rules.value_tiers.high_revenue_share_percent
+            + rules.value_tiers.mid_revenue_share_percent) as i128;
+    let mut before: i128 = 0;
+    let mut tiers = HashMap::with_capacity(ranked.len());
+    for (customer, revenue) in ranked {
+        let tier = if revenue <= 0 {
+            ValueTier::Low
+        } else if before * 100 < high {
+            ValueTier::High
+        } else if before * 100 < mid {
+            ValueTier::Mid
+        } else {
+            ValueTier::Low
+        };
+        before += revenue.max(0) as i128;
+        tiers.insert(customer, tier);
+    }
+    tiers
+}
+
+/// The lifecycle fold under one rule set.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// The thresholds.
+    pub rules: LifecycleRules,
+}
+
+/// Tables of the lifecycle projection (created by migration 0010).
+pub const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "lifecycle_customers",
+        columns: &[
+            "stage",
+            "stage_since_us",
+            "revenue_minor",
+            "orders",
+            "last_order_us",
+        ],
+        kind: TableKind::Current,
+    },
+    TableSpec {
+        name: "lifecycle_transitions",
+        columns: &["seq", "from_stage", "to_stage", "at_us", "cause"],
+        kind: TableKind::History,
+    },
+    TableSpec {
+        name: "lifecycle_snapshot",
+        columns: &["as_of_us", "stage", "value_tier", "revenue_minor"],
+        kind: TableKind::Population,
+    },
+];
+
+impl Lifecycle {
+    fn history_rows(
+        customer: &CustomerId,
+        state: &LifecycleState,
+        transitions: Vec<Transition>,
+        out: &mut Vec<Row>,
+    ) {
+        let first_seq = state.transitions - transitions.len() as i64;
+        for (i, t) in transitions.into_iter().enumerate() {
+            out.push(Row {
+                table: "lifecycle_transitions",
+                customer_id: customer.as_str().to_owned(),
+                values: vec![
+                    Value::Int(first_seq + i as i64 + 1),
+                    t.from.map(|s| s.as_str()).into(),
+                    t.to.as_str().into(),
+                    Value::Int(to_us(t.at)),
+                    t.cause.into(),
+                ],
+            });
+        }
+    }
+}
+
+impl CustomerFold for Lifecycle {
+    type State = LifecycleState;
+
+    fn name(&self) -> &'static str {
+        "lifecycle"
+    }
+
+    fn tables(&self) -> &'static [TableSpec] {
+        TABLES
+    }
+
+    fn apply(
+        &self,
+        customer: &CustomerId,
+        state: &mut LifecycleState,
+        event: &FoldEvent,
+        out: &mut Vec<Row>,
+    ) {
+        let mut transitions = Vec::new();
+        state.apply(&self.rules, event, &mut transitions);
+        Self::history_rows(customer, state, transitions, out);
+    }
+
+    fn advance_to(
+        &self,
+        customer: &CustomerId,
+        state: &mut LifecycleState,
+        at: DateTime<Utc>,
+        out: &mut Vec<Row>,
+    ) {
+        let mut transitions = Vec::new();
+        state.advance_to(&self.rules, to_us(at), &mut transitions);
+        Self::history_rows(customer, state, transitions, out);
+    }
+
+    fn current_rows(&self, customer: &CustomerId, state: &LifecycleState, out: &mut Vec<Row>) {
+        let Some(stage) = state.stage else { return };
+        out.push(Row {
+            table: "lifecycle_customers",
+            customer_id: customer.as_str().to_owned(),
+            values: vec![
+                stage.as_str().into(),
+                Value::Int(state.stage_since_us),
+                Value::Int(state.revenue_minor),
+                Value::Int(state.orders),
+                state.last_order_us.into(),
+            ],
+        });
+    }
+
+    fn population_rows(
+        &self,
+        states: &[(&CustomerId, &LifecycleState)],
+        as_of: DateTime<Utc>,
+        out: &mut Vec<Row>,
+    ) {
+        let tiers = value_tiers(
+            &self.rules,
+            states.iter().map(|(c, s)| (*c, s.revenue_minor)),
+        );
+        let t = to_us(as_of);
+        for (customer, state) in states {
+            let mut advanced = (*state).clone();
+            advanced.advance_to(&self.rules, t, &mut Vec::new());
+            let Some(stage) = advanced.stage else {
+                continue;
+            };
+            out.push(Row {
+                table: "lifecycle_snapshot",
+                customer_id: customer.as_str().to_owned(),
+                values: vec![
+                    Value::Int(t),
+                    stage.as_str().into(),
+                    tiers[customer].as_str().into(),
+                    Value::Int(state.revenue_minor),
+                ],
+            });
+        }
+    }
+}
+
+/// Folds one customer's events as of `as_of`: sorts them by
+/// `(occurred_at, version)`, keeps those with `occurred_at <= as_of`, folds
+/// them and advances to `as_of`. Returns the state and every transition.
+pub fn fold_as_of(
+    rules: &LifecycleRules,
+    events: &[FoldEvent],
+    as_of: DateTime<Utc>,
+) -> (LifecycleState, Vec<Transition>) {
+    let mut ordered: Vec<&FoldEvent> = events.iter().filter(|e| e.occurred_at <= as_of).collect();
+    ordered.sort_by_key(|e| (e.occurred_at, e.version));
+    let mut state = LifecycleState::default();
+    let mut transitions = Vec::new();
+    for event in ordered {
+        state.apply(rules, event, &mut transitions);
+    }
+    if state.stage.is_some() {
+        state.advance_to(rules, to_us(as_of), &mut transitions);
+    }
+    (state, transitions)
+}

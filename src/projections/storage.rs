@@ -1,0 +1,500 @@
+//! Where read models live: SQL tables in SQLite (the store's file by
+//! default) or PostgreSQL (the store's database), written only by the
+//! runner, one transaction per batch together with the checkpoint.
+//!
+//! Both backends run the same statements (upserts use `ON CONFLICT`, which
+//! both understand); [`both!`] expands one body per backend so that each is
+//! type-checked against its own driver.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _};
+use thiserror::Error;
+
+use super::{Row, TableKind, TableSpec, Value};
+
+/// Why a read-model operation failed.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The database refused a statement.
+    #[error("read-model database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The schema could not be migrated.
+    #[error("read-model migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported database.
+    #[error("read models need a sqlite:// or postgres:// URL, got {0:?}")]
+    UnsupportedUrl(String),
+    /// A row does not fit its table.
+    #[error("table {table}: row has {got} values, the table spec has {expected} columns")]
+    RowShape {
+        /// Table.
+        table: String,
+        /// Columns in the spec.
+        expected: usize,
+        /// Values in the row.
+        got: usize,
+    },
+}
+
+/// A connection pool to the read-model database.
+#[derive(Clone)]
+pub enum ReadModelDb {
+    /// An SQLite file (one writer connection).
+    Sqlite(SqlitePool),
+    /// A PostgreSQL database.
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per backend with `$pool` bound to that pool.
+macro_rules! both {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            ReadModelDb::Sqlite($pool) => $body,
+            ReadModelDb::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Binds one value into a query under construction.
+macro_rules! push_value {
+    ($sep:expr, $value:expr) => {
+        match $value {
+            Value::Int(v) => {
+                $sep.push_bind(*v);
+            }
+            Value::Text(v) => {
+                $sep.push_bind(v.clone());
+            }
+            Value::NullInt => {
+                $sep.push_bind(None::<i64>);
+            }
+            Value::NullText => {
+                $sep.push_bind(None::<String>);
+            }
+        }
+    };
+}
+
+/// Lifecycle of a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    /// Being rebuilt; not read by queries.
+    Building,
+    /// What queries read. At most one.
+    Active,
+    /// Replaced by a newer active version.
+    Retired,
+    /// A rebuild under other rules started before this one finished.
+    Abandoned,
+}
+
+impl VersionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Building => "building",
+            VersionStatus::Active => "active",
+            VersionStatus::Retired => "retired",
+            VersionStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One row of `projection_versions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    /// The version number (all read-model rows carry it).
+    pub model_version: i64,
+    /// Status.
+    pub status: String,
+    /// Rules id.
+    pub rules_id: String,
+    /// Hash of the rules directory.
+    pub rules_hash: String,
+    /// The rules as JSON (queries use the version's own rules).
+    pub rules_json: String,
+    /// Last position applied.
+    pub checkpoint: i64,
+    /// Events applied so far.
+    pub events_applied: i64,
+}
+
+/// A persisted per-customer fold state.
+#[derive(Debug, Clone)]
+pub struct StoredState {
+    /// Projection name.
+    pub projection: String,
+    /// Customer.
+    pub customer_id: String,
+    /// `occurred_at` (µs) of the latest event folded.
+    pub last_occurred_us: i64,
+    /// The state as JSON.
+    pub state: String,
+}
+
+/// Everything one batch commits, atomically with its checkpoint.
+#[derive(Debug, Default)]
+pub struct BatchWrite {
+    /// Customers refolded from scratch: all their rows go first.
+    pub reset_customers: Vec<String>,
+    /// Customers that already had rows: their current rows are replaced.
+    pub replace_customers: Vec<String>,
+    /// New rows (history rows and the touched customers' current rows).
+    pub rows: Vec<Row>,
+    /// Fold states of touched customers.
+    pub states: Vec<StoredState>,
+    /// When set, every population table is rewritten with these rows.
+    pub population: Option<Vec<Row>>,
+    /// Last position applied.
+    pub checkpoint: i64,
+    /// Events applied in this batch.
+    pub events: i64,
+}
+
+const SELECT_VERSION: &str = "SELECT model_version, status, rules_id, rules_hash, rules_json, \
+                              checkpoint, events_applied FROM projection_versions";
+
+impl ReadModelDb {
+    /// Opens the database a URL names and applies the migrations.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .pragma("cache_size", "-65536");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            crate::store::sqlite::MIGRATOR.run(&pool).await?;
+            Ok(ReadModelDb::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?;
+            crate::store::postgres::MIGRATOR.run(&pool).await?;
+            Ok(ReadModelDb::Postgres(pool))
+        } else {
+            Err(StorageError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        both!(self, pool => pool.close().await)
+    }
+
+    /// Creates a version in `building` status with checkpoint 0 and marks
+    /// every other building version abandoned.
+    pub async fn create_version(
+        &self,
+        rules_id: &str,
+        rules_hash: &str,
+        rules_json: &str,
+        started_at_us: i64,
+    ) -> Result<VersionInfo, StorageError> {
+        let version: i64 = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE projection_versions SET status = 'abandoned' WHERE status = 'building'")
+                .execute(&mut *tx)
+                .await?;
+            let next: i64 = sqlx::query("SELECT COALESCE(MAX(model_version), 0) + 1 FROM projection_versions")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            sqlx::query(
+                "INSERT INTO projection_versions (model_version, status, rules_id, rules_hash, rules_json, \
+                 started_at_us, checkpoint, events_applied) VALUES ($1, 'building', $2, $3, $4, $5, 0, 0)",
+            )
+            .bind(next)
+            .bind(rules_id)
+            .bind(rules_hash)
+            .bind(rules_json)
+            .bind(started_at_us)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            next
+        });
+        Ok(self.version(version).await?.expect("just created"))
+    }
+
+    /// One version by number.
+    pub async fn version(&self, model_version: i64) -> Result<Option<VersionInfo>, StorageError> {
+        let sql = format!("{SELECT_VERSION} WHERE model_version = $1");
+        Ok(both!(self, pool => {
+            sqlx::query(&sql).bind(model_version).fetch_optional(pool).await?
+                .map(|r| version_info(&r)).transpose()?
+        }))
+    }
+
+    /// The latest version with `status`, if any.
+    pub async fn latest_with_status(
+        &self,
+        status: VersionStatus,
+    ) -> Result<Option<VersionInfo>, StorageError> {
+        let sql = format!("{SELECT_VERSION} WHERE status = $1 ORDER BY model_version DESC LIMIT 1");
+        Ok(both!(self, pool => {
+            sqlx::query(&sql).bind(status.as_str()).fetch_optional(pool).await?
+                .map(|r| version_info(&r)).transpose()?
+        }))
+    }
+
+    /// Every version, newest first.
+    pub async fn versions(&self) -> Result<Vec<VersionInfo>, StorageError> {
+        let sql = format!("{SELECT_VERSION} ORDER BY model_version DESC");
+        Ok(both!(self, pool => {
+            sqlx::query(&sql).fetch_all(pool).await?
+                .iter().map(version_info).collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// Makes `model_version` the active one and retires the previous active
+    /// version, in one transaction: a reader sees either the old or the new.
+    pub async fn activate(
+        &self,
+        model_version: i64,
+        finished_at_us: i64,
+    ) -> Result<(), StorageError> {
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE projection_versions SET status = 'retired' WHERE status = 'active'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE projection_versions SET status = 'active', finished_at_us = $1 WHERE model_version = $2",
+            )
+            .bind(finished_at_us)
+            .bind(model_version)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// All persisted fold states of a version.
+    pub async fn load_states(&self, model_version: i64) -> Result<Vec<StoredState>, StorageError> {
+        const SQL: &str =
+            "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
+                           WHERE model_version = $1";
+        Ok(both!(self, pool => {
+            let rows = sqlx::query(SQL).bind(model_version).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok::<_, sqlx::Error>(StoredState {
+                        projection: r.try_get(0)?,
+                        customer_id: r.try_get(1)?,
+                        last_occurred_us: r.try_get(2)?,
+                        state: r.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// One customer's persisted state in a version.
+    pub async fn load_state(
+        &self,
+        model_version: i64,
+        projection: &str,
+        customer_id: &str,
+    ) -> Result<Option<StoredState>, StorageError> {
+        const SQL: &str =
+            "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
+                           WHERE model_version = $1 AND projection = $2 AND customer_id = $3";
+        Ok(both!(self, pool => {
+            let row = sqlx::query(SQL).bind(model_version).bind(projection).bind(customer_id)
+                .fetch_optional(pool).await?;
+            row.map(|r| Ok::<_, sqlx::Error>(StoredState {
+                projection: r.try_get(0)?,
+                customer_id: r.try_get(1)?,
+                last_occurred_us: r.try_get(2)?,
+                state: r.try_get(3)?,
+            })).transpose()?
+        }))
+    }
+
+    /// Rows of `table` in a version as text, ordered by every column, for
+    /// comparisons and reports. `customer` narrows to one customer.
+    pub async fn dump(
+        &self,
+        table: &TableSpec,
+        model_version: i64,
+        customer: Option<&str>,
+    ) -> Result<Vec<Vec<Option<String>>>, StorageError> {
+        let mut cols = vec!["customer_id"];
+        cols.extend(table.columns.iter().copied());
+        let select: Vec<String> = cols.iter().map(|c| format!("CAST({c} AS TEXT)")).collect();
+        let order: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+        let filter = if customer.is_some() {
+            " AND customer_id = $2"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {} FROM {} WHERE model_version = $1{filter} ORDER BY {}",
+            select.join(", "),
+            table.name,
+            order.join(", ")
+        );
+        Ok(both!(self, pool => {
+            let mut q = sqlx::query(&sql).bind(model_version);
+            if let Some(c) = customer {
+                q = q.bind(c.to_owned());
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| (0..cols.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// Commits one batch: deletions, rows, states, the optional population
+    /// rewrite and the checkpoint, in one transaction.
+    pub async fn commit_batch(
+        &self,
+        model_version: i64,
+        tables: &[TableSpec],
+        batch: BatchWrite,
+    ) -> Result<(), StorageError> {
+        let specs: HashMap<&str, &TableSpec> = tables.iter().map(|t| (t.name, t)).collect();
+        let mut by_table: HashMap<&'static str, Vec<&Row>> = HashMap::new();
+        for row in &batch.rows {
+            let spec = specs.get(row.table).ok_or_else(|| StorageError::RowShape {
+                table: row.table.to_owned(),
+                expected: 0,
+                got: row.values.len(),
+            })?;
+            if spec.columns.len() != row.values.len() {
+                return Err(StorageError::RowShape {
+                    table: row.table.to_owned(),
+                    expected: spec.columns.len(),
+                    got: row.values.len(),
+                });
+            }
+            by_table.entry(row.table).or_default().push(row);
+        }
+        let mut population: HashMap<&'static str, Vec<&Row>> = HashMap::new();
+        if let Some(rows) = &batch.population {
+            for row in rows {
+                population.entry(row.table).or_default().push(row);
+            }
+        }
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // 1. Deletions.
+            for (customers, all_tables) in [(&batch.reset_customers, true), (&batch.replace_customers, false)] {
+                if customers.is_empty() {
+                    continue;
+                }
+                let mut targets: Vec<&str> = tables
+                    .iter()
+                    .filter(|t| t.kind == TableKind::Current || (all_tables && t.kind == TableKind::History))
+                    .map(|t| t.name)
+                    .collect();
+                targets.push("projection_state");
+                for table in targets {
+                    for chunk in customers.chunks(500) {
+                        let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
+                        q.push_bind(model_version).push(" AND customer_id IN (");
+                        let mut sep = q.separated(", ");
+                        for c in chunk {
+                            sep.push_bind(c.clone());
+                        }
+                        q.push(")");
+                        q.build().execute(&mut *tx).await?;
+                    }
+                }
+            }
+            if batch.population.is_some() {
+                for t in tables.iter().filter(|t| t.kind == TableKind::Population) {
+                    sqlx::query(&format!("DELETE FROM {} WHERE model_version = $1", t.name))
+                        .bind(model_version)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            // 2. Rows.
+            let groups = by_table.iter().chain(population.iter());
+            for (table, rows) in groups {
+                let spec = specs[table];
+                let per_stmt = (30_000 / (spec.columns.len() + 2)).min(2_000);
+                for chunk in rows.chunks(per_stmt) {
+                    let mut q = QueryBuilder::new(format!(
+                        "INSERT INTO {} (model_version, customer_id, {}) ",
+                        spec.name,
+                        spec.columns.join(", ")
+                    ));
+                    q.push_values(chunk, |mut sep, row| {
+                        sep.push_bind(model_version);
+                        sep.push_bind(row.customer_id.clone());
+                        for v in &row.values {
+                            push_value!(sep, v);
+                        }
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            // 3. States.
+            for chunk in batch.states.chunks(2_000) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO projection_state (model_version, projection, customer_id, last_occurred_us, state) ",
+                );
+                q.push_values(chunk, |mut sep, s| {
+                    sep.push_bind(model_version);
+                    sep.push_bind(s.projection.clone());
+                    sep.push_bind(s.customer_id.clone());
+                    sep.push_bind(s.last_occurred_us);
+                    sep.push_bind(s.state.clone());
+                });
+                q.push(
+                    " ON CONFLICT (model_version, projection, customer_id) DO UPDATE SET \
+                     last_occurred_us = excluded.last_occurred_us, state = excluded.state",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+            // 4. Checkpoint.
+            sqlx::query(
+                "UPDATE projection_versions SET checkpoint = $1, events_applied = events_applied + $2 \
+                 WHERE model_version = $3",
+            )
+            .bind(batch.checkpoint)
+            .bind(batch.events)
+            .bind(model_version)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
+
+fn version_info<R: sqlx::Row>(r: &R) -> Result<VersionInfo, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+    String: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+{
+    Ok(VersionInfo {
+        model_version: r.try_get(0)?,
+        status: r.try_get(1)?,
+        rules_id: r.try_get(2)?,
+        rules_hash: r.try_get(3)?,
+        rules_json: r.try_get(4)?,
+        checkpoint: r.try_get(5)?,
+        events_applied: r.try_get(6)?,
+    })
+}
