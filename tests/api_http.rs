@@ -358,7 +358,57 @@ fn guarded_fields() -> Vec<(String, Role)> {
         ),
         Role::App,
     ));
+    fields.push((
+        r#"mutation { eraseCustomer(customerId: "role-probe-erase", reason: "probe") { eventVersion } }"#
+            .into(),
+        Role::Admin,
+    ));
     fields
+}
+
+#[tokio::test]
+async fn profiles_are_sealed_revealed_and_erased_by_an_admin() {
+    let server = TestServer::start().await;
+    server
+        .ok(
+            &mutation(
+                "registerCustomer",
+                "pii",
+                1,
+                r#"{channel: "web", profile: {name: "Zoë Example", email: "zoe@example.org"}}"#,
+            ),
+            json!({}),
+        )
+        .await;
+    let query = r#"{ customer(id: "pii") { erased profile { name email } } }"#;
+    let before = server.ok(query, json!({})).await;
+    assert_eq!(before["customer"]["profile"]["email"], "zoe@example.org");
+    assert_eq!(before["customer"]["erased"], false);
+    // The stored event holds ciphertext only.
+    let raw = server
+        .store
+        .read_stream(
+            &journey_ledger::domain::CustomerId::parse("pii")
+                .unwrap()
+                .stream_id(),
+            journey_ledger::store::ReadStream::all_forwards(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !raw[0].payload_json.contains("zoe@example.org"),
+        "{}",
+        raw[0].payload_json
+    );
+
+    let erase = r#"mutation { eraseCustomer(customerId: "pii", reason: "GDPR art. 17 #42") { eventVersion } }"#;
+    let denied = server.gql(Some(Role::Auditor), erase, json!({})).await;
+    assert_eq!(error_code(&denied).as_deref(), Some("FORBIDDEN"));
+    let done = server.ok(erase, json!({})).await;
+    assert_eq!(done["eraseCustomer"]["eventVersion"], 2);
+    let after = server.ok(query, json!({})).await;
+    assert_eq!(after["customer"]["erased"], true);
+    assert!(after["customer"]["profile"].is_null(), "{after}");
 }
 
 #[tokio::test]

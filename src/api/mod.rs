@@ -78,13 +78,14 @@ impl ApiState {
             store.clone(),
             Arc::new(ReadModelBalances(read_models.clone())),
         )
-        .with_vault(vault);
+        .with_vault(vault.clone());
         let schema = build_schema(Services {
             store: store.clone(),
             read_models: read_models.clone(),
             commands,
             live: live.clone(),
             metrics: metrics.clone(),
+            vault,
         });
         Self {
             schema,

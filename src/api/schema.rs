@@ -39,6 +39,19 @@ pub struct Services {
     pub live: LiveFeeds,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The key table of personal data (absent on stores without one).
+    pub vault: Option<Arc<crate::privacy::Vault>>,
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, async_graphql::SimpleObject)]
+pub struct ErasureResult {
+    /// The customer erased.
+    pub customer_id: String,
+    /// Version of the `PersonalDataErased` event in their stream.
+    pub event_version: u64,
+    /// Its global position.
+    pub event_position: u64,
 }
 
 /// Builds the schema with its depth and complexity limits.
@@ -545,6 +558,48 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
+    /// Erases a customer's personal data by destroying their key
+    /// (crypto-shredding) and records `PersonalDataErased` (who: the calling
+    /// key, why: `reason`). The events stay and still verify; profile fields
+    /// read as erased from then on. Admin only.
+    #[graphql(guard = "RoleGuard::new(Role::Admin)")]
+    async fn erase_customer(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        reason: String,
+    ) -> async_graphql::Result<ErasureResult> {
+        let customer = parse_customer("customerId", &customer_id)?;
+        if reason.trim().is_empty() {
+            return Err(bad_input("reason", "must say why (legal basis or ticket)"));
+        }
+        let caller = ctx.data::<Caller>()?;
+        let svc = services(ctx);
+        let Some(vault) = &svc.vault else {
+            return Err(bad_input(
+                "customerId",
+                "this store keeps no personal data keys, so there is nothing to erase",
+            ));
+        };
+        let report = crate::privacy::erase_customer(
+            svc.store.as_ref(),
+            vault,
+            &customer,
+            &caller.name,
+            &reason,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "erasure failed");
+            async_graphql::Error::new("erasure failed; see the server log")
+        })?;
+        Ok(ErasureResult {
+            customer_id: report.customer_id,
+            event_version: report.event_version,
+            event_position: report.event_position,
+        })
+    }
+
     /// A customer joins.
     #[graphql(guard = "RoleGuard::new(Role::App)")]
     async fn register_customer(

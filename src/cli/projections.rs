@@ -32,6 +32,12 @@ pub struct RebuildArgs {
     /// Events per committed batch.
     #[arg(long, default_value_t = DEFAULT_BATCH_EVENTS)]
     pub batch: usize,
+    /// Who asks for the rebuild (recorded in the `ledger-admin` stream).
+    #[arg(long, default_value = "cli")]
+    pub actor: String,
+    /// Why (recorded in the `ledger-admin` stream).
+    #[arg(long, default_value = "manual rebuild")]
+    pub reason: String,
     #[command(flatten)]
     pub read_models: ReadModelArgs,
 }
@@ -106,7 +112,7 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
     let head = store.head_position().await?;
     let bar = progress_bar(head, "rebuilding");
     let report = runner::rebuild(
-        store,
+        store.clone(),
         &db,
         &rules,
         &RebuildOptions {
@@ -118,7 +124,22 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
     )
     .await;
     bar.finish_and_clear();
-    println!("{}", serde_json::to_string(&report?)?);
+    let report = report?;
+    if report.activated {
+        // Every rebuild is itself part of the audit trail: who, when, why.
+        journey_ledger::audit::record_rebuild(
+            store.as_ref(),
+            &args.actor,
+            &args.reason,
+            journey_ledger::audit::RebuildDetails {
+                rules_version: Some(format!("{} ({})", rules.lifecycle.rules_id, rules.hash)),
+                projections: vec!["lifecycle".into()],
+            },
+        )
+        .await
+        .context("recording the rebuild in the ledger-admin stream")?;
+    }
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
