@@ -85,7 +85,24 @@ pub async fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
     let vault = Vault::open_if_supported(&config.store)
         .await
         .context("opening the key table")?;
-    let doc = export_customer(store.as_ref(), vault.as_ref(), &customer, as_of, &[]).await?;
+    // The projected state rides along when the store has SQL read models.
+    let lifecycle =
+        match journey_ledger::projections::storage::ReadModelDb::open(&config.store).await {
+            Ok(db) => Some(journey_ledger::projections::query::LifecycleExportSection {
+                store: store.clone(),
+                db,
+                default_as_of: Utc::now(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no read models for the export's projected state");
+                None
+            }
+        };
+    let sections: Vec<&dyn journey_ledger::audit::export::StateSection> = lifecycle
+        .iter()
+        .map(|s| s as &dyn journey_ledger::audit::export::StateSection)
+        .collect();
+    let doc = export_customer(store.as_ref(), vault.as_ref(), &customer, as_of, &sections).await?;
     let text = serde_json::to_string_pretty(&doc)?;
     match args.out {
         Some(path) => std::fs::write(&path, text + "\n")

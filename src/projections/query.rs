@@ -225,3 +225,46 @@ pub async fn revenue_as_of(
     }
     Ok(revenues)
 }
+
+/// The lifecycle projection as a section of an audit export
+/// ([`crate::audit::export`]): the customer's stage, stage history and value
+/// tier as of the export's instant, from the active read-model version.
+pub struct LifecycleExportSection {
+    /// The event store (for replays before the saved state).
+    pub store: Arc<dyn EventStore>,
+    /// The read models.
+    pub db: ReadModelDb,
+    /// The instant used when the export has no `as_of` (the CLI passes now).
+    pub default_as_of: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl crate::audit::export::StateSection for LifecycleExportSection {
+    fn name(&self) -> &str {
+        "lifecycle"
+    }
+
+    async fn compute(
+        &self,
+        customer: &CustomerId,
+        as_of: Option<DateTime<Utc>>,
+        _events: &[crate::domain::RecordedEvent],
+    ) -> Result<crate::audit::export::StateSectionValue, String> {
+        let at = as_of.unwrap_or(self.default_as_of);
+        match customer_as_of(self.store.clone(), &self.db, customer, at).await {
+            Ok(view) => Ok(crate::audit::export::StateSectionValue {
+                source: "projection:lifecycle".into(),
+                value: serde_json::to_value(view).map_err(|e| e.to_string())?,
+            }),
+            // Nothing projected yet: say so rather than inventing a state.
+            Err(RunnerError::NoActiveVersion) => Ok(crate::audit::export::StateSectionValue {
+                source: "projection:lifecycle".into(),
+                value: serde_json::json!({
+                    "available": false,
+                    "reason": "no active read-model version; run `journey rebuild`"
+                }),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
