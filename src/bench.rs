@@ -396,34 +396,45 @@ pub async fn read(url: &str, baseline: bool) -> Result<ReadReport, BenchError> {
     })
 }
 
-/// Bare baseline: one ordered scan of `events`, parsing every payload as
-/// untyped JSON. Returns rows per second.
-async fn bare_scan(backend: &Backend) -> Result<Option<f64>, BenchError> {
+/// The bare scan's query: every column of `events` in position order.
+const BARE_SCAN_SQL: &str = "SELECT position, event_id, stream_id, version, event_type, \
+     schema_version, occurred_at, recorded_at, metadata, payload, hash FROM events ORDER BY position";
+
+/// Bare baseline on SQLite: one ordered scan of `events`, parsing every
+/// payload as untyped JSON. Returns rows per second.
+pub async fn bare_scan_sqlite(pool: &sqlx::SqlitePool) -> Result<f64, sqlx::Error> {
     use sqlx::Row;
-    const SQL: &str = "SELECT position, event_id, stream_id, version, event_type, schema_version, \
-                       occurred_at, recorded_at, metadata, payload, hash FROM events ORDER BY position";
     let started = Instant::now();
     let mut count = 0u64;
-    match backend {
-        Backend::Sqlite(s) => {
-            let mut rows = sqlx::query(SQL).fetch(s.reader());
-            while let Some(row) = rows.next().await {
-                let row = row?;
-                let payload: &str = row.try_get(9)?;
-                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
-                count += 1;
-            }
-        }
-        Backend::Postgres(s) => {
-            let mut rows = sqlx::query(SQL).fetch(s.pool());
-            while let Some(row) = rows.next().await {
-                let row = row?;
-                let payload: &str = row.try_get(9)?;
-                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
-                count += 1;
-            }
-        }
-        Backend::Other(_) => return Ok(None),
+    let mut rows = sqlx::query(BARE_SCAN_SQL).fetch(pool);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        let payload: &str = row.try_get(9)?;
+        let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        count += 1;
     }
-    Ok(Some(count as f64 / started.elapsed().as_secs_f64()))
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Bare baseline on PostgreSQL, as [`bare_scan_sqlite`].
+pub async fn bare_scan_postgres(pool: &sqlx::PgPool) -> Result<f64, sqlx::Error> {
+    use sqlx::Row;
+    let started = Instant::now();
+    let mut count = 0u64;
+    let mut rows = sqlx::query(BARE_SCAN_SQL).fetch(pool);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        let payload: &str = row.try_get(9)?;
+        let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        count += 1;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bare_scan(backend: &Backend) -> Result<Option<f64>, BenchError> {
+    Ok(match backend {
+        Backend::Sqlite(s) => Some(bare_scan_sqlite(s.reader()).await?),
+        Backend::Postgres(s) => Some(bare_scan_postgres(s.pool()).await?),
+        Backend::Other(_) => None,
+    })
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use futures::StreamExt;
 use serde::Serialize;
-use sqlx::Row as _;
 
 use super::rules::RuleSet;
 use super::runner::{rebuild, RebuildOptions, RunnerError};
@@ -128,31 +126,12 @@ pub async fn rebuild_bench(
     })
 }
 
-/// One ordered scan of `events` parsing every payload as untyped JSON.
+/// One ordered scan of `events` parsing every payload as untyped JSON
+/// (the same baseline as `journey bench read`).
 async fn bare_scan(db: &ReadModelDb) -> Result<f64, RunnerError> {
-    const SQL: &str = "SELECT position, event_id, stream_id, version, event_type, schema_version, \
-                       occurred_at, recorded_at, metadata, payload, hash FROM events ORDER BY position";
-    let started = Instant::now();
-    let mut count = 0u64;
-    match db {
-        ReadModelDb::Sqlite(pool) => {
-            let mut rows = sqlx::query(SQL).fetch(pool);
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(super::storage::StorageError::from)?;
-                let payload: &str = row.try_get(9).map_err(super::storage::StorageError::from)?;
-                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
-                count += 1;
-            }
-        }
-        ReadModelDb::Postgres(pool) => {
-            let mut rows = sqlx::query(SQL).fetch(pool);
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(super::storage::StorageError::from)?;
-                let payload: &str = row.try_get(9).map_err(super::storage::StorageError::from)?;
-                let _: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
-                count += 1;
-            }
-        }
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let rate = match db {
+        ReadModelDb::Sqlite(pool) => crate::bench::bare_scan_sqlite(pool).await,
+        ReadModelDb::Postgres(pool) => crate::bench::bare_scan_postgres(pool).await,
+    };
+    Ok(rate.map_err(super::storage::StorageError::from)?)
 }
