@@ -13,6 +13,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Cli::parse();
+    // Piped into `head`, a command should stop quietly instead of panicking
+    // on a closed stdout. Servers keep Rust's default (SIGPIPE ignored,
+    // writes fail with EPIPE) so a vanished client cannot kill them.
+    #[cfg(unix)]
+    if !args.command.serves_http() {
+        // SAFETY: called before any thread is started; restores the
+        // platform default disposition of one signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli::init_tracing(args.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

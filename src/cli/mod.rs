@@ -127,6 +127,17 @@ pub enum Command {
     Versions(projections::ReadModelArgs),
 }
 
+impl Command {
+    /// Whether the command runs an HTTP server (which must survive clients
+    /// that disconnect mid-write).
+    pub fn serves_http(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve(_) | Command::Bench(_) | Command::Run(_)
+        )
+    }
+}
+
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
