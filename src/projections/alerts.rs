@@ -18,14 +18,12 @@
 //! than a threshold already evaluated) is counted in later windows but does
 //! not re-open thresholds that were already evaluated.
 
-use std::path::Path;
-
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::events::DomainEvent;
-use crate::projections::rules_error::{read_rules_file, RulesError};
+use crate::projections::rules_error::{RulesError, RulesFile};
 use crate::projections::view::EventView;
 
 /// The shipped default rules file, embedded so a fresh install works.
@@ -136,32 +134,17 @@ pub struct AlertRules {
     pub high_value_at_risk: HighValueAtRiskRule,
 }
 
+impl RulesFile for AlertRules {
+    const FILE_NAME: &'static str = FILE_NAME;
+    const SHIPPED_PATH: &'static str = DEFAULT_RULES_FILE;
+    const SHIPPED_TOML: &'static str = DEFAULT_RULES_TOML;
+
+    fn check(&self, file: &str) -> Result<(), RulesError> {
+        self.validate(file)
+    }
+}
+
 impl AlertRules {
-    /// The shipped defaults (`projections/alerts.toml`).
-    pub fn shipped() -> Self {
-        Self::from_toml_str(DEFAULT_RULES_FILE, DEFAULT_RULES_TOML)
-            .expect("the shipped alert rules are valid")
-    }
-
-    /// Loads `DIR/alerts.toml` (the layout `journey rebuild --rules DIR` uses).
-    pub fn load_dir(dir: &Path) -> Result<Self, RulesError> {
-        Self::load(&dir.join(FILE_NAME))
-    }
-
-    /// Reads and validates a rules file from disk.
-    pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let text = read_rules_file(path)?;
-        Self::from_toml_str(&path.display().to_string(), &text)
-    }
-
-    /// Parses and validates rules text; `file` names the source in errors.
-    pub fn from_toml_str(file: &str, text: &str) -> Result<Self, RulesError> {
-        let rules: Self =
-            toml::from_str(text).map_err(|e| RulesError::from_toml(file, text, &e))?;
-        rules.validate(file)?;
-        Ok(rules)
-    }
-
     /// Checks every value's range.
     pub fn validate(&self, file: &str) -> Result<(), RulesError> {
         if self.version != 1 {
@@ -662,6 +645,8 @@ impl AlertState {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::domain::events::{
         CartAbandoned, ComplaintFiled, OrderPlaced, ServiceOutageEnded, ServiceOutageStarted,

@@ -19,15 +19,13 @@
 //! Balances never go negative: a consumption larger than the available
 //! points takes what is there and records a [`Conflict`].
 
-use std::path::Path;
-
 use chrono::{DateTime, Duration, Months, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::events::{DomainEvent, RefundKind};
 use crate::domain::{Currency, Money};
-use crate::projections::rules_error::{read_rules_file, RulesError};
+use crate::projections::rules_error::{RulesError, RulesFile};
 use crate::projections::view::EventView;
 
 /// The shipped default rules file, embedded so a fresh install works.
@@ -158,32 +156,17 @@ pub struct LoyaltyRules {
     pub campaigns: Vec<CampaignBonus>,
 }
 
+impl RulesFile for LoyaltyRules {
+    const FILE_NAME: &'static str = FILE_NAME;
+    const SHIPPED_PATH: &'static str = DEFAULT_RULES_FILE;
+    const SHIPPED_TOML: &'static str = DEFAULT_RULES_TOML;
+
+    fn check(&self, file: &str) -> Result<(), RulesError> {
+        self.validate(file)
+    }
+}
+
 impl LoyaltyRules {
-    /// The shipped defaults (`projections/loyalty.toml`).
-    pub fn shipped() -> Self {
-        Self::from_toml_str(DEFAULT_RULES_FILE, DEFAULT_RULES_TOML)
-            .expect("the shipped loyalty rules are valid")
-    }
-
-    /// Loads `DIR/loyalty.toml` (the layout `journey rebuild --rules DIR` uses).
-    pub fn load_dir(dir: &Path) -> Result<Self, RulesError> {
-        Self::load(&dir.join(FILE_NAME))
-    }
-
-    /// Reads and validates a rules file from disk.
-    pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let text = read_rules_file(path)?;
-        Self::from_toml_str(&path.display().to_string(), &text)
-    }
-
-    /// Parses and validates rules text; `file` names the source in errors.
-    pub fn from_toml_str(file: &str, text: &str) -> Result<Self, RulesError> {
-        let rules: Self =
-            toml::from_str(text).map_err(|e| RulesError::from_toml(file, text, &e))?;
-        rules.validate(file)?;
-        Ok(rules)
-    }
-
     /// Checks every value's range and the relations between values.
     pub fn validate(&self, file: &str) -> Result<(), RulesError> {
         let err = |key: &str, problem: String| Err(RulesError::new(file, key, problem));
@@ -779,6 +762,8 @@ impl LoyaltyState {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::domain::events::{
         CampaignTouched, OrderPlaced, OrderRefunded, PointsAdjusted, PointsRedeemed,

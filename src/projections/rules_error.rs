@@ -70,3 +70,42 @@ pub fn read_rules_file(path: &std::path::Path) -> Result<String, RulesError> {
         )
     })
 }
+
+/// A rules file under `projections/`: its name, shipped text and checks.
+/// Reading, parsing and validating are written once here for every file.
+pub trait RulesFile: serde::de::DeserializeOwned {
+    /// File name inside a rules directory, e.g. `loyalty.toml`.
+    const FILE_NAME: &'static str;
+    /// Path of the shipped defaults, as errors name it.
+    const SHIPPED_PATH: &'static str;
+    /// Text of the shipped defaults, embedded in the binary.
+    const SHIPPED_TOML: &'static str;
+
+    /// Checks values and their relations; `file` names the source in errors.
+    fn check(&self, file: &str) -> Result<(), RulesError>;
+
+    /// The shipped defaults.
+    fn shipped() -> Self {
+        Self::from_toml_str(Self::SHIPPED_PATH, Self::SHIPPED_TOML)
+            .unwrap_or_else(|e| panic!("the shipped rules are invalid: {e}"))
+    }
+
+    /// Loads `DIR/<FILE_NAME>` (the layout `journey rebuild --rules DIR` uses).
+    fn load_dir(dir: &std::path::Path) -> Result<Self, RulesError> {
+        Self::load(&dir.join(Self::FILE_NAME))
+    }
+
+    /// Reads and validates a rules file from disk.
+    fn load(path: &std::path::Path) -> Result<Self, RulesError> {
+        let text = read_rules_file(path)?;
+        Self::from_toml_str(&path.display().to_string(), &text)
+    }
+
+    /// Parses and validates rules text; `file` names the source in errors.
+    fn from_toml_str(file: &str, text: &str) -> Result<Self, RulesError> {
+        let rules: Self =
+            toml::from_str(text).map_err(|e| RulesError::from_toml(file, text, &e))?;
+        rules.check(file)?;
+        Ok(rules)
+    }
+}
