@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::optimize::{nelder_mead, standard_errors_from_log_space, FitOptions};
+use super::optimize::{fit_in_log_space, FitOptions};
 use super::special::ln_gamma;
 use super::summary::CustomerSummary;
 use super::{check_positive, invalid, ClvError, FitResult};
@@ -163,30 +163,19 @@ impl GammaGammaParams {
             }
             -ll(&Self::from_log(v), data)
         };
-        let m = nelder_mead(objective, &start, 0.5, opts);
-        if !m.converged {
-            return Err(ClvError::DidNotConverge {
-                iterations: m.iterations,
-                log_likelihood: -m.value,
-            });
-        }
-        let standard_errors = if opts.standard_errors {
-            standard_errors_from_log_space(objective, &m.x).map(|se| Self {
+        fit_in_log_space(
+            objective,
+            &start,
+            opts,
+            Self::from_log,
+            |se| Self {
                 p: se[0],
                 q: se[1],
                 gamma: se[2],
-            })
-        } else {
-            None
-        };
-        Ok(FitResult {
-            params: Self::from_log(&m.x),
-            log_likelihood: -m.value,
-            n_customers: n.round() as u64,
-            n_distinct: data.frequency.len(),
-            iterations: m.iterations,
-            standard_errors,
-        })
+            },
+            n,
+            data.frequency.len(),
+        )
     }
 
     /// E[mean spend | x, m̄] = (p(γ + x m̄)) / (px + q − 1): the observed mean

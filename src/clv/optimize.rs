@@ -498,6 +498,44 @@ where
     }
 }
 
+/// Fits a model without analytic gradients: Nelder–Mead on the negative
+/// log-likelihood in log-parameter space, then the diagnostics every fit
+/// reports. `from_log` maps a log-space point to parameters; `from_values`
+/// maps standard errors (already in natural units) to the same struct.
+pub(crate) fn fit_in_log_space<P, F>(
+    neg_ll: F,
+    start: &[f64],
+    opts: &FitOptions,
+    from_log: fn(&[f64]) -> P,
+    from_values: fn(&[f64]) -> P,
+    n_customers: f64,
+    n_distinct: usize,
+) -> Result<super::FitResult<P>, super::ClvError>
+where
+    F: Fn(&[f64]) -> f64,
+{
+    let m = nelder_mead(&neg_ll, start, 0.5, opts);
+    if !m.converged {
+        return Err(super::ClvError::DidNotConverge {
+            iterations: m.iterations,
+            log_likelihood: -m.value,
+        });
+    }
+    let standard_errors = if opts.standard_errors {
+        standard_errors_from_log_space(&neg_ll, &m.x).map(|se| from_values(&se))
+    } else {
+        None
+    };
+    Ok(super::FitResult {
+        params: from_log(&m.x),
+        log_likelihood: -m.value,
+        n_customers: n_customers.round() as u64,
+        n_distinct,
+        iterations: m.iterations,
+        standard_errors,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

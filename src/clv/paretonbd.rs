@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::optimize::{nelder_mead, standard_errors_from_log_space, FitOptions};
+use super::optimize::{fit_in_log_space, FitOptions};
 use super::special::{ln_gamma, ln_hyp2f1, log_diff_exp, log_sum_exp};
 use super::summary::{CompressedData, Indexed};
 use super::{check_history, check_positive, invalid, ClvError, FitResult};
@@ -146,31 +146,20 @@ impl ParetoNbdParams {
                 Err(_) => f64::INFINITY,
             }
         };
-        let m = nelder_mead(objective, &start, 0.5, opts);
-        if !m.converged {
-            return Err(ClvError::DidNotConverge {
-                iterations: m.iterations,
-                log_likelihood: -m.value,
-            });
-        }
-        let standard_errors = if opts.standard_errors {
-            standard_errors_from_log_space(objective, &m.x).map(|se| Self {
+        fit_in_log_space(
+            objective,
+            &start,
+            opts,
+            Self::from_log,
+            |se| Self {
                 r: se[0],
                 alpha: se[1],
                 s: se[2],
                 beta: se[3],
-            })
-        } else {
-            None
-        };
-        Ok(FitResult {
-            params: Self::from_log(&m.x),
-            log_likelihood: -m.value,
-            n_customers: n_customers.round() as u64,
-            n_distinct: data.len(),
-            iterations: m.iterations,
-            standard_errors,
-        })
+            },
+            n_customers,
+            data.len(),
+        )
     }
 
     /// P(customer still active at T | x, tₓ, T).
