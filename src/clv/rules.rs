@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::rfm::{RfmWeights, SegmentRule};
@@ -27,7 +27,7 @@ pub struct ClvRulesError {
 }
 
 /// Which purchase-process model to fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelChoice {
     /// BG/NBD.
@@ -37,7 +37,7 @@ pub enum ModelChoice {
 }
 
 /// `[model]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// Purchase model.
@@ -47,7 +47,7 @@ pub struct ModelSection {
 }
 
 /// `[clv]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClvSection {
     /// Horizon of the discounted CLV, in months.
@@ -57,7 +57,7 @@ pub struct ClvSection {
 }
 
 /// `[rfm]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RfmSection {
     /// Weights of the scores in the total.
@@ -68,7 +68,7 @@ pub struct RfmSection {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClvRules {
     /// Format version of the file (1).

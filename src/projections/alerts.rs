@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::events::DomainEvent;
+use crate::domain::CustomerId;
 use crate::projections::rules_error::{RulesError, RulesFile};
 use crate::projections::view::EventView;
+use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 
 /// The shipped default rules file, embedded so a fresh install works.
 pub const DEFAULT_RULES_TOML: &str = include_str!("../../projections/alerts.toml");
@@ -640,6 +642,193 @@ impl AlertState {
         keep(&mut self.complaints, days(rules.complaints.window_days));
         keep(&mut self.sessions, days(rules.cart_abandonment.window_days));
         keep(&mut self.carts, days(rules.cart_abandonment.window_days));
+    }
+}
+
+/// The churn-alert read model: the runner's face of [`apply`], plus the
+/// high-value-at-risk rule, which needs every customer's value tier.
+///
+/// The per-customer rules (frequency drop, complaints, outage, cart
+/// abandonment) fire inside the fold and are kept as history rows. The
+/// value tier is a population figure (share of total revenue), which no
+/// per-customer fold can know at the instant a customer falls into
+/// `at_risk`; that rule is therefore evaluated over the population
+/// snapshot: a customer in the rule's stage at the snapshot instant whose
+/// value tier *at that instant* is one of the rule's tiers is listed, with
+/// the instant and cause of their fall. Its cooldown does not apply (one
+/// row per customer per snapshot).
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    /// Alert thresholds.
+    pub rules: AlertRules,
+    /// Lifecycle rules: stages and value tiers for the high-value rule.
+    pub lifecycle: crate::projections::rules::LifecycleRules,
+}
+
+/// Per-customer state of [`Alerts`]: the alert fold and the customer's
+/// lifecycle (folded again here so the two projections stay independent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsFoldState {
+    /// Alert windows, cooldowns and fired alerts.
+    pub alerts: AlertState,
+    /// The customer's lifecycle.
+    pub stage: crate::projections::lifecycle::LifecycleState,
+    /// The latest fall into the high-value rule's stage: instant and cause.
+    pub entered: Option<(DateTime<Utc>, String)>,
+}
+
+/// Tables of the alerts projection (migration 0011).
+pub const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "churn_alerts",
+        columns: &["seq", "rule", "at_us", "event_ids", "detail"],
+        kind: TableKind::History,
+    },
+    TableSpec {
+        name: "churn_value_alerts",
+        columns: &["as_of_us", "rule", "at_us", "value_tier", "cause"],
+        kind: TableKind::Population,
+    },
+];
+
+impl AlertRule {
+    /// The stored (rules-file) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertRule::FrequencyDrop => "frequency_drop",
+            AlertRule::Complaints => "complaints",
+            AlertRule::LongOutage => "long_outage",
+            AlertRule::CartAbandonment => "cart_abandonment",
+            AlertRule::HighValueAtRisk => "high_value_at_risk",
+        }
+    }
+}
+
+impl Alerts {
+    fn note_entries(
+        &self,
+        state: &mut AlertsFoldState,
+        transitions: &[crate::projections::lifecycle::Transition],
+    ) {
+        for t in transitions {
+            if t.to.as_str() == self.rules.high_value_at_risk.stage {
+                state.entered = Some((t.at, t.cause.clone()));
+            }
+        }
+    }
+
+    fn history_rows(customer: &CustomerId, state: &AlertState, from: usize, out: &mut Vec<Row>) {
+        for (i, alert) in state.alerts.iter().enumerate().skip(from) {
+            let ids: Vec<String> = alert.event_ids.iter().map(Uuid::to_string).collect();
+            out.push(Row {
+                table: "churn_alerts",
+                customer_id: customer.as_str().to_owned(),
+                values: vec![
+                    Value::Int(i as i64 + 1),
+                    alert.rule.as_str().into(),
+                    Value::Int(alert.at.timestamp_micros()),
+                    ids.join(",").into(),
+                    alert.detail.clone().into(),
+                ],
+            });
+        }
+    }
+}
+
+impl CustomerFold for Alerts {
+    type State = AlertsFoldState;
+
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn tables(&self) -> &'static [TableSpec] {
+        TABLES
+    }
+
+    fn apply(
+        &self,
+        customer: &CustomerId,
+        state: &mut AlertsFoldState,
+        event: &FoldEvent,
+        out: &mut Vec<Row>,
+    ) {
+        let mut transitions = Vec::new();
+        state.stage.apply(&self.lifecycle, event, &mut transitions);
+        self.note_entries(state, &transitions);
+        let before = state.alerts.alerts.len();
+        apply(&mut state.alerts, &self.rules, &event.view());
+        Self::history_rows(customer, &state.alerts, before, out);
+    }
+
+    fn advance_to(
+        &self,
+        customer: &CustomerId,
+        state: &mut AlertsFoldState,
+        at: DateTime<Utc>,
+        out: &mut Vec<Row>,
+    ) {
+        let mut transitions = Vec::new();
+        if state.stage.stage.is_some() {
+            state
+                .stage
+                .advance_to(&self.lifecycle, at.timestamp_micros(), &mut transitions);
+        }
+        self.note_entries(state, &transitions);
+        let before = state.alerts.alerts.len();
+        state.alerts.run_thresholds(&self.rules, plus(at, micro()));
+        Self::history_rows(customer, &state.alerts, before, out);
+    }
+
+    fn current_rows(&self, _: &CustomerId, _: &AlertsFoldState, _: &mut Vec<Row>) {}
+
+    fn population_rows(
+        &self,
+        states: &[(&CustomerId, &AlertsFoldState)],
+        as_of: DateTime<Utc>,
+        out: &mut Vec<Row>,
+    ) {
+        let rule = &self.rules.high_value_at_risk;
+        if !rule.enabled {
+            return;
+        }
+        let tiers = crate::projections::lifecycle::value_tiers(
+            &self.lifecycle,
+            states.iter().map(|(c, s)| (*c, s.stage.revenue_minor)),
+        );
+        let t = as_of.timestamp_micros();
+        for (customer, state) in states {
+            let tier = tiers[customer].as_str();
+            if !rule.value_tiers.iter().any(|v| v == tier) {
+                continue;
+            }
+            let mut advanced = (*state).clone();
+            let mut transitions = Vec::new();
+            if advanced.stage.stage.is_some() {
+                advanced
+                    .stage
+                    .advance_to(&self.lifecycle, t, &mut transitions);
+            }
+            self.note_entries(&mut advanced, &transitions);
+            let in_stage = advanced
+                .stage
+                .stage
+                .is_some_and(|s| s.as_str() == rule.stage);
+            let Some((at, cause)) = advanced.entered.filter(|_| in_stage) else {
+                continue;
+            };
+            out.push(Row {
+                table: "churn_value_alerts",
+                customer_id: customer.as_str().to_owned(),
+                values: vec![
+                    Value::Int(t),
+                    AlertRule::HighValueAtRisk.as_str().into(),
+                    Value::Int(at.timestamp_micros()),
+                    tier.into(),
+                    cause.into(),
+                ],
+            });
+        }
     }
 }
 

@@ -28,8 +28,9 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::events::DomainEvent;
-use crate::domain::Currency;
+use crate::domain::{Currency, CustomerId};
 use crate::projections::view::EventView;
+use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 
 /// A UTC calendar month, written `YYYY-MM`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -428,6 +429,86 @@ impl StageFlowAccumulator {
             });
         }
         StageTable { months }
+    }
+}
+
+/// The cohort read model: each customer's cohort and monthly activity as
+/// rows, from which cohort tables are summed at query time
+/// ([`crate::projections::query::cohort_table`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Cohorts {
+    /// Revenue counts only in this currency (the lifecycle rules' currency).
+    pub reporting_currency: Currency,
+}
+
+/// Tables of the cohort projection (migration 0011).
+pub const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "cohort_members",
+        columns: &["cohort_month", "registered"],
+        kind: TableKind::Current,
+    },
+    TableSpec {
+        name: "customer_months",
+        columns: &["month", "orders", "revenue_minor"],
+        kind: TableKind::Current,
+    },
+];
+
+impl CustomerFold for Cohorts {
+    type State = CustomerFacts;
+
+    fn name(&self) -> &'static str {
+        "cohorts"
+    }
+
+    fn tables(&self) -> &'static [TableSpec] {
+        TABLES
+    }
+
+    fn apply(
+        &self,
+        _: &CustomerId,
+        state: &mut CustomerFacts,
+        event: &FoldEvent,
+        _: &mut Vec<Row>,
+    ) {
+        state.apply(self.reporting_currency, &event.view());
+    }
+
+    fn advance_to(
+        &self,
+        _: &CustomerId,
+        _: &mut CustomerFacts,
+        _: DateTime<Utc>,
+        _: &mut Vec<Row>,
+    ) {
+    }
+
+    fn current_rows(&self, customer: &CustomerId, state: &CustomerFacts, out: &mut Vec<Row>) {
+        let Some(cohort) = state.cohort() else { return };
+        let row = |table: &'static str, values: Vec<Value>| Row {
+            table,
+            customer_id: customer.as_str().to_owned(),
+            values,
+        };
+        out.push(row(
+            "cohort_members",
+            vec![
+                cohort.to_string().into(),
+                Value::Int(i64::from(state.registered.is_some())),
+            ],
+        ));
+        for (month, activity) in &state.months {
+            out.push(row(
+                "customer_months",
+                vec![
+                    month.to_string().into(),
+                    Value::Int(i64::from(activity.orders)),
+                    Value::Int(activity.revenue_minor),
+                ],
+            ));
+        }
     }
 }
 

@@ -24,9 +24,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::events::{DomainEvent, RefundKind};
-use crate::domain::{Currency, Money};
+use crate::domain::{Currency, CustomerId, Money};
 use crate::projections::rules_error::{RulesError, RulesFile};
 use crate::projections::view::EventView;
+use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 
 /// The shipped default rules file, embedded so a fresh install works.
 pub const DEFAULT_RULES_TOML: &str = include_str!("../../projections/loyalty.toml");
@@ -756,6 +757,174 @@ impl LoyaltyState {
                 requested: points,
                 available,
             });
+        }
+    }
+}
+
+/// The loyalty read model under one rule set: the runner's face of
+/// [`apply`] (balances, lots, tier history and conflicts as SQL tables).
+#[derive(Debug, Clone)]
+pub struct Loyalty {
+    /// Earning, expiry and tier rules.
+    pub rules: LoyaltyRules,
+}
+
+/// Tables of the loyalty projection (migration 0011). All are
+/// [`TableKind::Current`]: a tier change can be merged away by a later
+/// change at the same instant, so no row is final before the state is.
+pub const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "loyalty_accounts",
+        columns: &[
+            "tier",
+            "balance",
+            "earned",
+            "consumed",
+            "expired",
+            "qualifying_spend_minor",
+            "conflicts",
+            "as_of_us",
+        ],
+        kind: TableKind::Current,
+    },
+    TableSpec {
+        name: "loyalty_lots",
+        columns: &[
+            "lot_event_id",
+            "source",
+            "earned_at_us",
+            "expires_at_us",
+            "original",
+            "remaining",
+        ],
+        kind: TableKind::Current,
+    },
+    TableSpec {
+        name: "loyalty_tier_history",
+        columns: &["seq", "from_tier", "to_tier", "at_us", "cause"],
+        kind: TableKind::Current,
+    },
+    TableSpec {
+        name: "loyalty_conflicts",
+        columns: &["seq", "event_id", "at_us", "kind", "requested", "available"],
+        kind: TableKind::Current,
+    },
+];
+
+impl LotSource {
+    /// `order:<id>` or `adjustment:<id>`, as stored.
+    pub fn label(&self) -> String {
+        match self {
+            LotSource::Order { order_id } => format!("order:{order_id}"),
+            LotSource::Adjustment { adjustment_id } => format!("adjustment:{adjustment_id}"),
+        }
+    }
+}
+
+impl TierCause {
+    /// The event id, or `rule:spend_window:<order>` for a roll-off.
+    pub fn label(&self) -> String {
+        match self {
+            TierCause::Event { event_id } => event_id.to_string(),
+            TierCause::SpendWindow { order_id } => format!("rule:spend_window:{order_id}"),
+        }
+    }
+}
+
+impl ConflictKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Redemption => "redemption",
+            ConflictKind::Adjustment => "adjustment",
+            ConflictKind::Clawback => "clawback",
+        }
+    }
+}
+
+impl CustomerFold for Loyalty {
+    type State = LoyaltyState;
+
+    fn name(&self) -> &'static str {
+        "loyalty"
+    }
+
+    fn tables(&self) -> &'static [TableSpec] {
+        TABLES
+    }
+
+    fn apply(&self, _: &CustomerId, state: &mut LoyaltyState, event: &FoldEvent, _: &mut Vec<Row>) {
+        apply(state, &self.rules, &event.view());
+    }
+
+    fn advance_to(
+        &self,
+        _: &CustomerId,
+        state: &mut LoyaltyState,
+        at: DateTime<Utc>,
+        _: &mut Vec<Row>,
+    ) {
+        state.advance_to(&self.rules, at);
+    }
+
+    fn current_rows(&self, customer: &CustomerId, state: &LoyaltyState, out: &mut Vec<Row>) {
+        let Some(reached) = state.reached else { return };
+        let row = |table: &'static str, values: Vec<Value>| Row {
+            table,
+            customer_id: customer.as_str().to_owned(),
+            values,
+        };
+        let us = |at: DateTime<Utc>| Value::Int(at.timestamp_micros());
+        out.push(row(
+            "loyalty_accounts",
+            vec![
+                state.tier.as_str().into(),
+                Value::Int(state.lots.iter().map(|l| l.remaining).sum()),
+                Value::Int(state.totals.earned),
+                Value::Int(state.totals.consumed),
+                Value::Int(state.totals.expired),
+                Value::Int(state.qualifying_spend(&self.rules, reached)),
+                Value::Int(state.conflicts.len() as i64),
+                us(reached),
+            ],
+        ));
+        for lot in &state.lots {
+            out.push(row(
+                "loyalty_lots",
+                vec![
+                    lot.event_id.to_string().into(),
+                    lot.source.label().into(),
+                    us(lot.earned_at),
+                    us(lot.expires_at),
+                    Value::Int(lot.original),
+                    Value::Int(lot.remaining),
+                ],
+            ));
+        }
+        for (i, change) in state.tier_history.iter().enumerate() {
+            out.push(row(
+                "loyalty_tier_history",
+                vec![
+                    Value::Int(i as i64 + 1),
+                    change.from.as_str().into(),
+                    change.to.as_str().into(),
+                    us(change.at),
+                    change.cause.label().into(),
+                ],
+            ));
+        }
+        for (i, conflict) in state.conflicts.iter().enumerate() {
+            out.push(row(
+                "loyalty_conflicts",
+                vec![
+                    Value::Int(i as i64 + 1),
+                    conflict.event_id.to_string().into(),
+                    us(conflict.at),
+                    conflict.kind.as_str().into(),
+                    Value::Int(conflict.requested),
+                    Value::Int(conflict.available),
+                ],
+            ));
         }
     }
 }

@@ -53,6 +53,7 @@
 
 pub mod alerts;
 pub mod bench;
+pub mod clv_scores;
 pub mod cohorts;
 pub mod diff;
 pub mod lifecycle;
@@ -87,12 +88,27 @@ pub struct FoldEvent {
     pub event: DomainEvent,
 }
 
+impl FoldEvent {
+    /// The borrowed view the pure folds take.
+    pub fn view(&self) -> view::EventView<'_> {
+        view::EventView {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            event: &self.event,
+        }
+    }
+}
+
 /// A column value of a read-model row. Nulls are typed because PostgreSQL
 /// checks parameter types.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// A 64-bit integer (counts, minor units, instants in µs).
     Int(i64),
+    /// A model estimate (probabilities, expected counts); never money sums.
+    Real(f64),
+    /// SQL NULL in a real column.
+    NullReal,
     /// Text (ids, stage names, causes).
     Text(String),
     /// SQL NULL in an integer column.
@@ -109,6 +125,11 @@ impl From<i64> for Value {
 impl From<Option<i64>> for Value {
     fn from(v: Option<i64>) -> Self {
         v.map_or(Value::NullInt, Value::Int)
+    }
+}
+impl From<Option<f64>> for Value {
+    fn from(v: Option<f64>) -> Self {
+        v.map_or(Value::NullReal, Value::Real)
     }
 }
 impl From<&str> for Value {
@@ -151,7 +172,7 @@ pub struct TableSpec {
 }
 
 /// A row for one table, without `model_version` (the runner adds it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// Target table (one of the fold's [`TableSpec`]s).
     pub table: &'static str,

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use super::alerts::AlertRules;
+use super::loyalty::LoyaltyRules;
+use super::rules_error::RulesFile;
+use crate::clv::rules::ClvRules;
 use crate::domain::Currency;
 
 /// The only rules file format version this build reads.
@@ -39,6 +43,9 @@ pub enum RulesError {
         /// The parser's message, naming the key and line.
         message: String,
     },
+    /// A loyalty or alerts rules file is invalid (names file, key, problem).
+    #[error(transparent)]
+    File(#[from] super::rules_error::RulesError),
     /// A value is out of range or inconsistent with another.
     #[error("{path}: {key}: {problem}")]
     Invalid {
@@ -56,46 +63,96 @@ pub enum RulesError {
 pub struct RuleSet {
     /// Lifecycle stages and value tiers (`lifecycle.toml`).
     pub lifecycle: LifecycleRules,
+    /// Points, lots, expiry and loyalty tiers (`loyalty.toml`).
+    #[serde(default = "LoyaltyRules::shipped")]
+    pub loyalty: LoyaltyRules,
+    /// Churn early-warning rules (`alerts.toml`).
+    #[serde(default = "AlertRules::shipped")]
+    pub alerts: AlertRules,
+    /// CLV model and RFM segments (`clv.toml`).
+    #[serde(default = "shipped_clv")]
+    pub clv: ClvRules,
     /// SHA-256 over every `*.toml` file of the directory (names and bytes,
     /// in name order): two rebuilds with the same hash must agree.
     pub hash: String,
 }
 
+fn shipped_clv() -> ClvRules {
+    ClvRules::parse(SHIPPED_CLV_TOML).expect("shipped clv rules are valid")
+}
+
+const SHIPPED_LIFECYCLE_TOML: &str = include_str!("../../projections/lifecycle.toml");
+const SHIPPED_CLV_TOML: &str = include_str!("../../projections/clv.toml");
+
 impl RuleSet {
-    /// Loads and validates every known rules file of `dir`.
+    /// Loads and validates every rules file of `dir` (all four must exist:
+    /// a rebuild under half-defaulted rules would be hard to explain).
     pub fn load(dir: &Path) -> Result<Self, RulesError> {
         let lifecycle_path = dir.join("lifecycle.toml");
         let text = read(&lifecycle_path)?;
         let lifecycle = LifecycleRules::parse(&lifecycle_path, &text)?;
+        let loyalty = LoyaltyRules::load_dir(dir)?;
+        let alerts = AlertRules::load_dir(dir)?;
+        let clv = ClvRules::load_dir(dir).map_err(|e| RulesError::Invalid {
+            path: e.file,
+            key: e.key,
+            problem: e.problem,
+        })?;
         Ok(Self {
             lifecycle,
+            loyalty,
+            alerts,
+            clv,
             hash: hash_dir(dir)?,
         })
     }
 
     /// The default rules shipped in `projections/`, compiled in, for tests
-    /// and for a first run without a rules directory.
+    /// and for a first run without a rules directory. The hash equals what
+    /// [`RuleSet::load`] computes for an unchanged `projections/`.
     pub fn shipped_defaults() -> Self {
-        let text = include_str!("../../projections/lifecycle.toml");
-        let lifecycle = LifecycleRules::parse(Path::new("projections/lifecycle.toml"), text)
-            .expect("shipped rules are valid");
+        let lifecycle = LifecycleRules::parse(
+            Path::new("projections/lifecycle.toml"),
+            SHIPPED_LIFECYCLE_TOML,
+        )
+        .expect("shipped rules are valid");
         let mut hasher = Sha256::new();
-        hasher.update(b"lifecycle.toml\0");
-        hasher.update(text.as_bytes());
+        for (name, text) in [
+            ("alerts.toml", AlertRules::SHIPPED_TOML),
+            ("clv.toml", SHIPPED_CLV_TOML),
+            ("lifecycle.toml", SHIPPED_LIFECYCLE_TOML),
+            ("loyalty.toml", LoyaltyRules::SHIPPED_TOML),
+        ] {
+            hasher.update(name.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(text.as_bytes());
+        }
         Self {
             lifecycle,
+            loyalty: LoyaltyRules::shipped(),
+            alerts: AlertRules::shipped(),
+            clv: shipped_clv(),
             hash: hex::encode(hasher.finalize()),
         }
     }
 
-    /// A rule set built in code (tests, diff experiments); its hash covers
-    /// its serialized content.
+    /// A rule set built in code (tests, diff experiments) from lifecycle
+    /// rules and the shipped others; its hash covers its serialized content.
     pub fn from_lifecycle(lifecycle: LifecycleRules) -> Self {
-        let json = serde_json::to_string(&lifecycle).expect("rules serialize");
         Self {
             lifecycle,
-            hash: hex::encode(Sha256::digest(json.as_bytes())),
+            ..Self::shipped_defaults()
         }
+        .rehashed()
+    }
+
+    /// The same rules with the hash recomputed over their content (after
+    /// changing a field in code).
+    pub fn rehashed(mut self) -> Self {
+        self.hash = String::new();
+        let json = serde_json::to_string(&self).expect("rules serialize");
+        self.hash = hex::encode(Sha256::digest(json.as_bytes()));
+        self
     }
 
     /// A short label for reports: the rules ids.
@@ -326,6 +383,22 @@ mod tests {
     }
 
     #[test]
+    fn compiled_in_defaults_equal_the_projections_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("projections");
+        assert_eq!(RuleSet::load(&dir).unwrap(), RuleSet::shipped_defaults());
+    }
+
+    #[test]
+    fn a_bad_loyalty_file_names_file_key_and_problem() {
+        let dir = shipped_copy();
+        let loyalty = dir.path().join("loyalty.toml");
+        let text = std::fs::read_to_string(&loyalty).unwrap();
+        std::fs::write(&loyalty, text.replace("version = 1", "version = 7")).unwrap();
+        let err = RuleSet::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("loyalty.toml: version:"), "{err}");
+    }
+
+    #[test]
     fn shipped_defaults_follow_the_issue() {
         let r = parse(SHIPPED).unwrap();
         assert_eq!(r.stages.new.within_days, 90);
@@ -380,10 +453,19 @@ mod tests {
         assert!(err.contains("USX"), "{err}");
     }
 
+    /// A temporary copy of the shipped `projections/` directory.
+    fn shipped_copy() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("projections");
+        for name in ["alerts.toml", "clv.toml", "lifecycle.toml", "loyalty.toml"] {
+            std::fs::copy(shipped.join(name), dir.path().join(name)).unwrap();
+        }
+        dir
+    }
+
     #[test]
     fn loading_a_directory_hashes_its_files() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("lifecycle.toml"), SHIPPED).unwrap();
+        let dir = shipped_copy();
         let a = RuleSet::load(dir.path()).unwrap();
         std::fs::write(
             dir.path().join("lifecycle.toml"),

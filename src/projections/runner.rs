@@ -23,11 +23,16 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use thiserror::Error;
 
+use super::alerts::Alerts;
+use super::clv_scores::ClvScores;
+use super::cohorts::Cohorts;
 use super::lifecycle::Lifecycle;
+use super::loyalty::Loyalty;
 use super::rules::RuleSet;
 use super::storage::{
     BatchWrite, ReadModelDb, StorageError, StoredState, VersionInfo, VersionStatus,
 };
+use super::value::HistoricalValue;
 use super::{CustomerFold, FoldEvent, Row, TableSpec};
 use crate::domain::{CustomerId, RecordedEvent};
 use crate::store::{EventStore, ReadStream, StoreError};
@@ -146,9 +151,25 @@ impl<F: CustomerFold> FoldRunner for Folder<F> {
 
 /// The folds a rule set defines. Register new read models here.
 pub fn folds_for(rules: &RuleSet) -> Vec<Box<dyn FoldRunner>> {
-    vec![Box::new(Folder::new(Lifecycle {
-        rules: rules.lifecycle.clone(),
-    }))]
+    vec![
+        Box::new(Folder::new(Lifecycle {
+            rules: rules.lifecycle.clone(),
+        })),
+        Box::new(Folder::new(Loyalty {
+            rules: rules.loyalty.clone(),
+        })),
+        Box::new(Folder::new(Alerts {
+            rules: rules.alerts.clone(),
+            lifecycle: rules.lifecycle.clone(),
+        })),
+        Box::new(Folder::new(HistoricalValue)),
+        Box::new(Folder::new(Cohorts {
+            reporting_currency: rules.lifecycle.currency,
+        })),
+        Box::new(Folder::new(ClvScores {
+            rules: rules.clv.clone(),
+        })),
+    ]
 }
 
 /// Every table of every fold (for commits and dumps).

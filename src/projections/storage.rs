@@ -73,8 +73,14 @@ macro_rules! push_value {
             Value::Text(v) => {
                 $sep.push_bind(v.clone());
             }
+            Value::Real(v) => {
+                $sep.push_bind(*v);
+            }
             Value::NullInt => {
                 $sep.push_bind(None::<i64>);
+            }
+            Value::NullReal => {
+                $sep.push_bind(None::<f64>);
             }
             Value::NullText => {
                 $sep.push_bind(None::<String>);

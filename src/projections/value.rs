@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::view::EventView;
 use crate::domain::events::DomainEvent;
-use crate::domain::{Currency, Money};
+use crate::domain::{Currency, CustomerId, Money};
+use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 
 /// Per-currency running totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +130,63 @@ pub fn snapshot(state: &ValueState, as_of: DateTime<Utc>) -> ValueSnapshot {
         mean_inter_purchase_days: (!gaps.is_empty())
             .then(|| gaps.iter().sum::<i64>() as f64 / gaps.len() as f64),
         inter_purchase_days: gaps,
+    }
+}
+
+/// The historical-value read model: the runner's face of [`apply`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoricalValue;
+
+/// Tables of the value projection (migration 0011): one row per customer
+/// and currency they ordered or were refunded in.
+pub const TABLES: &[TableSpec] = &[TableSpec {
+    name: "customer_value",
+    columns: &[
+        "currency",
+        "gross_minor",
+        "refunded_minor",
+        "net_minor",
+        "orders",
+        "first_order_us",
+        "last_order_us",
+    ],
+    kind: TableKind::Current,
+}];
+
+impl CustomerFold for HistoricalValue {
+    type State = ValueState;
+
+    fn name(&self) -> &'static str {
+        "value"
+    }
+
+    fn tables(&self) -> &'static [TableSpec] {
+        TABLES
+    }
+
+    fn apply(&self, _: &CustomerId, state: &mut ValueState, event: &FoldEvent, _: &mut Vec<Row>) {
+        apply(state, &event.view());
+    }
+
+    fn advance_to(&self, _: &CustomerId, _: &mut ValueState, _: DateTime<Utc>, _: &mut Vec<Row>) {}
+
+    fn current_rows(&self, customer: &CustomerId, state: &ValueState, out: &mut Vec<Row>) {
+        let us = |at: Option<DateTime<Utc>>| Value::from(at.map(|t| t.timestamp_micros()));
+        for (currency, totals) in &state.by_currency {
+            out.push(Row {
+                table: "customer_value",
+                customer_id: customer.as_str().to_owned(),
+                values: vec![
+                    currency.code().into(),
+                    Value::Int(totals.gross_minor),
+                    Value::Int(totals.refunded_minor),
+                    Value::Int(totals.gross_minor - totals.refunded_minor),
+                    Value::Int(i64::from(totals.orders)),
+                    us(state.first_order_at),
+                    us(state.last_order_at),
+                ],
+            });
+        }
     }
 }
 
