@@ -3,6 +3,9 @@
 -- conventions as 0010: model_version first, instants in µs UTC, money in
 -- integer minor units; REAL columns hold model estimates only.
 
+-- The instant (µs) a version's population tables were last computed as of.
+ALTER TABLE projection_versions ADD COLUMN population_as_of_us BIGINT;
+
 -- Loyalty account per customer as of their last event (balance = sum of lots).
 CREATE TABLE loyalty_accounts (
     model_version BIGINT NOT NULL,

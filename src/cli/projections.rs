@@ -133,7 +133,10 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
             &args.reason,
             journey_ledger::audit::RebuildDetails {
                 rules_version: Some(format!("{} ({})", rules.lifecycle.rules_id, rules.hash)),
-                projections: vec!["lifecycle".into()],
+                projections: runner::folds_for(&rules)
+                    .iter()
+                    .map(|f| f.name().to_owned())
+                    .collect(),
             },
         )
         .await
@@ -174,7 +177,11 @@ pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()>
     let id = CustomerId::parse(&args.customer_id)?;
     let store = open_store(config).await?;
     let db = open_db(config, &args.read_models).await?;
-    let as_of = args.as_of.unwrap_or_else(Utc::now);
+    // Instants are stored to the microsecond; "now" is too.
+    let now = Utc::now().timestamp_micros();
+    let as_of = args
+        .as_of
+        .unwrap_or_else(|| chrono::DateTime::from_timestamp_micros(now).expect("now is in range"));
     match query::customer_as_of(store, &db, &id, as_of).await? {
         Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
         None => anyhow::bail!("customer {id} has no events up to {as_of}"),

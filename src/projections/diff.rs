@@ -1,7 +1,8 @@
 //! `journey diff`: what changing the rules would change. Replays the whole
-//! log in memory under two rule sets (nothing is written) and compares every
-//! customer's stage and value tier as of one instant (default: the newest
-//! event's `occurred_at`).
+//! log in memory under two rule sets (nothing is written) and compares, as
+//! of one instant (default: the newest event's `occurred_at`), every
+//! customer's lifecycle stage and value tier, loyalty tier, balance and
+//! conflicts (a past redemption the new rules cannot cover), and alerts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,8 +11,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::lifecycle::{fold_as_of, value_tiers, LifecycleState, Stage};
-use super::rules::{LifecycleRules, RuleSet};
+use super::alerts::{self, Alert, AlertState};
+use super::lifecycle::{value_tiers, LifecycleState, Stage, Transition};
+use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
+use super::rules::RuleSet;
 use super::runner::{fold_event, RunnerError};
 use super::FoldEvent;
 use crate::domain::CustomerId;
@@ -31,8 +34,12 @@ pub struct DiffReport {
     pub rules_a: RulesLabel,
     /// Rules B (id and hash).
     pub rules_b: RulesLabel,
-    /// Per projection.
-    pub projections: BTreeMap<String, ProjectionDiff>,
+    /// Lifecycle stages and value tiers.
+    pub lifecycle: ProjectionDiff,
+    /// Loyalty tiers, balances and conflicts.
+    pub loyalty: LoyaltyDiff,
+    /// Churn alerts.
+    pub alerts: AlertsDiff,
 }
 
 /// Which rules were compared.
@@ -44,7 +51,7 @@ pub struct RulesLabel {
     pub hash: String,
 }
 
-/// Differences within one projection.
+/// Differences in the lifecycle projection.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct ProjectionDiff {
     /// Customers whose stage differs.
@@ -72,9 +79,86 @@ pub struct CustomerDiff {
     pub tier_b: String,
 }
 
+/// Differences in the loyalty projection.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct LoyaltyDiff {
+    /// Customers whose loyalty tier differs.
+    pub tier_changes: usize,
+    /// Customers whose points balance differs.
+    pub balance_changes: usize,
+    /// Sum of balances under A and under B.
+    pub points_a: i64,
+    /// Sum of balances under B.
+    pub points_b: i64,
+    /// Consumptions exceeding the balance under A (all customers).
+    pub conflicts_a: usize,
+    /// Consumptions exceeding the balance under B: a past redemption the new
+    /// rules cannot cover shows up here.
+    pub conflicts_b: usize,
+    /// Counts per `from->to` loyalty tier move (A to B).
+    pub tier_moves: BTreeMap<String, usize>,
+    /// Up to [`MAX_EXAMPLES`] customers that change, in id order.
+    pub examples: Vec<LoyaltyCustomerDiff>,
+}
+
+/// One customer whose loyalty figures change.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoyaltyCustomerDiff {
+    /// The customer.
+    pub customer_id: String,
+    /// Tier under A and B.
+    pub tier: [String; 2],
+    /// Balance under A and B.
+    pub balance: [i64; 2],
+    /// Conflicts under A and B.
+    pub conflicts: [usize; 2],
+}
+
+/// Differences in the churn-alert projection (per-customer rules).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct AlertsDiff {
+    /// Customers whose alerts differ (rule, instant or events).
+    pub customers_changed: usize,
+    /// Alerts fired under A, per rule.
+    pub alerts_a: BTreeMap<String, usize>,
+    /// Alerts fired under B, per rule.
+    pub alerts_b: BTreeMap<String, usize>,
+    /// Up to [`MAX_EXAMPLES`] customers that change: alert counts under A and B.
+    pub examples: Vec<(String, [usize; 2])>,
+}
+
+/// Every per-customer state one rule set folds, for comparison.
+#[derive(Default)]
+struct Side {
+    lifecycle: LifecycleState,
+    loyalty: LoyaltyState,
+    alerts: AlertState,
+}
+
+impl Side {
+    fn apply(&mut self, rules: &RuleSet, event: &FoldEvent, sink: &mut Vec<Transition>) {
+        self.lifecycle.apply(&rules.lifecycle, event, sink);
+        let view = event.view();
+        loyalty::apply(&mut self.loyalty, &rules.loyalty, &view);
+        alerts::apply(&mut self.alerts, &rules.alerts, &view);
+    }
+
+    /// Folds `events` (any order) from scratch in `(occurred_at, version)` order.
+    fn refold(rules: &RuleSet, events: &[FoldEvent]) -> Self {
+        let mut ordered: Vec<&FoldEvent> = events.iter().collect();
+        ordered.sort_by_key(|e| (e.occurred_at, e.version));
+        let mut side = Side::default();
+        let mut sink = Vec::new();
+        for event in ordered {
+            side.apply(rules, event, &mut sink);
+        }
+        side
+    }
+}
+
 struct Pair {
-    a: LifecycleState,
-    b: LifecycleState,
+    a: Side,
+    b: Side,
     last_us: i64,
 }
 
@@ -102,8 +186,8 @@ pub async fn diff(
         newest = newest.max(Some(event.occurred_at));
         let at_us = event.occurred_at.timestamp_micros();
         let pair = customers.entry(customer.clone()).or_insert_with(|| Pair {
-            a: LifecycleState::default(),
-            b: LifecycleState::default(),
+            a: Side::default(),
+            b: Side::default(),
             last_us: i64::MIN,
         });
         if at_us < pair.last_us {
@@ -119,19 +203,13 @@ pub async fn diff(
                     }
                 }
             }
-            let last = folded
-                .iter()
-                .map(|e| e.occurred_at)
-                .max()
-                .expect("this event");
-            pair.a = refold(ra, &folded, last);
-            pair.b = refold(rb, &folded, last);
-            pair.last_us = pair.last_us.max(at_us);
+            pair.a = Side::refold(rules_a, &folded);
+            pair.b = Side::refold(rules_b, &folded);
             continue;
         }
         sink.clear();
-        pair.a.apply(ra, &event, &mut sink);
-        pair.b.apply(rb, &event, &mut sink);
+        pair.a.apply(rules_a, &event, &mut sink);
+        pair.b.apply(rules_b, &event, &mut sink);
         pair.last_us = at_us;
     }
     let at = as_of.or(newest);
@@ -146,55 +224,130 @@ pub async fn diff(
             rules_id: rules_b.rules_id(),
             hash: rules_b.hash.clone(),
         },
-        projections: BTreeMap::new(),
+        lifecycle: ProjectionDiff::default(),
+        loyalty: LoyaltyDiff::default(),
+        alerts: AlertsDiff::default(),
     };
     let Some(at) = at else {
-        report
-            .projections
-            .insert("lifecycle".into(), ProjectionDiff::default());
         return Ok(report);
     };
     let t = at.timestamp_micros();
     for pair in customers.values_mut() {
-        pair.a.advance_to(ra, t, &mut sink);
-        pair.b.advance_to(rb, t, &mut sink);
+        if pair.a.lifecycle.stage.is_some() {
+            pair.a.lifecycle.advance_to(ra, t, &mut sink);
+        }
+        if pair.b.lifecycle.stage.is_some() {
+            pair.b.lifecycle.advance_to(rb, t, &mut sink);
+        }
         sink.clear();
     }
-    let tiers_a = value_tiers(ra, customers.iter().map(|(c, p)| (c, p.a.revenue_minor)));
-    let tiers_b = value_tiers(rb, customers.iter().map(|(c, p)| (c, p.b.revenue_minor)));
+    let tiers_a = value_tiers(
+        ra,
+        customers
+            .iter()
+            .map(|(c, p)| (c, p.a.lifecycle.revenue_minor)),
+    );
+    let tiers_b = value_tiers(
+        rb,
+        customers
+            .iter()
+            .map(|(c, p)| (c, p.b.lifecycle.revenue_minor)),
+    );
     let mut ids: Vec<&CustomerId> = customers.keys().collect();
     ids.sort();
-    let mut lifecycle = ProjectionDiff::default();
     for id in ids {
         let pair = &customers[id];
-        let stage_changed = pair.a.stage != pair.b.stage;
-        let tier_changed = tiers_a[id] != tiers_b[id];
-        if stage_changed {
-            lifecycle.stage_changes += 1;
-            *lifecycle
-                .stage_moves
-                .entry(format!("{}->{}", name(pair.a.stage), name(pair.b.stage)))
-                .or_default() += 1;
-        }
-        if tier_changed {
-            lifecycle.tier_changes += 1;
-        }
-        if (stage_changed || tier_changed) && lifecycle.examples.len() < MAX_EXAMPLES {
-            lifecycle.examples.push(CustomerDiff {
-                customer_id: id.to_string(),
-                stage_a: pair.a.stage.map(|s| s.as_str().to_owned()),
-                stage_b: pair.b.stage.map(|s| s.as_str().to_owned()),
-                tier_a: tiers_a[id].as_str().to_owned(),
-                tier_b: tiers_b[id].as_str().to_owned(),
-            });
-        }
+        compare_lifecycle(
+            &mut report.lifecycle,
+            id,
+            (&pair.a.lifecycle, &pair.b.lifecycle),
+            (tiers_a[id].as_str(), tiers_b[id].as_str()),
+        );
+        let la = loyalty::as_of(&pair.a.loyalty, &rules_a.loyalty, at);
+        let lb = loyalty::as_of(&pair.b.loyalty, &rules_b.loyalty, at);
+        compare_loyalty(&mut report.loyalty, id, &la, &lb);
+        let aa = alerts::as_of(&pair.a.alerts, &rules_a.alerts, at).alerts;
+        let ab = alerts::as_of(&pair.b.alerts, &rules_b.alerts, at).alerts;
+        compare_alerts(&mut report.alerts, id, &aa, &ab);
     }
-    report.projections.insert("lifecycle".into(), lifecycle);
     Ok(report)
 }
 
-fn refold(rules: &LifecycleRules, events: &[FoldEvent], last: DateTime<Utc>) -> LifecycleState {
-    fold_as_of(rules, events, last).0
+fn compare_lifecycle(
+    diff: &mut ProjectionDiff,
+    id: &CustomerId,
+    (a, b): (&LifecycleState, &LifecycleState),
+    (tier_a, tier_b): (&str, &str),
+) {
+    let stage_changed = a.stage != b.stage;
+    let tier_changed = tier_a != tier_b;
+    if stage_changed {
+        diff.stage_changes += 1;
+        *diff
+            .stage_moves
+            .entry(format!("{}->{}", name(a.stage), name(b.stage)))
+            .or_default() += 1;
+    }
+    if tier_changed {
+        diff.tier_changes += 1;
+    }
+    if (stage_changed || tier_changed) && diff.examples.len() < MAX_EXAMPLES {
+        diff.examples.push(CustomerDiff {
+            customer_id: id.to_string(),
+            stage_a: a.stage.map(|s| s.as_str().to_owned()),
+            stage_b: b.stage.map(|s| s.as_str().to_owned()),
+            tier_a: tier_a.to_owned(),
+            tier_b: tier_b.to_owned(),
+        });
+    }
+}
+
+fn compare_loyalty(
+    diff: &mut LoyaltyDiff,
+    id: &CustomerId,
+    a: &LoyaltySnapshot,
+    b: &LoyaltySnapshot,
+) {
+    diff.points_a += a.balance;
+    diff.points_b += b.balance;
+    diff.conflicts_a += a.conflicts.len();
+    diff.conflicts_b += b.conflicts.len();
+    let tier_changed = a.tier != b.tier;
+    let balance_changed = a.balance != b.balance;
+    if tier_changed {
+        diff.tier_changes += 1;
+        *diff
+            .tier_moves
+            .entry(format!("{}->{}", a.tier.as_str(), b.tier.as_str()))
+            .or_default() += 1;
+    }
+    if balance_changed {
+        diff.balance_changes += 1;
+    }
+    let conflicts_changed = a.conflicts != b.conflicts;
+    if (tier_changed || balance_changed || conflicts_changed) && diff.examples.len() < MAX_EXAMPLES
+    {
+        diff.examples.push(LoyaltyCustomerDiff {
+            customer_id: id.to_string(),
+            tier: [a.tier.as_str().to_owned(), b.tier.as_str().to_owned()],
+            balance: [a.balance, b.balance],
+            conflicts: [a.conflicts.len(), b.conflicts.len()],
+        });
+    }
+}
+
+fn compare_alerts(diff: &mut AlertsDiff, id: &CustomerId, a: &[Alert], b: &[Alert]) {
+    for (alerts, counts) in [(a, &mut diff.alerts_a), (b, &mut diff.alerts_b)] {
+        for alert in alerts {
+            *counts.entry(alert.rule.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    if a != b {
+        diff.customers_changed += 1;
+        if diff.examples.len() < MAX_EXAMPLES {
+            diff.examples.push((id.to_string(), [a.len(), b.len()]));
+        }
+    }
 }
 
 fn name(stage: Option<Stage>) -> &'static str {

@@ -16,10 +16,15 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::alerts::{self, Alert, AlertsFoldState};
+use super::clv_scores;
 use super::lifecycle::{self, fold_as_of, LifecycleState, Transition};
+use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
 use super::storage::ReadModelDb;
+use super::value::{self, ValueSnapshot, ValueState};
+use super::FoldEvent;
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
 use crate::store::{EventStore, ReadStream};
@@ -38,7 +43,7 @@ pub struct TransitionView {
 }
 
 /// A customer's projected state as of an instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CustomerView {
     /// The customer.
     pub customer_id: String,
@@ -65,6 +70,62 @@ pub struct CustomerView {
     /// Whether the answer advanced the stored state (`state`) or refolded
     /// the stream (`replay`).
     pub computed_from: &'static str,
+    /// Loyalty balance, lots, tier and its history, conflicts.
+    pub loyalty: LoyaltySnapshot,
+    /// Historical value: revenue per currency, orders, tenure, gaps.
+    pub value: ValueSnapshot,
+    /// Churn alerts fired up to the instant (per-customer rules), oldest first.
+    pub alerts: Vec<Alert>,
+    /// Population figures as of the version's snapshot instant (value-tier
+    /// alerts, CLV and RFM); absent for earlier instants, whose population
+    /// is not stored (`journey clv score|rfm --as-of` computes them).
+    pub population: Option<PopulationView>,
+}
+
+/// A customer's figures that depend on every customer, from the version's
+/// population snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PopulationView {
+    /// The snapshot instant (the newest event folded).
+    pub as_of: String,
+    /// High-value-at-risk alert: when the customer fell into the stage and why.
+    pub value_alert: Option<ValueAlertView>,
+    /// CLV model outputs and RFM scores, when the customer has orders.
+    pub scores: Option<ScoresView>,
+}
+
+/// A high-value customer in the at-risk stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValueAlertView {
+    /// When they fell into the stage.
+    pub at: String,
+    /// Their value tier at the snapshot.
+    pub value_tier: String,
+    /// The event id or time rule of the fall.
+    pub cause: String,
+}
+
+/// CLV and RFM of one customer (see `customer_clv` in migration 0011).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoresView {
+    /// Repeat purchase days.
+    pub frequency: i64,
+    /// First to last purchase, model time units.
+    pub recency: f64,
+    /// First purchase to the snapshot, model time units.
+    pub t: f64,
+    /// P(alive); absent when the models could not be fitted.
+    pub p_alive: Option<f64>,
+    /// Expected purchases over the CLV horizon.
+    pub expected_purchases: Option<f64>,
+    /// Discounted CLV over the horizon, minor units.
+    pub clv_minor: Option<i64>,
+    /// RFM scores 1–5.
+    pub rfm: Option<[i64; 3]>,
+    /// Weighted RFM total.
+    pub rfm_total: Option<f64>,
+    /// RFM segment.
+    pub rfm_segment: Option<String>,
 }
 
 fn show(at: DateTime<Utc>) -> String {
@@ -93,6 +154,7 @@ pub async fn customer_as_of(
     let stored = db
         .load_state(version.model_version, "lifecycle", customer.as_str())
         .await?;
+    let mut replayed: Vec<FoldEvent> = Vec::new();
     let (state, history, computed_from) = match stored {
         Some(s) if as_of.timestamp_micros() >= s.last_occurred_us => {
             let mut state: LifecycleState =
@@ -142,6 +204,9 @@ pub async fn customer_as_of(
                 }
             }
             let (state, transitions) = fold_as_of(lc, &events, as_of);
+            events.retain(|e| e.occurred_at <= as_of);
+            events.sort_by_key(|e| (e.occurred_at, e.version));
+            replayed = events;
             (
                 state,
                 transitions.iter().map(view_transition).collect(),
@@ -152,6 +217,11 @@ pub async fn customer_as_of(
     let Some(stage) = state.stage else {
         return Ok(None);
     };
+    let others = match computed_from {
+        "state" => Others::load(db, version.model_version, customer).await?,
+        _ => Others::fold(&rules, &replayed, as_of),
+    };
+    let population = population_view(db, version.model_version, customer, as_of).await?;
     let value_tier = tier_as_of(store, db, version.model_version, &rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
@@ -166,6 +236,129 @@ pub async fn customer_as_of(
         currency: lc.currency.to_string(),
         orders: state.orders,
         computed_from,
+        loyalty: loyalty::as_of(&others.loyalty, &rules.loyalty, as_of),
+        value: value::snapshot(&others.value, as_of),
+        alerts: alerts::as_of(&others.alerts.alerts, &rules.alerts, as_of).alerts,
+        population,
+    }))
+}
+
+/// The per-customer states of the folds besides lifecycle.
+#[derive(Default)]
+struct Others {
+    loyalty: LoyaltyState,
+    value: ValueState,
+    alerts: AlertsFoldState,
+}
+
+impl Others {
+    /// Folds events (already filtered to `occurred_at <= as_of` and sorted).
+    fn fold(rules: &RuleSet, events: &[FoldEvent], _as_of: DateTime<Utc>) -> Self {
+        let mut others = Others::default();
+        for event in events {
+            let view = event.view();
+            loyalty::apply(&mut others.loyalty, &rules.loyalty, &view);
+            value::apply(&mut others.value, &view);
+            alerts::apply(&mut others.alerts.alerts, &rules.alerts, &view);
+        }
+        others
+    }
+
+    /// The states the runner persisted with the customer's last event.
+    async fn load(
+        db: &ReadModelDb,
+        model_version: i64,
+        customer: &CustomerId,
+    ) -> Result<Self, RunnerError> {
+        Ok(Self {
+            loyalty: load_state(db, model_version, "loyalty", customer).await?,
+            value: load_state(db, model_version, "value", customer).await?,
+            alerts: load_state(db, model_version, "alerts", customer).await?,
+        })
+    }
+}
+
+async fn load_state<T: serde::de::DeserializeOwned + Default>(
+    db: &ReadModelDb,
+    model_version: i64,
+    projection: &str,
+    customer: &CustomerId,
+) -> Result<T, RunnerError> {
+    match db
+        .load_state(model_version, projection, customer.as_str())
+        .await?
+    {
+        Some(stored) => serde_json::from_str(&stored.state).map_err(|e| RunnerError::State {
+            projection: projection.into(),
+            customer: customer.to_string(),
+            reason: e.to_string(),
+        }),
+        None => Ok(T::default()),
+    }
+}
+
+fn int(cell: &Option<String>) -> Option<i64> {
+    cell.as_deref().and_then(|v| v.parse().ok())
+}
+
+fn real(cell: &Option<String>) -> Option<f64> {
+    cell.as_deref().and_then(|v| v.parse().ok())
+}
+
+fn instant(cell: &Option<String>) -> Option<String> {
+    int(cell)
+        .and_then(DateTime::from_timestamp_micros)
+        .map(show)
+}
+
+/// The customer's population figures, when `as_of` is at or after the
+/// version's snapshot.
+async fn population_view(
+    db: &ReadModelDb,
+    model_version: i64,
+    customer: &CustomerId,
+    as_of: DateTime<Utc>,
+) -> Result<Option<PopulationView>, RunnerError> {
+    let Some(snapshot_us) = db.population_as_of(model_version).await? else {
+        return Ok(None);
+    };
+    if as_of.timestamp_micros() < snapshot_us {
+        return Ok(None);
+    }
+    let id = Some(customer.as_str());
+    let value_alert = db
+        .dump(&alerts::TABLES[1], model_version, id)
+        .await?
+        .first()
+        .map(|r| ValueAlertView {
+            at: instant(&r[3]).unwrap_or_default(),
+            value_tier: r[4].clone().unwrap_or_default(),
+            cause: r[5].clone().unwrap_or_default(),
+        });
+    let scores = db
+        .dump(&clv_scores::TABLES[0], model_version, id)
+        .await?
+        .first()
+        .map(|r| ScoresView {
+            frequency: int(&r[2]).unwrap_or_default(),
+            recency: real(&r[3]).unwrap_or_default(),
+            t: real(&r[4]).unwrap_or_default(),
+            p_alive: real(&r[5]),
+            expected_purchases: real(&r[6]),
+            clv_minor: int(&r[8]),
+            rfm: match (int(&r[9]), int(&r[10]), int(&r[11])) {
+                (Some(r), Some(f), Some(m)) => Some([r, f, m]),
+                _ => None,
+            },
+            rfm_total: real(&r[12]),
+            rfm_segment: r[13].clone(),
+        });
+    Ok(Some(PopulationView {
+        as_of: DateTime::from_timestamp_micros(snapshot_us)
+            .map(show)
+            .unwrap_or_default(),
+        value_alert,
+        scores,
     }))
 }
 

@@ -348,7 +348,7 @@ impl Projector {
         // (which dropped the ones folded earlier in this batch).
         batch.rows = rows;
         if with_population {
-            batch.population = Some(self.population_rows());
+            batch.population = self.population_rows();
         }
         let folded = std::time::Instant::now();
         self.fold_secs += (folded - started).as_secs_f64();
@@ -360,14 +360,15 @@ impl Projector {
         Ok(())
     }
 
-    fn population_rows(&self) -> Vec<Row> {
+    /// Every fold's population rows as of the newest event folded, with
+    /// that instant (µs); `None` before any customer event.
+    fn population_rows(&self) -> Option<(i64, Vec<Row>)> {
+        let as_of = self.watermark?;
         let mut rows = Vec::new();
-        if let Some(as_of) = self.watermark {
-            for fold in &self.folds {
-                fold.population_rows(as_of, &mut rows);
-            }
+        for fold in &self.folds {
+            fold.population_rows(as_of, &mut rows);
         }
-        rows
+        Some((as_of.timestamp_micros(), rows))
     }
 
     /// Rewrites the population tables as of the newest event folded.
@@ -375,7 +376,7 @@ impl Projector {
         let started = std::time::Instant::now();
         let batch = BatchWrite {
             checkpoint: self.checkpoint as i64,
-            population: Some(self.population_rows()),
+            population: self.population_rows(),
             ..Default::default()
         };
         self.db

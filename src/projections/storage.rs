@@ -157,8 +157,9 @@ pub struct BatchWrite {
     pub rows: Vec<Row>,
     /// Fold states of touched customers.
     pub states: Vec<StoredState>,
-    /// When set, every population table is rewritten with these rows.
-    pub population: Option<Vec<Row>>,
+    /// When set, every population table is rewritten with these rows,
+    /// computed as of the instant (µs) given with them.
+    pub population: Option<(i64, Vec<Row>)>,
     /// Last position applied.
     pub checkpoint: i64,
     /// Events applied in this batch.
@@ -311,6 +312,20 @@ impl ReadModelDb {
         }))
     }
 
+    /// The instant (µs) the version's population tables were last computed
+    /// as of, if ever.
+    pub async fn population_as_of(&self, model_version: i64) -> Result<Option<i64>, StorageError> {
+        const SQL: &str =
+            "SELECT population_as_of_us FROM projection_versions WHERE model_version = $1";
+        Ok(both!(self, pool => {
+            sqlx::query_scalar::<_, Option<i64>>(SQL)
+                .bind(model_version)
+                .fetch_optional(pool)
+                .await?
+                .flatten()
+        }))
+    }
+
     /// One customer's persisted state in a version.
     pub async fn load_state(
         &self,
@@ -394,7 +409,7 @@ impl ReadModelDb {
             by_table.entry(row.table).or_default().push(row);
         }
         let mut population: HashMap<&'static str, Vec<&Row>> = HashMap::new();
-        if let Some(rows) = &batch.population {
+        if let Some((_, rows)) = &batch.population {
             for row in rows {
                 population.entry(row.table).or_default().push(row);
             }
@@ -425,7 +440,12 @@ impl ReadModelDb {
                     }
                 }
             }
-            if batch.population.is_some() {
+            if let Some((as_of_us, _)) = &batch.population {
+                sqlx::query("UPDATE projection_versions SET population_as_of_us = $1 WHERE model_version = $2")
+                    .bind(*as_of_us)
+                    .bind(model_version)
+                    .execute(&mut *tx)
+                    .await?;
                 for t in tables.iter().filter(|t| t.kind == TableKind::Population) {
                     sqlx::query(&format!("DELETE FROM {} WHERE model_version = $1", t.name))
                         .bind(model_version)
