@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use journey_ledger::clv::ledger::{load_transactions, score as clv_score};
+use journey_ledger::clv::TimeUnit;
 use journey_ledger::domain::events::{
-    CustomerRegistered, DomainEvent, OrderPlaced, OrderRefunded, Profile, RefundKind,
-    SessionRecorded, SubscriptionCancelled,
+    ComplaintFiled, CustomerRegistered, DomainEvent, OrderPlaced, OrderRefunded, PointsRedeemed,
+    Profile, RefundKind, SessionRecorded, SubscriptionCancelled,
 };
 use journey_ledger::domain::{Currency, CustomerId, EventMetadata, Money, NewEvent};
 use journey_ledger::import::{import_file, ImportFormat};
@@ -446,6 +448,9 @@ async fn as_of_equals_rebuilding_with_only_earlier_events(env: Env) {
                 v.map(|mut v| {
                     v.model_version = 0;
                     v.computed_from = "";
+                    // Population figures exist only as of a version's
+                    // snapshot (the newest event), which differs here.
+                    v.population = None;
                     v
                 })
             };
@@ -530,6 +535,137 @@ async fn cdnow_sample_gives_a_consistent_stage_history(env: Env) {
     assert_eq!(earlier.computed_from, "replay");
     assert_eq!(earlier.stage.as_deref(), Some("reactivated"));
     assert_eq!(earlier.stage_history[..], view.stage_history[..6]);
+
+    // Loyalty: 1 point per whole dollar (29 + 29 + 14 + 26), lots expire 12
+    // months after earning, so by 1998-06-30 the January lots are gone.
+    assert_eq!(view.loyalty.totals.earned, 98);
+    assert_eq!(view.loyalty.totals.expired, 58);
+    assert_eq!(view.loyalty.balance, 40);
+    assert_eq!(view.loyalty.lots.len(), 2);
+    assert_eq!(view.loyalty.tier.as_str(), "regular");
+    // Historical value: gaps between purchase days.
+    assert_eq!(view.value.orders, 4);
+    assert_eq!(view.value.inter_purchase_days, vec![17, 196, 132]);
+
+    // CLV and RFM come from the population snapshot (the newest event) and
+    // equal what `journey clv score` computes from the same log.
+    let population = view.population.expect("as_of is at the snapshot");
+    let scores = population.scores.expect("00004 has orders");
+    let clv_rules = &rules.clv;
+    let transactions = load_transactions(env.store.clone(), clv_rules.currency)
+        .await
+        .unwrap();
+    let snapshot = DateTime::parse_from_rfc3339(&population.as_of)
+        .unwrap()
+        .with_timezone(&Utc);
+    let months = f64::from(clv_rules.clv.horizon_months);
+    let unit = clv_rules.model.time_unit;
+    let horizon = months * TimeUnit::Month.days() / unit.days();
+    let cli = clv_score(
+        &transactions,
+        "00004",
+        snapshot,
+        unit,
+        clv_rules.model.purchase_model,
+        horizon,
+        clv_rules,
+    )
+    .unwrap();
+    assert_eq!(scores.frequency, i64::from(cli.frequency));
+    assert!((scores.p_alive.unwrap() - cli.p_alive).abs() < 1e-9);
+    assert_eq!(scores.clv_minor, Some((cli.clv * 100.0).round() as i64));
+    assert!(scores.rfm_segment.is_some());
+    env.finish().await;
+}
+
+/// Three complaints within 30 days raise one alert naming all three; the
+/// loyalty conflict of an over-redemption is stored with its event.
+async fn alerts_and_conflicts_are_stored_with_their_events(env: Env) {
+    let rules = RuleSet::shipped_defaults();
+    append(&env.store, "c", day(0), registered()).await;
+    append(&env.store, "c", day(1), order(1, 5_000)).await;
+    for n in 0..3 {
+        append(
+            &env.store,
+            "c",
+            day(10 + 10 * n),
+            DomainEvent::ComplaintFiled(ComplaintFiled {
+                complaint_id: format!("k{n}"),
+                category: "delivery".into(),
+                description: None,
+            }),
+        )
+        .await;
+    }
+    append(
+        &env.store,
+        "c",
+        day(40),
+        DomainEvent::PointsRedeemed(PointsRedeemed {
+            redemption_id: "r".into(),
+            points: 80,
+            reward: None,
+        }),
+    )
+    .await;
+    let report = runner::rebuild(
+        env.store.clone(),
+        &env.db,
+        &rules,
+        &options(3),
+        day(0),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let stream = env
+        .store
+        .read_stream(
+            &CustomerId::parse("c").unwrap().stream_id(),
+            store::ReadStream::all_forwards(),
+        )
+        .await
+        .unwrap();
+    let complaints: Vec<String> = stream[2..5]
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect();
+    let table = |name: &str| {
+        *all_tables(&folds_for(&rules))
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+    };
+    let alerts = env
+        .db
+        .dump(&table("churn_alerts"), report.model_version, Some("c"))
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0][2].as_deref(), Some("complaints"));
+    assert_eq!(alerts[0][3], Some(day(30).timestamp_micros().to_string()));
+    assert_eq!(alerts[0][4], Some(complaints.join(",")));
+    let conflicts = env
+        .db
+        .dump(&table("loyalty_conflicts"), report.model_version, Some("c"))
+        .await
+        .unwrap();
+    // 50 points earned, 80 asked for.
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0][2], Some(stream[5].event_id.to_string()));
+    assert_eq!(conflicts[0][4].as_deref(), Some("redemption"));
+    assert_eq!(conflicts[0][5].as_deref(), Some("80"));
+    assert_eq!(conflicts[0][6].as_deref(), Some("50"));
+    let account = env
+        .db
+        .dump(&table("loyalty_accounts"), report.model_version, Some("c"))
+        .await
+        .unwrap();
+    assert_eq!(
+        account[0][2].as_deref(),
+        Some("0"),
+        "balance floors at zero"
+    );
     env.finish().await;
 }
 
@@ -560,4 +696,5 @@ on_both!(
     incremental_equals_rebuild_with_late_events,
     as_of_equals_rebuilding_with_only_earlier_events,
     cdnow_sample_gives_a_consistent_stage_history,
+    alerts_and_conflicts_are_stored_with_their_events,
 );

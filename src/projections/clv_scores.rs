@@ -73,35 +73,56 @@ pub const TABLES: &[TableSpec] = &[TableSpec {
 
 impl ClvScores {
     /// Fits the purchase and spend models on the summaries and scores every
-    /// customer; empty (with a log line) when the data cannot support a fit.
+    /// customer. A customer the spend model cannot score (repeat purchases
+    /// averaging zero or less, which Gamma-Gamma excludes from its fit) gets
+    /// no CLV; with no fit at all (too little data) nobody does, and the
+    /// reason is logged.
     fn fit(&self, summaries: &[CustomerSummary]) -> HashMap<String, CustomerClv> {
         let rules = &self.rules;
         let unit = rules.model.time_unit;
-        let attempt = || -> Result<Vec<CustomerClv>, crate::clv::ClvError> {
+        let scale = 10u32.pow(u32::from(rules.currency.minor_digits()));
+        let models = || -> Result<_, crate::clv::ClvError> {
             let purchase = fit_purchase_model(summaries, rules.model.purchase_model)?;
-            let scale = 10u32.pow(u32::from(rules.currency.minor_digits()));
             let spend = GammaGammaParams::fit(
                 &GammaGammaData::from_summaries(summaries, scale)?,
                 &FitOptions::default(),
             )?
             .params;
-            let options = ClvOptions::monthly(
-                unit,
-                rules.clv.horizon_months,
-                rules.clv.monthly_discount_rate,
-            );
-            customer_lifetime_value(&purchase, &spend, summaries, scale, &options)
+            Ok((purchase, spend))
         };
-        match attempt() {
-            Ok(scores) => scores
-                .into_iter()
-                .map(|c| (c.customer.clone(), c))
-                .collect(),
+        let (purchase, spend) = match models() {
+            Ok(models) => models,
             Err(e) => {
                 tracing::warn!(customers = summaries.len(), "CLV models not fitted: {e}");
-                HashMap::new()
+                return HashMap::new();
             }
+        };
+        let options = ClvOptions::monthly(
+            unit,
+            rules.clv.horizon_months,
+            rules.clv.monthly_discount_rate,
+        );
+        let mut unscored = 0usize;
+        let scores: HashMap<String, CustomerClv> = summaries
+            .iter()
+            .filter_map(|summary| {
+                let one = std::slice::from_ref(summary);
+                match customer_lifetime_value(&purchase, &spend, one, scale, &options) {
+                    Ok(mut v) => v.pop().map(|c| (c.customer.clone(), c)),
+                    Err(_) => {
+                        unscored += 1;
+                        None
+                    }
+                }
+            })
+            .collect();
+        if unscored > 0 {
+            tracing::info!(
+                unscored,
+                "customers without CLV (non-positive repeat spend)"
+            );
         }
+        scores
     }
 }
 
