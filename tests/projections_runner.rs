@@ -14,6 +14,8 @@ use journey_ledger::domain::events::{
 };
 use journey_ledger::domain::{Currency, CustomerId, EventMetadata, Money, NewEvent};
 use journey_ledger::import::{import_file, ImportFormat};
+use journey_ledger::projections::analytics;
+use journey_ledger::projections::cohorts::{CohortAccumulator, CustomerFacts, YearMonth};
 use journey_ledger::projections::lifecycle::fold_as_of;
 use journey_ledger::projections::query::customer_as_of;
 use journey_ledger::projections::rules::RuleSet;
@@ -669,6 +671,77 @@ async fn alerts_and_conflicts_are_stored_with_their_events(env: Env) {
     env.finish().await;
 }
 
+/// Population queries (stage distribution as of any instant, monthly stage
+/// table, cohorts) agree with per-customer answers and with a direct fold of
+/// the events.
+async fn population_queries_agree_with_per_customer_answers(env: Env) {
+    let rules = RuleSet::shipped_defaults();
+    seed(&env.store, 40).await;
+    runner::rebuild(
+        env.store.clone(),
+        &env.db,
+        &rules,
+        &options(50),
+        day(0),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let snapshot = analytics::snapshot_instant(&env.db).await.unwrap().unwrap();
+    let ids: Vec<CustomerId> = (0..40)
+        .map(|c| CustomerId::parse(&format!("c{c}")).unwrap())
+        .collect();
+    for at in [day(30), day(200), snapshot, snapshot + Duration::days(400)] {
+        let mut expected: std::collections::BTreeMap<String, i64> = Default::default();
+        for id in &ids {
+            if let Some(view) = customer_as_of(env.store.clone(), &env.db, id, at)
+                .await
+                .unwrap()
+            {
+                *expected.entry(view.stage.unwrap()).or_default() += 1;
+            }
+        }
+        let got: std::collections::BTreeMap<String, i64> =
+            analytics::stage_distribution(env.store.clone(), &env.db, at)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.stage, c.customers))
+                .collect();
+        assert_eq!(got, expected, "stage distribution as of {at}");
+        if at == snapshot {
+            let table = analytics::stage_table(&env.db).await.unwrap();
+            let last = table.months.last().unwrap();
+            assert_eq!(last.month, YearMonth::of(snapshot));
+            let monthly: std::collections::BTreeMap<String, i64> = last
+                .distribution
+                .iter()
+                .map(|c| (c.stage.clone(), c.customers))
+                .collect();
+            assert_eq!(monthly, expected, "stage table at the snapshot month");
+        }
+    }
+    // Cohorts from the tables equal cohorts folded straight from the events.
+    let mut direct = CohortAccumulator::new(rules.lifecycle.currency);
+    for id in &ids {
+        let mut facts = CustomerFacts::default();
+        let stream = env
+            .store
+            .read_stream(&id.stream_id(), store::ReadStream::all_forwards())
+            .await
+            .unwrap();
+        for recorded in &stream {
+            let (_, event) = runner::fold_event(recorded).unwrap().unwrap();
+            facts.apply(rules.lifecycle.currency, &event.view());
+        }
+        direct.add(&facts);
+    }
+    let table = analytics::cohort_table(&env.db, None, None).await.unwrap();
+    assert_eq!(table, direct.table(YearMonth::of(snapshot)));
+    assert!(!table.cohorts.is_empty());
+    env.finish().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -697,4 +770,5 @@ on_both!(
     as_of_equals_rebuilding_with_only_earlier_events,
     cdnow_sample_gives_a_consistent_stage_history,
     alerts_and_conflicts_are_stored_with_their_events,
+    population_queries_agree_with_per_customer_answers,
 );

@@ -434,7 +434,7 @@ impl StageFlowAccumulator {
 
 /// The cohort read model: each customer's cohort and monthly activity as
 /// rows, from which cohort tables are summed at query time
-/// ([`crate::projections::query::cohort_table`]).
+/// ([`crate::projections::analytics::cohort_table`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Cohorts {
     /// Revenue counts only in this currency (the lifecycle rules' currency).

@@ -52,6 +52,7 @@
 //!   each live catch-up.
 
 pub mod alerts;
+pub mod analytics;
 pub mod bench;
 pub mod clv_scores;
 pub mod cohorts;
