@@ -118,6 +118,14 @@ pub fn synthetic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
         source: Some("synthetic".into()),
         ..Default::default()
     };
+    // Customers differ the way real ones do: each has their own pace
+    // (an order every 5–95 days on average) and spend level ($10–$210),
+    // and each gap and basket varies around them. Deterministic per
+    // customer, so runs compare.
+    let mut random = SplitMix(customer.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
+    let pace_days = 5.0 + 90.0 * random.unit();
+    let spend_cents = 1_000.0 + 20_000.0 * random.unit() * random.unit();
+    let mut at = start;
     let mut events = Vec::with_capacity(EVENTS_PER_CUSTOMER as usize);
     for i in 0..EVENTS_PER_CUSTOMER {
         let event = match i {
@@ -134,16 +142,34 @@ pub fn synthetic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
             i => DomainEvent::OrderPlaced(OrderPlaced {
                 order_id: format!("o-{customer}-{i}"),
                 amount: Money::new(
-                    999 + ((customer * 31 + i * 7) % 20_000) as i64,
+                    (spend_cents * (0.5 + random.unit())).round() as i64,
                     Currency::USD,
                 ),
                 item_count: 1 + (i % 4) as u32,
             }),
         };
-        let at = start + Duration::days(i as i64 * 9);
+        if i > 0 {
+            let hours = (pace_days * 24.0 * (0.2 + 1.6 * random.unit())).round() as i64;
+            at += Duration::hours(hours.max(1));
+        }
         events.push(NewEvent::from_domain(Uuid::new_v4(), at, &metadata, &event).expect("valid"));
     }
     (id, events)
+}
+
+/// A tiny deterministic generator (SplitMix64) for synthetic data.
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// Runs `bench append`.

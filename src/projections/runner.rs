@@ -72,6 +72,9 @@ pub enum RunnerError {
     /// No active version to maintain.
     #[error("no active read-model version; run `journey rebuild` first")]
     NoActiveVersion,
+    /// A background commit task died (panicked or was cancelled).
+    #[error("a read-model commit task failed: {0}")]
+    Task(String),
     /// The active version's rules are not loadable by this build.
     #[error("the active version's rules are unreadable: {0}")]
     Rules(String),
@@ -212,6 +215,9 @@ pub struct Projector {
     /// Per customer: `occurred_at` (µs) of the latest event folded.
     cursors: HashMap<CustomerId, i64>,
     checkpoint: u64,
+    /// The last position folded (ahead of `checkpoint` while a commit is
+    /// in flight).
+    folded_to: u64,
     /// The newest `occurred_at` folded (the population's "as of").
     watermark: Option<DateTime<Utc>>,
     /// Seconds spent decoding and folding.
@@ -258,6 +264,7 @@ impl Projector {
             tables,
             cursors,
             checkpoint: version.checkpoint.max(0) as u64,
+            folded_to: version.checkpoint.max(0) as u64,
             watermark: watermark_us.and_then(DateTime::from_timestamp_micros),
             fold_secs: 0.0,
             write_secs: 0.0,
@@ -287,13 +294,26 @@ impl Projector {
         events: &[RecordedEvent],
         with_population: bool,
     ) -> Result<(), RunnerError> {
+        let batch = self.fold(events, with_population).await?;
+        self.commit(batch).await
+    }
+
+    /// Folds a batch of events (in position order, all after what was
+    /// folded before) into the write it must commit: rows, the touched
+    /// customers' states and the new checkpoint. Nothing is written; the
+    /// caller commits the writes in the order they were folded.
+    pub async fn fold(
+        &mut self,
+        events: &[RecordedEvent],
+        with_population: bool,
+    ) -> Result<BatchWrite, RunnerError> {
         let started = std::time::Instant::now();
         let mut touched: Vec<CustomerId> = Vec::new();
         let mut touched_set: HashSet<CustomerId> = HashSet::new();
         let mut existed: HashSet<CustomerId> = HashSet::new();
         let mut reset: HashSet<CustomerId> = HashSet::new();
         let mut rows: Vec<Row> = Vec::with_capacity(events.len());
-        let mut last_position = self.checkpoint;
+        let mut last_position = self.folded_to;
         for recorded in events {
             last_position = recorded.position;
             let Some((customer, event)) = fold_event(recorded)? else {
@@ -350,13 +370,48 @@ impl Projector {
         if with_population {
             batch.population = self.population_rows();
         }
-        let folded = std::time::Instant::now();
-        self.fold_secs += (folded - started).as_secs_f64();
+        self.folded_to = last_position;
+        self.fold_secs += started.elapsed().as_secs_f64();
+        Ok(batch)
+    }
+
+    /// Commits a folded batch (rows, states and checkpoint in one
+    /// transaction).
+    pub async fn commit(&mut self, batch: BatchWrite) -> Result<(), RunnerError> {
+        let started = std::time::Instant::now();
+        let checkpoint = batch.checkpoint as u64;
         self.db
             .commit_batch(self.version, &self.tables, batch)
             .await?;
-        self.write_secs += folded.elapsed().as_secs_f64();
-        self.checkpoint = last_position;
+        self.write_secs += started.elapsed().as_secs_f64();
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    /// Commits a folded batch on another task, so the next batch can be
+    /// folded meanwhile; await the handle (with [`Projector::committed`])
+    /// before committing the next one, to keep commits in order.
+    fn commit_in_background(&self, batch: BatchWrite) -> InFlight {
+        let db = self.db.clone();
+        let tables = self.tables.clone();
+        let version = self.version;
+        let checkpoint = batch.checkpoint as u64;
+        let handle = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            db.commit_batch(version, &tables, batch).await?;
+            Ok(started.elapsed().as_secs_f64())
+        });
+        InFlight { handle, checkpoint }
+    }
+
+    /// Waits for a background commit and records its checkpoint.
+    async fn committed(&mut self, inflight: InFlight) -> Result<(), RunnerError> {
+        let secs = inflight
+            .handle
+            .await
+            .map_err(|e| RunnerError::Task(e.to_string()))??;
+        self.write_secs += secs;
+        self.checkpoint = inflight.checkpoint;
         Ok(())
     }
 
@@ -420,6 +475,12 @@ impl Projector {
             .insert(customer.clone(), last.unwrap_or_default());
         Ok(())
     }
+}
+
+/// A batch being committed on another task.
+struct InFlight {
+    handle: tokio::task::JoinHandle<Result<f64, StorageError>>,
+    checkpoint: u64,
 }
 
 /// Options of a rebuild.
@@ -501,13 +562,21 @@ pub async fn rebuild(
             .chunks(batch_size);
     let mut read = 0u64;
     let mut batches = 0usize;
+    // Fold batch N+1 while batch N commits: commits stay in order, each
+    // with its own checkpoint, so a crash loses at most uncommitted work.
+    let mut inflight: Option<InFlight> = None;
     while let Some(chunk) = events.next().await {
         let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
         read += chunk.len() as u64;
-        projector.process(&chunk, false).await?;
-        progress(projector.checkpoint());
+        let batch = projector.fold(&chunk, false).await?;
+        if let Some(previous) = inflight.take() {
+            projector.committed(previous).await?;
+            progress(projector.checkpoint());
+        }
         batches += 1;
         if options.stop_after_batches.is_some_and(|n| batches >= n) {
+            projector.commit(batch).await?;
+            progress(projector.checkpoint());
             return Ok(RebuildReport {
                 model_version: projector.version(),
                 activated: false,
@@ -519,6 +588,11 @@ pub async fn rebuild(
                 write_secs: projector.write_secs,
             });
         }
+        inflight = Some(projector.commit_in_background(batch));
+    }
+    if let Some(previous) = inflight.take() {
+        projector.committed(previous).await?;
+        progress(projector.checkpoint());
     }
     projector.write_population().await?;
     db.activate(projector.version(), started_at.timestamp_micros())
