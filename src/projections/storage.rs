@@ -456,42 +456,10 @@ impl ReadModelDb {
             // 2. Rows.
             let groups = by_table.iter().chain(population.iter());
             for (table, rows) in groups {
-                let spec = specs[table];
-                let per_stmt = (30_000 / (spec.columns.len() + 2)).min(2_000);
-                for chunk in rows.chunks(per_stmt) {
-                    let mut q = QueryBuilder::new(format!(
-                        "INSERT INTO {} (model_version, customer_id, {}) ",
-                        spec.name,
-                        spec.columns.join(", ")
-                    ));
-                    q.push_values(chunk, |mut sep, row| {
-                        sep.push_bind(model_version);
-                        sep.push_bind(row.customer_id.clone());
-                        for v in &row.values {
-                            push_value!(sep, v);
-                        }
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                tx.insert_rows(model_version, specs[table], rows).await?;
             }
-            // 3. States.
-            for chunk in batch.states.chunks(2_000) {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO projection_state (model_version, projection, customer_id, last_occurred_us, state) ",
-                );
-                q.push_values(chunk, |mut sep, s| {
-                    sep.push_bind(model_version);
-                    sep.push_bind(s.projection.clone());
-                    sep.push_bind(s.customer_id.clone());
-                    sep.push_bind(s.last_occurred_us);
-                    sep.push_bind(s.state.clone());
-                });
-                q.push(
-                    " ON CONFLICT (model_version, projection, customer_id) DO UPDATE SET \
-                     last_occurred_us = excluded.last_occurred_us, state = excluded.state",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
+            // 3. States (the touched customers' old states were deleted in 1).
+            tx.insert_states(model_version, &batch.states).await?;
             // 4. Checkpoint.
             sqlx::query(
                 "UPDATE projection_versions SET checkpoint = $1, events_applied = events_applied + $2 \
@@ -505,6 +473,178 @@ impl ReadModelDb {
             tx.commit().await?;
         });
         Ok(())
+    }
+}
+
+/// Bulk inserts, per backend: multi-row `INSERT`s on SQLite, `COPY` on
+/// PostgreSQL (several times faster there than bound `INSERT`s).
+trait BulkInsert {
+    /// Inserts rows of one table.
+    fn insert_rows(
+        &mut self,
+        model_version: i64,
+        spec: &TableSpec,
+        rows: &[&Row],
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Inserts fold states (none of them may exist yet).
+    fn insert_states(
+        &mut self,
+        model_version: i64,
+        states: &[StoredState],
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn insert_rows(
+        &mut self,
+        model_version: i64,
+        spec: &TableSpec,
+        rows: &[&Row],
+    ) -> Result<(), sqlx::Error> {
+        let per_stmt = (30_000 / (spec.columns.len() + 2)).min(2_000);
+        for chunk in rows.chunks(per_stmt) {
+            let mut q = QueryBuilder::new(format!(
+                "INSERT INTO {} (model_version, customer_id, {}) ",
+                spec.name,
+                spec.columns.join(", ")
+            ));
+            q.push_values(chunk, |mut sep, row| {
+                sep.push_bind(model_version);
+                sep.push_bind(row.customer_id.clone());
+                for v in &row.values {
+                    push_value!(sep, v);
+                }
+            });
+            q.build().execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_states(
+        &mut self,
+        model_version: i64,
+        states: &[StoredState],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in states.chunks(2_000) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO projection_state (model_version, projection, customer_id, last_occurred_us, state) ",
+            );
+            q.push_values(chunk, |mut sep, s| {
+                sep.push_bind(model_version);
+                sep.push_bind(s.projection.clone());
+                sep.push_bind(s.customer_id.clone());
+                sep.push_bind(s.last_occurred_us);
+                sep.push_bind(s.state.clone());
+            });
+            q.build().execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends one field in PostgreSQL's COPY text format.
+fn copy_field(buf: &mut String, field: Option<&str>) {
+    match field {
+        None => buf.push_str("\\N"),
+        Some(text) => {
+            for c in text.chars() {
+                match c {
+                    '\\' => buf.push_str("\\\\"),
+                    '\t' => buf.push_str("\\t"),
+                    '\n' => buf.push_str("\\n"),
+                    '\r' => buf.push_str("\\r"),
+                    c => buf.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn copy_value(buf: &mut String, value: &Value) {
+    use std::fmt::Write as _;
+    match value {
+        Value::Int(v) => {
+            let _ = write!(buf, "{v}");
+        }
+        Value::Real(v) if v.is_nan() => buf.push_str("NaN"),
+        Value::Real(v) if v.is_infinite() => {
+            buf.push_str(if *v > 0.0 { "Infinity" } else { "-Infinity" })
+        }
+        Value::Real(v) => {
+            let _ = write!(buf, "{v:?}");
+        }
+        Value::Text(v) => copy_field(buf, Some(v)),
+        Value::NullInt | Value::NullReal | Value::NullText => copy_field(buf, None),
+    }
+}
+
+/// Streams `lines` (already in COPY text format) into `table (columns)`.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    columns: &str,
+    data: String,
+) -> Result<(), sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+        .await?;
+    copy.send(data.into_bytes()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn insert_rows(
+        &mut self,
+        model_version: i64,
+        spec: &TableSpec,
+        rows: &[&Row],
+    ) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut data = String::with_capacity(rows.len() * 64);
+        for row in rows {
+            use std::fmt::Write as _;
+            let _ = write!(data, "{model_version}\t");
+            copy_field(&mut data, Some(&row.customer_id));
+            for v in &row.values {
+                data.push('\t');
+                copy_value(&mut data, v);
+            }
+            data.push('\n');
+        }
+        let columns = format!("model_version, customer_id, {}", spec.columns.join(", "));
+        copy_in(&mut **self, spec.name, &columns, data).await
+    }
+
+    async fn insert_states(
+        &mut self,
+        model_version: i64,
+        states: &[StoredState],
+    ) -> Result<(), sqlx::Error> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut data = String::with_capacity(states.iter().map(|s| s.state.len() + 64).sum());
+        for s in states {
+            use std::fmt::Write as _;
+            let _ = write!(data, "{model_version}\t");
+            copy_field(&mut data, Some(&s.projection));
+            data.push('\t');
+            copy_field(&mut data, Some(&s.customer_id));
+            let _ = write!(data, "\t{}\t", s.last_occurred_us);
+            copy_field(&mut data, Some(&s.state));
+            data.push('\n');
+        }
+        copy_in(
+            &mut **self,
+            "projection_state",
+            "model_version, projection, customer_id, last_occurred_us, state",
+            data,
+        )
+        .await
     }
 }
 
@@ -523,4 +663,24 @@ where
         checkpoint: r.try_get(5)?,
         events_applied: r.try_get(6)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_format_escapes_separators_and_marks_nulls() {
+        let mut buf = String::new();
+        copy_field(&mut buf, Some("a\tb\nc\\d\re"));
+        buf.push('|');
+        copy_field(&mut buf, None);
+        buf.push('|');
+        copy_value(&mut buf, &Value::Real(f64::INFINITY));
+        buf.push('|');
+        copy_value(&mut buf, &Value::Real(0.1));
+        buf.push('|');
+        copy_value(&mut buf, &Value::NullReal);
+        assert_eq!(buf, "a\\tb\\nc\\\\d\\re|\\N|Infinity|0.1|\\N");
+    }
 }
