@@ -616,7 +616,7 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
             data.push('\n');
         }
         let columns = format!("model_version, customer_id, {}", spec.columns.join(", "));
-        copy_in(&mut **self, spec.name, &columns, data).await
+        copy_in(self, spec.name, &columns, data).await
     }
 
     async fn insert_states(
@@ -639,7 +639,7 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
             data.push('\n');
         }
         copy_in(
-            &mut **self,
+            self,
             "projection_state",
             "model_version, projection, customer_id, last_occurred_us, state",
             data,
