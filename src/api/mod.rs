@@ -20,6 +20,7 @@ pub mod graphiql;
 pub mod limits;
 pub mod live;
 pub mod metrics;
+pub mod projected;
 pub mod read_models;
 pub mod schema;
 

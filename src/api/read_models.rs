@@ -41,6 +41,9 @@ pub enum ReadModelError {
     /// A stored event does not decode.
     #[error("stored event does not decode: {0}")]
     Decode(#[from] crate::domain::DecodeError),
+    /// The projections failed (a storage error or an unreadable state).
+    #[error("projections: {0}")]
+    Projection(String),
     /// Sealed personal data could not be opened.
     #[error("privacy vault: {0}")]
     Privacy(#[from] crate::privacy::PrivacyError),
@@ -216,6 +219,9 @@ pub struct CustomerView {
     /// Current lifecycle stage. Null when not available until the
     /// projection is running.
     pub stage: Option<String>,
+    /// Value tier by share of revenue (`high`, `mid`, `low`). Null when not
+    /// available until the projection is running.
+    pub value_tier: Option<String>,
     /// Stages entered, oldest first. Null when not available until the
     /// projection is running.
     pub stage_history: Option<Vec<StageChange>>,
@@ -228,7 +234,9 @@ pub struct CustomerView {
     pub rfm: Option<Rfm>,
     /// CLV figures. Null when not available until the projection is running.
     pub clv: Option<Clv>,
-    /// Open alerts. Null when not available until the projection is running.
+    /// Open alerts: fired in the 90 days up to the instant asked (plus a
+    /// high-value-at-risk alert at the population snapshot). Null when not
+    /// available until the projection is running.
     pub alerts: Option<Vec<Alert>>,
 }
 
@@ -236,7 +244,7 @@ pub struct CustomerView {
 /// projections.
 #[derive(Debug, Clone, Default, InputObject)]
 pub struct CustomerFilter {
-    /// Current lifecycle stage.
+    /// Lifecycle stage at the population snapshot (the newest event).
     pub stage: Option<String>,
     /// Loyalty tier.
     pub tier: Option<String>,
@@ -246,7 +254,8 @@ pub struct CustomerFilter {
     pub min_clv: Option<i64>,
     /// Maximum expected CLV, minor units.
     pub max_clv: Option<i64>,
-    /// Only customers with (true) or without (false) open alerts.
+    /// Only customers with (true) or without (false) open alerts: one fired
+    /// in the 90 days before the population snapshot, or high value at risk.
     pub has_alert: Option<bool>,
 }
 
@@ -358,7 +367,11 @@ pub trait ReadModels: Send + Sync + 'static {
     async fn projection_status(&self) -> Result<ProjectionStatus, ReadModelError>;
 
     /// Current loyalty points balance, or `None` when not known.
-    async fn points_balance(&self, customer: &CustomerId) -> Result<Option<i64>, ReadModelError>;
+    async fn points_balance(
+        &self,
+        customer: &CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, ReadModelError>;
 }
 
 /// Answers queries by folding each customer's stream on request.
@@ -413,6 +426,7 @@ impl EventFoldReadModels {
                 last_order_at: history.last_order_at,
             },
             stage: None,
+            value_tier: None,
             stage_history: None,
             tier: None,
             loyalty: None,
@@ -529,7 +543,11 @@ impl ReadModels for EventFoldReadModels {
         })
     }
 
-    async fn points_balance(&self, _customer: &CustomerId) -> Result<Option<i64>, ReadModelError> {
+    async fn points_balance(
+        &self,
+        _customer: &CustomerId,
+        _at: DateTime<Utc>,
+    ) -> Result<Option<i64>, ReadModelError> {
         Ok(None)
     }
 }
@@ -539,8 +557,12 @@ pub struct ReadModelBalances(pub Arc<dyn ReadModels>);
 
 #[async_trait]
 impl BalanceSource for ReadModelBalances {
-    async fn points_balance(&self, customer: &CustomerId) -> Result<Option<i64>, String> {
-        self.0.points_balance(customer).await.map_err(|e| {
+    async fn points_balance(
+        &self,
+        customer: &CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, String> {
+        self.0.points_balance(customer, at).await.map_err(|e| {
             tracing::error!(error = %e, "points balance lookup failed");
             "the points balance could not be read".to_owned()
         })

@@ -156,8 +156,8 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<()> {
     }
     eprintln!("following the store; Ctrl-C to stop");
     tokio::select! {
-        result = runner::follow(store, &db, args.batch, |checkpoint| {
-            tracing::info!(checkpoint, "read models committed");
+        result = runner::follow(store, &db, args.batch, |committed| {
+            tracing::info!(checkpoint = committed.checkpoint, "read models committed");
         }) => result?,
         _ = tokio::signal::ctrl_c() => {}
     }

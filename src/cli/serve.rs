@@ -6,11 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use journey_ledger::api::auth::{random_key, ApiKeys, Role};
-use journey_ledger::api::read_models::EventFoldReadModels;
+use journey_ledger::api::projected::{start_projections, ProjectedReadModels};
+use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve as serve_http, ApiState};
 use journey_ledger::config::Config;
 use journey_ledger::import::{self, jsonl::JsonlParser, ImportFormat};
 use journey_ledger::privacy::Vault;
+use journey_ledger::projections::rules::RuleSet;
+use journey_ledger::projections::storage::{ReadModelDb, StorageError};
 use journey_ledger::store::{self, EventStore};
 
 /// The hand-written demo stream (every event type), embedded so `--demo`
@@ -32,6 +35,15 @@ pub struct ServeArgs {
     /// the CDNOW sample when present), with a new admin key printed at start.
     #[arg(long)]
     pub demo: bool,
+    /// Read-model database (sqlite://FILE or postgres://...). Default: the
+    /// store's own database; an EventStoreDB store needs one, or the API
+    /// answers from events alone (projected fields null).
+    #[arg(long, value_name = "URL", env = "JOURNEY_READ_MODELS")]
+    pub read_models: Option<String>,
+    /// Rules directory for a first rebuild (default: the config's
+    /// `rules_dir` when it exists, else the rules built into the binary).
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C.
@@ -80,12 +92,48 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    let state = ApiState::new(
-        store.clone(),
-        Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
-        keys,
-        vault,
-    );
+    let read_models_url = args
+        .read_models
+        .clone()
+        .unwrap_or_else(|| store_url.clone());
+    let projections = match ReadModelDb::open(&read_models_url).await {
+        Ok(writer) => {
+            let reader = ReadModelDb::open_for_queries(&read_models_url, 4)
+                .await
+                .context("opening the read models for queries")?;
+            Some((writer, reader))
+        }
+        Err(StorageError::UnsupportedUrl(_)) => {
+            eprintln!(
+                "warning: {} keeps no SQL read models; projected fields (stage, loyalty, CLV,\n\
+                 alerts) will be null. Pass --read-models sqlite://FILE or postgres://... to project.",
+                store.backend()
+            );
+            None
+        }
+        Err(e) => return Err(e).context("opening the read models"),
+    };
+    let read_models: Arc<dyn ReadModels> = match &projections {
+        Some((_, reader)) => Arc::new(ProjectedReadModels::new(
+            store.clone(),
+            reader.clone(),
+            vault.clone(),
+        )),
+        None => Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
+    };
+    let state = ApiState::new(store.clone(), read_models, keys, vault);
+    let _runner = match projections {
+        Some((writer, _)) => {
+            let rules = serve_rules(config, args.rules.as_deref())?;
+            println!("projecting read models (rules {})…", rules.rules_id());
+            Some(
+                start_projections(store.clone(), writer, &rules, state.live.clone())
+                    .await
+                    .context("starting the projections")?,
+            )
+        }
+        None => None,
+    };
     println!("journey ledger serving {} store", store.backend());
     println!("  GraphiQL:      http://{local}/graphql");
     println!("  subscriptions: ws://{local}/graphql/ws");
@@ -100,6 +148,18 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")
+}
+
+/// The rules a server projects with: `--rules`, else the configured
+/// directory when it exists, else the defaults built into the binary.
+fn serve_rules(config: &Config, dir: Option<&Path>) -> anyhow::Result<RuleSet> {
+    match dir {
+        Some(dir) => Ok(RuleSet::load(dir)?),
+        None if config.rules_dir.join("lifecycle.toml").exists() => {
+            Ok(RuleSet::load(&config.rules_dir)?)
+        }
+        None => Ok(RuleSet::shipped_defaults()),
+    }
 }
 
 async fn load_demo_data(store: &Arc<dyn EventStore>, vault: &Vault) -> anyhow::Result<()> {

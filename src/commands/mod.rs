@@ -42,9 +42,14 @@ pub use history::CustomerHistory;
 /// not a fact of the stream alone; `Ok(None)` means nobody can tell yet.
 #[async_trait]
 pub trait BalanceSource: Send + Sync {
-    /// The current balance, or `None` when the loyalty projection is not
+    /// The balance at `at` (the redemption's instant: lots may have expired
+    /// since or before), or `None` when the loyalty projection is not
     /// available.
-    async fn points_balance(&self, customer: &CustomerId) -> Result<Option<i64>, String>;
+    async fn points_balance(
+        &self,
+        customer: &CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, String>;
 }
 
 /// One interaction to record.
@@ -140,7 +145,7 @@ impl CommandHandler {
         let balance = match &command.event {
             DomainEvent::PointsRedeemed(_) => self
                 .balances
-                .points_balance(&command.customer)
+                .points_balance(&command.customer, command.occurred_at)
                 .await
                 .map_err(CommandError::Unavailable)?,
             _ => None,

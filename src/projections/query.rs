@@ -126,6 +126,10 @@ pub struct ScoresView {
     pub rfm_total: Option<f64>,
     /// RFM segment.
     pub rfm_segment: Option<String>,
+    /// Currency of the CLV (the `clv.toml` currency).
+    pub currency: String,
+    /// CLV horizon in days (`clv.horizon_months` × 30.4375, rounded).
+    pub horizon_days: i32,
 }
 
 fn show(at: DateTime<Utc>) -> String {
@@ -221,7 +225,7 @@ pub async fn customer_as_of(
         "state" => Others::load(db, version.model_version, customer).await?,
         _ => Others::fold(&rules, &replayed, as_of),
     };
-    let population = population_view(db, version.model_version, customer, as_of).await?;
+    let population = population_view(db, version.model_version, &rules, customer, as_of).await?;
     let value_tier = tier_as_of(store, db, version.model_version, &rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
@@ -316,6 +320,7 @@ fn instant(cell: &Option<String>) -> Option<String> {
 async fn population_view(
     db: &ReadModelDb,
     model_version: i64,
+    rules: &RuleSet,
     customer: &CustomerId,
     as_of: DateTime<Utc>,
 ) -> Result<Option<PopulationView>, RunnerError> {
@@ -352,6 +357,10 @@ async fn population_view(
             },
             rfm_total: real(&r[12]),
             rfm_segment: r[13].clone(),
+            currency: rules.clv.currency.code().to_owned(),
+            horizon_days: (f64::from(rules.clv.clv.horizon_months)
+                * crate::clv::TimeUnit::Month.days())
+            .round() as i32,
         });
     Ok(Some(PopulationView {
         as_of: DateTime::from_timestamp_micros(snapshot_us)

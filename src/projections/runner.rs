@@ -645,23 +645,52 @@ pub async fn catch_up(
     Ok(applied)
 }
 
+/// What one live batch committed, for listeners (the API's subscriptions).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The checkpoint now committed.
+    pub checkpoint: u64,
+    /// History rows the batch appended (stage transitions, alerts), except
+    /// those of customers refolded because of a late event (their history
+    /// was regenerated, not extended).
+    pub new_history: Vec<Row>,
+}
+
 /// Follows the store's subscription forever, maintaining the active
 /// version: each ready group of events (up to `batch_events`) is one
-/// transaction, population tables included. `on_batch` gets each checkpoint.
+/// transaction, population tables included. `on_batch` hears of each
+/// committed batch.
 pub async fn follow(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
     batch_events: usize,
-    mut on_batch: impl FnMut(u64),
+    mut on_batch: impl FnMut(&Committed),
 ) -> Result<(), RunnerError> {
     let (version, rules) = active(db).await?;
     let mut projector = Projector::open(store.clone(), db.clone(), &version, &rules).await?;
+    let history: HashSet<&'static str> = projector
+        .tables
+        .iter()
+        .filter(|t| t.kind == super::TableKind::History)
+        .map(|t| t.name)
+        .collect();
     let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
         .ready_chunks(batch_events.max(1));
     while let Some(chunk) = events.next().await {
         let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-        projector.process(&chunk, true).await?;
-        on_batch(projector.checkpoint());
+        let batch = projector.fold(&chunk, true).await?;
+        let refolded: HashSet<&str> = batch.reset_customers.iter().map(String::as_str).collect();
+        let new_history: Vec<Row> = batch
+            .rows
+            .iter()
+            .filter(|r| history.contains(r.table) && !refolded.contains(r.customer_id.as_str()))
+            .cloned()
+            .collect();
+        projector.commit(batch).await?;
+        on_batch(&Committed {
+            checkpoint: projector.checkpoint(),
+            new_history,
+        });
     }
     Ok(())
 }

@@ -166,6 +166,26 @@ pub struct BatchWrite {
     pub events: i64,
 }
 
+/// Criteria of [`ReadModelDb::filter_customers`]; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerCriteria {
+    /// Lifecycle stage at the snapshot.
+    pub stage: Option<String>,
+    /// Loyalty tier.
+    pub loyalty_tier: Option<String>,
+    /// RFM segment.
+    pub rfm_segment: Option<String>,
+    /// Minimum CLV, minor units.
+    pub min_clv: Option<i64>,
+    /// Maximum CLV, minor units.
+    pub max_clv: Option<i64>,
+    /// With (true) or without (false) an alert at or after `alert_since_us`
+    /// or a high-value-at-risk alert.
+    pub has_alert: Option<bool>,
+    /// See `has_alert`.
+    pub alert_since_us: i64,
+}
+
 const SELECT_VERSION: &str = "SELECT model_version, status, rules_id, rules_hash, rules_json, \
                               checkpoint, events_applied FROM projection_versions";
 
@@ -192,6 +212,33 @@ impl ReadModelDb {
                 .connect(url)
                 .await?;
             crate::store::postgres::MIGRATOR.run(&pool).await?;
+            Ok(ReadModelDb::Postgres(pool))
+        } else {
+            Err(StorageError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Opens a pool for queries beside the runner's: on SQLite several
+    /// read-only connections (WAL lets them read while the runner writes),
+    /// on PostgreSQL an ordinary pool. Runs no migrations: open the
+    /// writer with [`ReadModelDb::open`] first.
+    pub async fn open_for_queries(url: &str, connections: u32) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(30))
+                .pragma("cache_size", "-65536");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(connections.max(1))
+                .connect_with(options)
+                .await?;
+            Ok(ReadModelDb::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(connections.max(1))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?;
             Ok(ReadModelDb::Postgres(pool))
         } else {
             Err(StorageError::UnsupportedUrl(url.to_owned()))
@@ -309,6 +356,48 @@ impl ReadModelDb {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// Customer ids of a version matching `criteria`, in id order, after
+    /// `after`, at most `limit`. Stage is the stage at the population
+    /// snapshot; customers without CLV figures fail any CLV bound.
+    pub async fn filter_customers(
+        &self,
+        model_version: i64,
+        criteria: &CustomerCriteria,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        const SQL: &str = "SELECT s.customer_id FROM lifecycle_snapshot s \
+             LEFT JOIN loyalty_accounts la ON la.model_version = s.model_version AND la.customer_id = s.customer_id \
+             LEFT JOIN customer_clv c ON c.model_version = s.model_version AND c.customer_id = s.customer_id \
+             WHERE s.model_version = $1 \
+             AND ($2 IS NULL OR s.stage = $2) \
+             AND ($3 IS NULL OR la.tier = $3) \
+             AND ($4 IS NULL OR c.rfm_segment = $4) \
+             AND ($5 IS NULL OR c.clv_minor >= $5) \
+             AND ($6 IS NULL OR c.clv_minor <= $6) \
+             AND ($7 IS NULL OR (EXISTS (SELECT 1 FROM churn_alerts a WHERE a.model_version = s.model_version \
+                   AND a.customer_id = s.customer_id AND a.at_us >= $8) \
+                  OR EXISTS (SELECT 1 FROM churn_value_alerts v WHERE v.model_version = s.model_version \
+                   AND v.customer_id = s.customer_id)) = $7) \
+             AND ($9 IS NULL OR s.customer_id > $9) \
+             ORDER BY s.customer_id LIMIT $10";
+        Ok(both!(self, pool => {
+            sqlx::query_scalar::<_, String>(SQL)
+                .bind(model_version)
+                .bind(criteria.stage.clone())
+                .bind(criteria.loyalty_tier.clone())
+                .bind(criteria.rfm_segment.clone())
+                .bind(criteria.min_clv)
+                .bind(criteria.max_clv)
+                .bind(criteria.has_alert)
+                .bind(criteria.alert_since_us)
+                .bind(after.map(str::to_owned))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
         }))
     }
 

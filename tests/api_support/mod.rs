@@ -7,8 +7,11 @@ pub mod ws;
 use std::sync::Arc;
 
 use journey_ledger::api::auth::{ApiKeys, Role};
-use journey_ledger::api::read_models::EventFoldReadModels;
+use journey_ledger::api::projected::{start_projections, ProjectedReadModels};
+use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve, ApiState};
+use journey_ledger::projections::rules::RuleSet;
+use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::store::{self, EventStore};
 use serde_json::{json, Value};
 
@@ -28,6 +31,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A server whose read models are the running projections (rebuilt at
+    /// start, then following the store live), as `journey serve` runs.
+    pub async fn start_projected() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(projected: bool) -> Self {
         let (dir, url) = journey_ledger::testing::temp_sqlite();
         let store = store::open(&url).await.expect("store");
         let vault = journey_ledger::privacy::Vault::open(&url)
@@ -39,12 +52,27 @@ impl TestServer {
             keys.add(&format!("{}-client", role.name()), role, &key(role))
                 .unwrap();
         }
-        let state = ApiState::new(
-            store.clone(),
-            Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
-            keys,
-            vault,
-        );
+        let writer = ReadModelDb::open(&url).await.expect("read models");
+        let read_models: Arc<dyn ReadModels> = if projected {
+            Arc::new(ProjectedReadModels::new(
+                store.clone(),
+                ReadModelDb::open_for_queries(&url, 2).await.unwrap(),
+                vault.clone(),
+            ))
+        } else {
+            Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone()))
+        };
+        let state = ApiState::new(store.clone(), read_models, keys, vault);
+        if projected {
+            start_projections(
+                store.clone(),
+                writer,
+                &RuleSet::shipped_defaults(),
+                state.live.clone(),
+            )
+            .await
+            .expect("projections start");
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,432 @@
+//! [`ReadModels`] backed by the running projections: what
+//! [`EventFoldReadModels`] answers from the customer's events (profile,
+//! orders, consents), plus everything the rules decide — lifecycle stage and
+//! history, loyalty tier, balance and lots, RFM, CLV and alerts — read from
+//! the active read-model version ([`crate::projections::query`],
+//! [`crate::projections::analytics`]).
+//!
+//! [`start_projections`] is how a server gets there: it rebuilds when no
+//! version is active yet, then follows the store live and publishes each
+//! batch's new stage transitions and alerts to the GraphQL subscriptions.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use super::live::LiveFeeds;
+use super::read_models::{
+    Alert, Clv, CohortRow, CustomerFilter, CustomerPage, CustomerView, EventFoldReadModels,
+    Loyalty, MoneyView, PointsLot, ProjectionState, ProjectionStatus, ReadModelError,
+    ReadModelSource, ReadModels, Rfm, StageChange, StageCount, StageTransition,
+};
+use crate::domain::CustomerId;
+use crate::projections::analytics;
+use crate::projections::cohorts::YearMonth;
+use crate::projections::query::{self, CustomerView as ProjectedView};
+use crate::projections::rules::RuleSet;
+use crate::projections::runner::{self, Committed, RebuildOptions, RunnerError};
+use crate::projections::storage::{CustomerCriteria, ReadModelDb};
+use crate::projections::Value;
+use crate::store::EventStore;
+
+/// Alerts count as open for this many days after they fired.
+pub const OPEN_ALERT_DAYS: i64 = 90;
+
+impl From<RunnerError> for ReadModelError {
+    fn from(e: RunnerError) -> Self {
+        match e {
+            RunnerError::Store(s) => ReadModelError::Store(s),
+            RunnerError::NoActiveVersion => ReadModelError::Unavailable {
+                what: "projected figures (no read-model version is active yet)".into(),
+            },
+            other => ReadModelError::Projection(other.to_string()),
+        }
+    }
+}
+
+/// Read models answered by the projections.
+pub struct ProjectedReadModels {
+    store: Arc<dyn EventStore>,
+    db: ReadModelDb,
+    events: EventFoldReadModels,
+}
+
+/// "Now", to the microsecond like every stored instant.
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is in range")
+}
+
+fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl ProjectedReadModels {
+    /// Read models over `store` and the read-model database `db`; sealed
+    /// profile fields are opened with `vault`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        db: ReadModelDb,
+        vault: Option<Arc<crate::privacy::Vault>>,
+    ) -> Self {
+        Self {
+            events: EventFoldReadModels::new(store.clone()).with_vault(vault),
+            store,
+            db,
+        }
+    }
+
+    /// Adds the projected figures to a view folded from events.
+    fn fill(view: &mut CustomerView, projected: ProjectedView, as_of: DateTime<Utc>) {
+        view.source = ReadModelSource::Projection;
+        view.stage = projected.stage.clone();
+        view.value_tier = projected.value_tier.clone();
+        view.stage_history = Some(
+            projected
+                .stage_history
+                .iter()
+                .filter_map(|t| {
+                    Some(StageChange {
+                        stage: t.to.clone(),
+                        entered_at: parse_instant(&t.at)?,
+                        reason: t.cause.clone(),
+                    })
+                })
+                .collect(),
+        );
+        let loyalty = &projected.loyalty;
+        view.tier = Some(loyalty.tier.as_str().to_owned());
+        view.loyalty = Some(Loyalty {
+            balance: loyalty.balance,
+            lots: loyalty
+                .lots
+                .iter()
+                .map(|lot| PointsLot {
+                    points: lot.remaining,
+                    earned_at: lot.earned_at,
+                    expires_at: Some(lot.expires_at),
+                })
+                .collect(),
+        });
+        let open_since = as_of - Duration::days(OPEN_ALERT_DAYS);
+        let mut alerts: Vec<Alert> = projected
+            .alerts
+            .iter()
+            .filter(|a| a.at >= open_since)
+            .map(|a| Alert {
+                id: format!(
+                    "{}:{}:{}",
+                    view.id,
+                    a.rule.as_str(),
+                    a.at.timestamp_micros()
+                ),
+                customer_id: view.id.clone(),
+                kind: a.rule.as_str().to_owned(),
+                message: a.detail.clone(),
+                raised_at: a.at,
+            })
+            .collect();
+        if let Some(population) = &projected.population {
+            if let Some(value_alert) = &population.value_alert {
+                if let Some(at) = parse_instant(&value_alert.at) {
+                    alerts.push(Alert {
+                        id: format!("{}:high_value_at_risk:{}", view.id, at.timestamp_micros()),
+                        customer_id: view.id.clone(),
+                        kind: "high_value_at_risk".into(),
+                        message: format!(
+                            "{} value tier customer at risk since {} ({})",
+                            value_alert.value_tier, value_alert.at, value_alert.cause
+                        ),
+                        raised_at: at,
+                    });
+                }
+            }
+            if let Some(scores) = &population.scores {
+                if let (Some([r, f, m]), Some(segment)) = (scores.rfm, scores.rfm_segment.clone()) {
+                    view.rfm = Some(Rfm {
+                        recency: r as i32,
+                        frequency: f as i32,
+                        monetary: m as i32,
+                        segment,
+                    });
+                }
+                if let (Some(clv), Some(p_alive), Some(purchases)) =
+                    (scores.clv_minor, scores.p_alive, scores.expected_purchases)
+                {
+                    view.clv = Some(Clv {
+                        expected_value: MoneyView {
+                            minor: clv,
+                            currency: scores.currency.clone(),
+                        },
+                        probability_alive: p_alive,
+                        expected_purchases: purchases,
+                        horizon_days: scores.horizon_days,
+                    });
+                }
+            }
+        }
+        view.alerts = Some(alerts);
+    }
+}
+
+#[async_trait]
+impl ReadModels for ProjectedReadModels {
+    async fn customer(
+        &self,
+        id: &CustomerId,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<Option<CustomerView>, ReadModelError> {
+        let Some(mut view) = self.events.customer(id, as_of).await? else {
+            return Ok(None);
+        };
+        let at = as_of.unwrap_or_else(now);
+        match query::customer_as_of(self.store.clone(), &self.db, id, at).await {
+            Ok(Some(projected)) => Self::fill(&mut view, projected, at),
+            Ok(None) | Err(RunnerError::NoActiveVersion) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(view))
+    }
+
+    async fn customers(
+        &self,
+        filter: &CustomerFilter,
+        first: usize,
+        after: Option<&str>,
+    ) -> Result<CustomerPage, ReadModelError> {
+        let (version, _) = runner::active(&self.db).await?;
+        let snapshot = self
+            .db
+            .population_as_of(version.model_version)
+            .await
+            .map_err(RunnerError::from)?
+            .unwrap_or(0);
+        let criteria = CustomerCriteria {
+            stage: filter.stage.clone(),
+            loyalty_tier: filter.tier.clone(),
+            rfm_segment: filter.rfm_segment.clone(),
+            min_clv: filter.min_clv,
+            max_clv: filter.max_clv,
+            has_alert: filter.has_alert,
+            alert_since_us: snapshot
+                - Duration::days(OPEN_ALERT_DAYS)
+                    .num_microseconds()
+                    .unwrap_or(0),
+        };
+        let ids = self
+            .db
+            .filter_customers(version.model_version, &criteria, after, first as i64 + 1)
+            .await
+            .map_err(RunnerError::from)?;
+        let has_next_page = ids.len() > first;
+        let mut items = Vec::with_capacity(first);
+        for id in ids.into_iter().take(first) {
+            let customer =
+                CustomerId::parse(&id).map_err(|_| ReadModelError::BadCursor(id.clone()))?;
+            if let Some(view) = self.customer(&customer, None).await? {
+                items.push((id, view));
+            }
+        }
+        Ok(CustomerPage {
+            items,
+            has_next_page,
+        })
+    }
+
+    async fn stage_distribution(
+        &self,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<Option<Vec<StageCount>>, ReadModelError> {
+        let counts =
+            analytics::stage_distribution(self.store.clone(), &self.db, as_of.unwrap_or_else(now))
+                .await?;
+        Ok(Some(
+            counts
+                .into_iter()
+                .map(|c| StageCount {
+                    stage: c.stage,
+                    customers: c.customers.max(0) as u64,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn cohort_retention(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<Vec<CohortRow>>, ReadModelError> {
+        // Cohorts are calendar months: those starting in [from, to).
+        let first = YearMonth::of(from);
+        let first = if Utc
+            .with_ymd_and_hms(first.year, first.month, 1, 0, 0, 0)
+            .single()
+            .is_some_and(|start| start < from)
+        {
+            first.plus(1)
+        } else {
+            first
+        };
+        let table = analytics::cohort_table(&self.db, Some(first), Some(YearMonth::of(to))).await?;
+        let to_inclusive = Utc
+            .with_ymd_and_hms(YearMonth::of(to).year, YearMonth::of(to).month, 1, 0, 0, 0)
+            .single()
+            .is_some_and(|start| start < to);
+        let extra = if to_inclusive {
+            analytics::cohort_table(
+                &self.db,
+                Some(YearMonth::of(to)),
+                Some(YearMonth::of(to).plus(1)),
+            )
+            .await?
+            .cohorts
+        } else {
+            Vec::new()
+        };
+        Ok(Some(
+            table
+                .cohorts
+                .into_iter()
+                .chain(extra)
+                .filter_map(|row| {
+                    let start = Utc
+                        .with_ymd_and_hms(row.cohort.year, row.cohort.month, 1, 0, 0, 0)
+                        .single()?;
+                    Some(CohortRow {
+                        cohort_start: start,
+                        size: row.customers,
+                        retention: row.months.iter().skip(1).map(|m| m.retention).collect(),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    async fn projection_status(&self) -> Result<ProjectionStatus, ReadModelError> {
+        let head_position = self.store.head_position().await?;
+        let (version, rules) = match runner::active(&self.db).await {
+            Ok(active) => active,
+            Err(RunnerError::NoActiveVersion) => {
+                return Ok(ProjectionStatus {
+                    head_position,
+                    source: ReadModelSource::Projection,
+                    projections: Vec::new(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let checkpoint = version.checkpoint.max(0) as u64;
+        Ok(ProjectionStatus {
+            head_position,
+            source: ReadModelSource::Projection,
+            projections: runner::folds_for(&rules)
+                .iter()
+                .map(|fold| ProjectionState {
+                    name: fold.name().to_owned(),
+                    version: format!("v{} {}", version.model_version, version.rules_id),
+                    checkpoint,
+                    lag: head_position.saturating_sub(checkpoint),
+                })
+                .collect(),
+        })
+    }
+
+    async fn points_balance(
+        &self,
+        customer: &CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, ReadModelError> {
+        match query::customer_as_of(self.store.clone(), &self.db, customer, at).await {
+            Ok(view) => Ok(view.map(|v| v.loyalty.balance)),
+            Err(RunnerError::NoActiveVersion) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Makes sure a read-model version is active (rebuilding under `rules` when
+/// none is), then follows the store in the background, publishing each
+/// batch's new stage transitions and alerts to `live`. The task ends only
+/// on an error, which it logs.
+pub async fn start_projections(
+    store: Arc<dyn EventStore>,
+    db: ReadModelDb,
+    rules: &RuleSet,
+    live: LiveFeeds,
+) -> Result<tokio::task::JoinHandle<()>, RunnerError> {
+    if let Err(RunnerError::NoActiveVersion) = runner::active(&db).await {
+        tracing::info!("no active read-model version: rebuilding");
+        let report = runner::rebuild(
+            store.clone(),
+            &db,
+            rules,
+            &RebuildOptions::default(),
+            now(),
+            |checkpoint| tracing::debug!(checkpoint, "rebuild committed"),
+        )
+        .await?;
+        tracing::info!(
+            events = report.events,
+            customers = report.customers,
+            "read models rebuilt"
+        );
+    }
+    Ok(tokio::spawn(async move {
+        let result = runner::follow(store, &db, runner::DEFAULT_BATCH_EVENTS, |committed| {
+            publish(&live, committed)
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the projection runner stopped");
+        }
+    }))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::Text(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+fn instant(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::Int(us) => DateTime::from_timestamp_micros(*us),
+        _ => None,
+    }
+}
+
+/// Turns a batch's new history rows into subscription messages.
+fn publish(live: &LiveFeeds, committed: &Committed) {
+    for row in &committed.new_history {
+        let v = &row.values;
+        match row.table {
+            // seq, from_stage, to_stage, at_us, cause
+            "lifecycle_transitions" => {
+                if let (Some(to), Some(at)) = (text(&v[2]), instant(&v[3])) {
+                    live.publish_stage_transition(StageTransition {
+                        customer_id: row.customer_id.clone(),
+                        from: text(&v[1]),
+                        to,
+                        at,
+                    });
+                }
+            }
+            // seq, rule, at_us, event_ids, detail
+            "churn_alerts" => {
+                if let (Some(kind), Some(at)) = (text(&v[1]), instant(&v[2])) {
+                    live.publish_alert(Alert {
+                        id: format!("{}:{kind}:{}", row.customer_id, at.timestamp_micros()),
+                        customer_id: row.customer_id.clone(),
+                        kind,
+                        message: text(&v[4]).unwrap_or_default(),
+                        raised_at: at,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
