@@ -139,7 +139,16 @@ async fn a_customer_query_returns_projected_stage_loyalty_clv_and_alerts() {
         loyalty { balance lots { points expiresAt } }
         clv { expectedValue { minor currency } probabilityAlive expectedPurchases horizonDays }
         rfm { recency frequency monetary segment } alerts { kind } } }"#;
-    let view = server.ok(query, json!({"id": "c04"})).await["customer"].clone();
+    // Population figures (CLV, RFM, value tier) follow within a couple of
+    // seconds of the last live batch.
+    let mut view = Value::Null;
+    for _ in 0..100 {
+        view = server.ok(query, json!({"id": "c04"})).await["customer"].clone();
+        if !view["clv"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(view["source"], "PROJECTION");
     let history: Vec<&str> = view["stageHistory"]
         .as_array()

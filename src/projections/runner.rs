@@ -645,6 +645,9 @@ pub async fn catch_up(
     Ok(applied)
 }
 
+/// How often live maintenance rewrites the population tables at most.
+pub const POPULATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What one live batch committed, for listeners (the API's subscriptions).
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -658,8 +661,8 @@ pub struct Committed {
 
 /// Follows the store's subscription forever, maintaining the active
 /// version: each ready group of events (up to `batch_events`) is one
-/// transaction, population tables included. `on_batch` hears of each
-/// committed batch.
+/// transaction; population tables follow within [`POPULATION_EVERY`].
+/// `on_batch` hears of each committed batch.
 pub async fn follow(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
@@ -676,9 +679,31 @@ pub async fn follow(
         .collect();
     let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
         .ready_chunks(batch_events.max(1));
-    while let Some(chunk) = events.next().await {
+    // Population tables (value tiers, CLV refits) cost O(customers): they
+    // are rewritten at most every POPULATION_EVERY, and once more when the
+    // stream goes quiet, not after every small live batch.
+    let mut population_due = tokio::time::Instant::now();
+    let mut population_stale = false;
+    loop {
+        let chunk = tokio::select! {
+            chunk = events.next() => chunk,
+            _ = tokio::time::sleep_until(population_due), if population_stale => {
+                projector.write_population().await?;
+                population_stale = false;
+                population_due = tokio::time::Instant::now() + POPULATION_EVERY;
+                continue;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-        let batch = projector.fold(&chunk, true).await?;
+        let with_population = tokio::time::Instant::now() >= population_due;
+        let batch = projector.fold(&chunk, with_population).await?;
+        if with_population {
+            population_stale = false;
+            population_due = tokio::time::Instant::now() + POPULATION_EVERY;
+        } else {
+            population_stale = true;
+        }
         let refolded: HashSet<&str> = batch.reset_customers.iter().map(String::as_str).collect();
         let new_history: Vec<Row> = batch
             .rows
