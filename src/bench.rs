@@ -111,13 +111,15 @@ impl Backend {
 /// A realistic customer history: registration, sessions and orders.
 pub fn synthetic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>) {
     let id = CustomerId::parse(&format!("bench-{run}-{customer}")).expect("valid id");
-    let start = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+    let start = Utc.with_ymd_and_hms(2019, 1, 1, 0, 0, 0).unwrap()
         + Duration::minutes((customer % 500_000) as i64);
     let metadata = EventMetadata {
         actor: Some("bench".into()),
         source: Some("synthetic".into()),
         ..Default::default()
     };
+    // Histories start in 2019 and span at most ~4.2 years, so every event
+    // is in the past (as real ones are: commands refuse future instants).
     // Customers differ the way real ones do: each has their own pace
     // (an order every 5–95 days on average) and spend level ($10–$210),
     // and each gap and basket varies around them. Deterministic per

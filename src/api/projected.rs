@@ -26,7 +26,7 @@ use crate::projections::cohorts::YearMonth;
 use crate::projections::query::{self, CustomerView as ProjectedView};
 use crate::projections::rules::RuleSet;
 use crate::projections::runner::{self, Committed, RebuildOptions, RunnerError};
-use crate::projections::storage::{CustomerCriteria, ReadModelDb};
+use crate::projections::storage::{CustomerCriteria, ReadModelDb, VersionInfo, VersionStatus};
 use crate::projections::Value;
 use crate::store::EventStore;
 
@@ -50,6 +50,10 @@ pub struct ProjectedReadModels {
     store: Arc<dyn EventStore>,
     db: ReadModelDb,
     events: EventFoldReadModels,
+    /// The active version and its parsed rules, refreshed when another
+    /// version becomes active (parsing the rules on every query costs more
+    /// than the query).
+    active: tokio::sync::RwLock<Option<(VersionInfo, Arc<RuleSet>)>>,
 }
 
 /// "Now", to the microsecond like every stored instant.
@@ -75,7 +79,39 @@ impl ProjectedReadModels {
             events: EventFoldReadModels::new(store.clone()).with_vault(vault),
             store,
             db,
+            active: tokio::sync::RwLock::new(None),
         }
+    }
+
+    /// The active version (checkpoint as of now) and its rules, parsing the
+    /// rules only when the active version changed.
+    async fn active(&self) -> Result<(VersionInfo, Arc<RuleSet>), RunnerError> {
+        let current = self
+            .db
+            .latest_with_status(VersionStatus::Active)
+            .await?
+            .ok_or(RunnerError::NoActiveVersion)?;
+        if let Some((cached, rules)) = self.active.read().await.as_ref() {
+            if cached.model_version == current.model_version {
+                return Ok((current, rules.clone()));
+            }
+        }
+        let rules: Arc<RuleSet> = Arc::new(
+            serde_json::from_str(&current.rules_json)
+                .map_err(|e| RunnerError::Rules(e.to_string()))?,
+        );
+        *self.active.write().await = Some((current.clone(), rules.clone()));
+        Ok((current, rules))
+    }
+
+    async fn projected(
+        &self,
+        customer: &CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ProjectedView>, RunnerError> {
+        let (version, rules) = self.active().await?;
+        query::customer_in_version(self.store.clone(), &self.db, &version, &rules, customer, at)
+            .await
     }
 
     /// Adds the projected figures to a view folded from events.
@@ -182,7 +218,7 @@ impl ReadModels for ProjectedReadModels {
             return Ok(None);
         };
         let at = as_of.unwrap_or_else(now);
-        match query::customer_as_of(self.store.clone(), &self.db, id, at).await {
+        match self.projected(id, at).await {
             Ok(Some(projected)) => Self::fill(&mut view, projected, at),
             Ok(None) | Err(RunnerError::NoActiveVersion) => {}
             Err(e) => return Err(e.into()),
@@ -338,7 +374,7 @@ impl ReadModels for ProjectedReadModels {
         customer: &CustomerId,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, ReadModelError> {
-        match query::customer_as_of(self.store.clone(), &self.db, customer, at).await {
+        match self.projected(customer, at).await {
             Ok(view) => Ok(view.map(|v| v.loyalty.balance)),
             Err(RunnerError::NoActiveVersion) => Ok(None),
             Err(e) => Err(e.into()),

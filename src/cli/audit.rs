@@ -86,22 +86,21 @@ pub async fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
         .await
         .context("opening the key table")?;
     // The projected state rides along when the store has SQL read models.
-    let lifecycle =
-        match journey_ledger::projections::storage::ReadModelDb::open(&config.store).await {
-            Ok(db) => Some(journey_ledger::projections::query::LifecycleExportSection {
-                store: store.clone(),
-                db,
-                default_as_of: Utc::now(),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "no read models for the export's projected state");
-                None
-            }
-        };
-    let sections: Vec<&dyn journey_ledger::audit::export::StateSection> = lifecycle
-        .iter()
-        .map(|s| s as &dyn journey_ledger::audit::export::StateSection)
-        .collect();
+    // The rules of the active read models, when the store has them.
+    let db = match journey_ledger::projections::storage::ReadModelDb::open(&config.store).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            tracing::warn!(error = %e, "no read models: the export folds with the shipped rules");
+            None
+        }
+    };
+    let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+        .expect("now is in range");
+    let projections = journey_ledger::projections::query::ProjectionsExportSection {
+        db,
+        default_as_of: now,
+    };
+    let sections: Vec<&dyn journey_ledger::audit::export::StateSection> = vec![&projections];
     let doc = export_customer(store.as_ref(), vault.as_ref(), &customer, as_of, &sections).await?;
     let text = serde_json::to_string_pretty(&doc)?;
     match args.out {

@@ -154,6 +154,20 @@ pub async fn customer_as_of(
     as_of: DateTime<Utc>,
 ) -> Result<Option<CustomerView>, RunnerError> {
     let (version, rules) = active(db).await?;
+    customer_in_version(store, db, &version, &rules, customer, as_of).await
+}
+
+/// [`customer_as_of`] in a given version with its (already parsed) rules,
+/// for callers that keep them between queries (the API).
+pub async fn customer_in_version(
+    store: Arc<dyn EventStore>,
+    db: &ReadModelDb,
+    version: &crate::projections::storage::VersionInfo,
+    rules: &RuleSet,
+    customer: &CustomerId,
+    as_of: DateTime<Utc>,
+) -> Result<Option<CustomerView>, RunnerError> {
+    let version = version.clone();
     let lc = &rules.lifecycle;
     let stored = db
         .load_state(version.model_version, "lifecycle", customer.as_str())
@@ -223,10 +237,10 @@ pub async fn customer_as_of(
     };
     let others = match computed_from {
         "state" => Others::load(db, version.model_version, customer).await?,
-        _ => Others::fold(&rules, &replayed, as_of),
+        _ => Others::fold(rules, &replayed, as_of),
     };
-    let population = population_view(db, version.model_version, &rules, customer, as_of).await?;
-    let value_tier = tier_as_of(store, db, version.model_version, &rules, customer, as_of).await?;
+    let population = population_view(db, version.model_version, rules, customer, as_of).await?;
+    let value_tier = tier_as_of(store, db, version.model_version, rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
         as_of: show(as_of),
@@ -428,45 +442,100 @@ pub async fn revenue_as_of(
     Ok(revenues)
 }
 
-/// The lifecycle projection as a section of an audit export
-/// ([`crate::audit::export`]): the customer's stage, stage history and value
-/// tier as of the export's instant, from the active read-model version.
-pub struct LifecycleExportSection {
-    /// The event store (for replays before the saved state).
-    pub store: Arc<dyn EventStore>,
-    /// The read models.
-    pub db: ReadModelDb,
+/// A customer's folded state computed from a given list of events, for
+/// audit exports: everything the per-customer rules decide, and nothing
+/// that needs other customers (value tier, CLV), so it is a pure function
+/// of the exported events and the rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FoldedCustomer {
+    /// The instant the state is as of.
+    pub as_of: String,
+    /// The rules used (id and hash).
+    pub rules_id: String,
+    /// Hash of the rules.
+    pub rules_hash: String,
+    /// Stage at the instant.
+    pub stage: Option<String>,
+    /// Every stage change up to the instant.
+    pub stage_history: Vec<TransitionView>,
+    /// Orders minus refunds in the lifecycle currency, minor units.
+    pub revenue_minor: i64,
+    /// Loyalty balance, lots, tier history, conflicts.
+    pub loyalty: LoyaltySnapshot,
+    /// Historical value.
+    pub value: ValueSnapshot,
+    /// Alerts fired up to the instant.
+    pub alerts: Vec<Alert>,
+}
+
+/// Folds `events` (one customer's, any order) with `occurred_at <= as_of`
+/// under `rules`, advanced to `as_of`.
+pub fn fold_customer_events(
+    rules: &RuleSet,
+    events: &[crate::domain::RecordedEvent],
+    as_of: DateTime<Utc>,
+) -> Result<FoldedCustomer, RunnerError> {
+    let mut folded = Vec::with_capacity(events.len());
+    for recorded in events {
+        if let Some((_, event)) = fold_event(recorded)? {
+            folded.push(event);
+        }
+    }
+    let (state, transitions) = fold_as_of(&rules.lifecycle, &folded, as_of);
+    folded.retain(|e| e.occurred_at <= as_of);
+    folded.sort_by_key(|e| (e.occurred_at, e.version));
+    let others = Others::fold(rules, &folded, as_of);
+    Ok(FoldedCustomer {
+        as_of: show(as_of),
+        rules_id: rules.rules_id(),
+        rules_hash: rules.hash.clone(),
+        stage: state.stage.map(|s| s.as_str().to_owned()),
+        stage_history: transitions.iter().map(view_transition).collect(),
+        revenue_minor: state.revenue_minor,
+        loyalty: loyalty::as_of(&others.loyalty, &rules.loyalty, as_of),
+        value: value::snapshot(&others.value, as_of),
+        alerts: alerts::as_of(&others.alerts.alerts, &rules.alerts, as_of).alerts,
+    })
+}
+
+/// The projections as a section of an audit export
+/// ([`crate::audit::export`]), bitemporal like the export itself: the
+/// export lists the events *recorded* by its instant T, and this section
+/// folds exactly those, keeping the ones that *occurred* by T, under the
+/// active read-model version's rules (the shipped rules when none is
+/// active). An auditor can recompute it from the export alone.
+pub struct ProjectionsExportSection {
+    /// The read models (for the active version's rules), if any.
+    pub db: Option<ReadModelDb>,
     /// The instant used when the export has no `as_of` (the CLI passes now).
     pub default_as_of: DateTime<Utc>,
 }
 
 #[async_trait::async_trait]
-impl crate::audit::export::StateSection for LifecycleExportSection {
+impl crate::audit::export::StateSection for ProjectionsExportSection {
     fn name(&self) -> &str {
-        "lifecycle"
+        "projections"
     }
 
     async fn compute(
         &self,
-        customer: &CustomerId,
+        _customer: &CustomerId,
         as_of: Option<DateTime<Utc>>,
-        _events: &[crate::domain::RecordedEvent],
+        events: &[crate::domain::RecordedEvent],
     ) -> Result<crate::audit::export::StateSectionValue, String> {
         let at = as_of.unwrap_or(self.default_as_of);
-        match customer_as_of(self.store.clone(), &self.db, customer, at).await {
-            Ok(view) => Ok(crate::audit::export::StateSectionValue {
-                source: "projection:lifecycle".into(),
-                value: serde_json::to_value(view).map_err(|e| e.to_string())?,
-            }),
-            // Nothing projected yet: say so rather than inventing a state.
-            Err(RunnerError::NoActiveVersion) => Ok(crate::audit::export::StateSectionValue {
-                source: "projection:lifecycle".into(),
-                value: serde_json::json!({
-                    "available": false,
-                    "reason": "no active read-model version; run `journey rebuild`"
-                }),
-            }),
-            Err(e) => Err(e.to_string()),
-        }
+        let rules = match &self.db {
+            Some(db) => match active(db).await {
+                Ok((_, rules)) => rules,
+                Err(RunnerError::NoActiveVersion) => RuleSet::shipped_defaults(),
+                Err(e) => return Err(e.to_string()),
+            },
+            None => RuleSet::shipped_defaults(),
+        };
+        let folded = fold_customer_events(&rules, events, at).map_err(|e| e.to_string())?;
+        Ok(crate::audit::export::StateSectionValue {
+            source: format!("fold of the exported events under rules {}", rules.hash),
+            value: serde_json::to_value(folded).map_err(|e| e.to_string())?,
+        })
     }
 }
