@@ -144,7 +144,12 @@ async fn a_customer_query_returns_projected_stage_loyalty_clv_and_alerts() {
     let mut view = Value::Null;
     for _ in 0..100 {
         view = server.ok(query, json!({"id": "c04"})).await["customer"].clone();
-        if !view["clv"].is_null() {
+        let listed = server
+            .ok("{ customers(first: 100) { edges { cursor } } }", json!({}))
+            .await["customers"]["edges"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if !view["clv"].is_null() && listed == 40 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
