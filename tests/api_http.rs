@@ -342,6 +342,7 @@ fn guarded_fields() -> Vec<(String, Role)> {
             Role::Analyst,
         ),
         ("{ projectionStatus { headPosition } }".into(), Role::App),
+        ("{ verify { intact } }".into(), Role::Auditor),
     ];
     // Every mutation, aimed at an unregistered customer: an allowed role
     // gets a business-rule error (or success for registration), never a
@@ -796,4 +797,76 @@ async fn health_metrics_and_graphiql_are_served() {
             .as_u16(),
         404
     );
+}
+
+#[tokio::test]
+async fn auditors_verify_a_customer_and_see_where_it_was_tampered() {
+    use sqlx::{Connection, Executor};
+    let server = TestServer::start().await;
+    for (doc, _) in full_history("audited").into_iter().take(3) {
+        server.ok(&doc, json!({})).await;
+    }
+    let query = r#"{ verify(customerId: "audited") { scope intact events problems { kind stream version position message } } }"#;
+    let intact = server.gql(Some(Role::Auditor), query, json!({})).await;
+    assert_eq!(intact["data"]["verify"]["intact"], true, "{intact}");
+    assert_eq!(intact["data"]["verify"]["events"], 3);
+    assert_eq!(intact["data"]["verify"]["scope"], "customer audited");
+    let whole = server
+        .gql(
+            Some(Role::Admin),
+            "{ verify { intact streams } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(whole["data"]["verify"]["intact"], true, "{whole}");
+    let denied = server.gql(Some(Role::Analyst), query, json!({})).await;
+    assert_eq!(error_code(&denied).as_deref(), Some("FORBIDDEN"));
+    let unknown = server
+        .gql(
+            Some(Role::Auditor),
+            r#"{ verify(customerId: "nobody") { intact } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&unknown).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{unknown}"
+    );
+
+    // Change one byte of the second event behind the ledger's back.
+    let mut conn = sqlx::SqliteConnection::connect(&server.url).await.unwrap();
+    conn.execute("DROP TRIGGER events_no_update").await.unwrap();
+    let (position, payload): (i64, String) = sqlx::query_as(
+        "SELECT position, payload FROM events WHERE stream_id = 'customer-audited' AND version = 2",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let tampered = payload.replacen(':', ": ", 1);
+    assert_ne!(tampered, payload);
+    sqlx::query("UPDATE events SET payload = ? WHERE position = ?")
+        .bind(&tampered)
+        .bind(position)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let found = server.gql(Some(Role::Auditor), query, json!({})).await;
+    let verify = &found["data"]["verify"];
+    assert_eq!(verify["intact"], false, "{found}");
+    let problem = &verify["problems"][0];
+    assert_eq!(problem["stream"], "customer-audited", "{found}");
+    assert_eq!(problem["version"], 2, "{found}");
+    assert_eq!(problem["position"], position, "{found}");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("customer-audited v2 @ position {position}")),
+        "{found}"
+    );
+    // No SQL or internals in what the auditor sees.
+    assert!(!found.to_string().contains("sqlx"), "{found}");
 }

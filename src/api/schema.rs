@@ -125,6 +125,67 @@ impl From<RecordedEvent> for EventView {
     }
 }
 
+/// The outcome of recomputing hash chains (`verify`).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Verification {
+    /// What was checked: `store` or `customer <id>`.
+    pub scope: String,
+    /// Whether nothing was found wrong.
+    pub intact: bool,
+    /// Events checked.
+    pub events: u64,
+    /// Streams seen.
+    pub streams: u64,
+    /// Last global position seen.
+    pub head_position: u64,
+    /// What is wrong and where, most specific first (at most 1,000).
+    pub problems: Vec<VerificationProblem>,
+}
+
+/// One place where the history does not verify.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct VerificationProblem {
+    /// Kind, e.g. `hash_mismatch`, `version_missing`, `reordered`.
+    pub kind: String,
+    /// The stream, when the problem has one.
+    pub stream: Option<String>,
+    /// The stream version concerned.
+    pub version: Option<u64>,
+    /// The global position concerned.
+    pub position: Option<u64>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl From<crate::audit::verify::VerifyReport> for Verification {
+    fn from(report: crate::audit::verify::VerifyReport) -> Self {
+        Self {
+            intact: report.is_intact(),
+            problems: report
+                .problems
+                .iter()
+                .map(|p| {
+                    let (stream, version, position) = p.location();
+                    VerificationProblem {
+                        kind: serde_json::to_value(p)
+                            .ok()
+                            .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        stream: stream.map(|s| s.to_string()),
+                        version,
+                        position,
+                        message: p.to_string(),
+                    }
+                })
+                .collect(),
+            scope: report.scope,
+            events: report.events,
+            streams: report.streams,
+            head_position: report.head_position,
+        }
+    }
+}
+
 /// What a mutation stored.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct CommandResult {
@@ -218,6 +279,39 @@ impl Query {
                 .map(|e| Edge::new(e.version.to_string(), EventView::from(e))),
         );
         Ok(connection)
+    }
+
+    /// Recomputes hash chains and says whether the history was altered:
+    /// one customer's stream with `customerId`, else the whole log with its
+    /// global order (bounded by the request timeout — use `journey verify`
+    /// for large stores). Auditors and admins only.
+    #[graphql(guard = "RoleGuard::new(Role::Auditor)")]
+    async fn verify(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: Option<String>,
+    ) -> async_graphql::Result<Verification> {
+        let store = services(ctx).store.clone();
+        let report = match customer_id {
+            Some(id) => {
+                let customer = parse_customer("customerId", &id)?;
+                crate::audit::verify::verify_customer(store.as_ref(), &customer).await
+            }
+            None => crate::audit::verify::verify_store(store, |_| {}).await,
+        };
+        match report {
+            Ok(report) => Ok(Verification::from(report)),
+            Err(crate::audit::verify::VerifyError::UnknownCustomer(id)) => Err(bad_input(
+                "customerId",
+                format!("no events for customer {id}"),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "verification could not run");
+                Err(async_graphql::Error::new(
+                    "verification could not read the store; see the server log",
+                ))
+            }
+        }
     }
 
     /// Customers per lifecycle stage as of `asOf`. Null when not available

@@ -223,6 +223,75 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// Where the problem is: stream, version and global position, as far as
+    /// the problem has them (a position gap names no stream).
+    pub fn location(&self) -> (Option<&StreamId>, Option<u64>, Option<u64>) {
+        match self {
+            Problem::HashMismatch {
+                stream,
+                version,
+                position,
+                ..
+            }
+            | Problem::NotCanonical {
+                stream,
+                version,
+                position,
+                ..
+            }
+            | Problem::Reordered {
+                stream,
+                version,
+                position,
+                ..
+            }
+            | Problem::PositionNotIncreasing {
+                stream,
+                version,
+                position,
+                ..
+            }
+            | Problem::HeadHashMismatch {
+                stream,
+                version,
+                position,
+                ..
+            }
+            | Problem::HeadMissing {
+                stream,
+                version,
+                position,
+            }
+            | Problem::Foreign {
+                stream,
+                version,
+                position,
+                ..
+            } => (Some(stream), Some(*version), Some(*position)),
+            Problem::VersionMissing {
+                stream,
+                missing_from,
+                position,
+                ..
+            } => (Some(stream), Some(*missing_from), Some(*position)),
+            Problem::PositionGap { from, .. } => (None, None, Some(*from)),
+            Problem::TailMissing {
+                stream,
+                log_version,
+                log_position,
+                ..
+            } => (Some(stream), Some(*log_version + 1), Some(*log_position)),
+            Problem::BeyondHead {
+                stream,
+                version,
+                position,
+                ..
+            } => (Some(stream), Some(*version), Some(*position)),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -118,9 +118,11 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Diff(projections::DiffArgs),
     /// Print a customer's projected state as JSON: lifecycle stage, stage
-    /// history and value tier, as of now or --as-of RFC3339.
+    /// history and value tier, as of now or --as-of RFC3339. Add --known-at
+    /// to leave out events recorded after that instant (what an auditor saw).
     ///
     ///   journey customer 00003 --as-of 1998-06-30T00:00:00Z
+    ///   journey customer 00003 --as-of 1998-06-30T00:00:00Z --known-at 2026-11-01T00:00:00Z
     #[command(verbatim_doc_comment)]
     Customer(projections::CustomerArgs),
     /// List the read-model versions (building, active, retired) as JSON lines.

@@ -74,6 +74,11 @@ pub struct CustomerArgs {
     /// The instant to answer for (RFC 3339); default: now.
     #[arg(long, value_name = "RFC3339")]
     pub as_of: Option<DateTime<Utc>>,
+    /// Answer with what the ledger knew then: only events recorded by this
+    /// instant (RFC 3339), folded under the active version's rules. Without
+    /// it, every event known now counts, including backdated corrections.
+    #[arg(long, value_name = "RFC3339")]
+    pub known_at: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub read_models: ReadModelArgs,
 }
@@ -182,6 +187,15 @@ pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()>
     let as_of = args
         .as_of
         .unwrap_or_else(|| chrono::DateTime::from_timestamp_micros(now).expect("now is in range"));
+    if let Some(known_at) = args.known_at {
+        let rules = query::active_rules_or_shipped(Some(&db)).await?;
+        return match query::customer_known_at(store, &rules, &id, as_of, known_at).await? {
+            Some(view) => Ok(println!("{}", serde_json::to_string_pretty(&view)?)),
+            None => {
+                anyhow::bail!("customer {id} has no events up to {as_of} recorded by {known_at}")
+            }
+        };
+    }
     match query::customer_as_of(store, &db, &id, as_of).await? {
         Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
         None => anyhow::bail!("customer {id} has no events up to {as_of}"),

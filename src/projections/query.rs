@@ -498,6 +498,40 @@ pub fn fold_customer_events(
     })
 }
 
+/// The active version's rules, or the shipped rules when no version is
+/// active (or there are no read models): what folds outside the runner use.
+pub async fn active_rules_or_shipped(db: Option<&ReadModelDb>) -> Result<RuleSet, RunnerError> {
+    match db {
+        Some(db) => match active(db).await {
+            Ok((_, rules)) => Ok(rules),
+            Err(RunnerError::NoActiveVersion) => Ok(RuleSet::shipped_defaults()),
+            Err(e) => Err(e),
+        },
+        None => Ok(RuleSet::shipped_defaults()),
+    }
+}
+
+/// What the ledger *knew* at `known_at` about the customer as of `as_of`
+/// (bitemporal): the fold of the stream's events recorded by `known_at`,
+/// keeping those that occurred by `as_of`, under `rules`. Events recorded
+/// later — including corrections backdated before `as_of` — are left out,
+/// so the answer never changes once `known_at` has passed. `None` when no
+/// such event exists.
+pub async fn customer_known_at(
+    store: Arc<dyn EventStore>,
+    rules: &RuleSet,
+    customer: &CustomerId,
+    as_of: DateTime<Utc>,
+    known_at: DateTime<Utc>,
+) -> Result<Option<FoldedCustomer>, RunnerError> {
+    let mut events = store
+        .read_stream(&customer.stream_id(), ReadStream::all_forwards())
+        .await?;
+    events.retain(|e| e.recorded_at <= known_at);
+    let folded = fold_customer_events(rules, &events, as_of)?;
+    Ok(folded.stage.is_some().then_some(folded))
+}
+
 /// The projections as a section of an audit export
 /// ([`crate::audit::export`]), bitemporal like the export itself: the
 /// export lists the events *recorded* by its instant T, and this section
@@ -524,14 +558,9 @@ impl crate::audit::export::StateSection for ProjectionsExportSection {
         events: &[crate::domain::RecordedEvent],
     ) -> Result<crate::audit::export::StateSectionValue, String> {
         let at = as_of.unwrap_or(self.default_as_of);
-        let rules = match &self.db {
-            Some(db) => match active(db).await {
-                Ok((_, rules)) => rules,
-                Err(RunnerError::NoActiveVersion) => RuleSet::shipped_defaults(),
-                Err(e) => return Err(e.to_string()),
-            },
-            None => RuleSet::shipped_defaults(),
-        };
+        let rules = active_rules_or_shipped(self.db.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
         let folded = fold_customer_events(&rules, events, at).map_err(|e| e.to_string())?;
         Ok(crate::audit::export::StateSectionValue {
             source: format!("fold of the exported events under rules {}", rules.hash),

@@ -22,6 +22,8 @@ pub fn key(role: Role) -> String {
 
 pub struct TestServer {
     pub base: String,
+    /// The SQLite store's URL (tests may tamper with the file behind it).
+    pub url: String,
     pub store: Arc<dyn EventStore>,
     pub state: ApiState,
     client: reqwest::Client,
@@ -81,6 +83,7 @@ impl TestServer {
         }));
         Self {
             base: format!("http://{addr}"),
+            url,
             store,
             state,
             client: reqwest::Client::new(),
