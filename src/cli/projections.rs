@@ -189,12 +189,12 @@ pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()>
         .unwrap_or_else(|| chrono::DateTime::from_timestamp_micros(now).expect("now is in range"));
     if let Some(known_at) = args.known_at {
         let rules = query::active_rules_or_shipped(Some(&db)).await?;
-        return match query::customer_known_at(store, &rules, &id, as_of, known_at).await? {
-            Some(view) => Ok(println!("{}", serde_json::to_string_pretty(&view)?)),
-            None => {
-                anyhow::bail!("customer {id} has no events up to {as_of} recorded by {known_at}")
-            }
+        let Some(view) = query::customer_known_at(store, &rules, &id, as_of, known_at).await?
+        else {
+            anyhow::bail!("customer {id} has no events up to {as_of} recorded by {known_at}");
         };
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
     }
     match query::customer_as_of(store, &db, &id, as_of).await? {
         Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
