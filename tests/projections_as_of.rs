@@ -213,9 +213,9 @@ async fn check(rounds: Vec<(Vec<Step>, i64)>) {
 
     for (round, seen) in observations.iter().enumerate() {
         let rebuilt = rebuilt_view(&appended[..seen.appended], &rules, seen.at).await;
-        for c in 0..CUSTOMERS as usize {
+        for (c, (live, rebuilt)) in seen.views.iter().zip(&rebuilt).enumerate() {
             assert_eq!(
-                seen.views[c], rebuilt[c],
+                live, rebuilt,
                 "round {round}, customer p{c}: live read models vs rebuild of the events recorded by then"
             );
             let known = customer_known_at(
@@ -239,7 +239,7 @@ async fn check(rounds: Vec<(Vec<Step>, i64)>) {
                 .to_string()
             });
             assert_eq!(
-                per_customer(&seen.views[c]),
+                per_customer(live),
                 known,
                 "round {round}, customer p{c}: live read models vs the full store asked what it knew then"
             );
