@@ -83,19 +83,25 @@ impl ProjectedReadModels {
         }
     }
 
-    /// The active version (checkpoint as of now) and its rules, parsing the
-    /// rules only when the active version changed.
+    /// The active version and its rules, reading and parsing them only
+    /// when another version became active (the version's checkpoint in the
+    /// answer is the one read then).
     async fn active(&self) -> Result<(VersionInfo, Arc<RuleSet>), RunnerError> {
+        let active = self
+            .db
+            .active_model_version()
+            .await?
+            .ok_or(RunnerError::NoActiveVersion)?;
+        if let Some((cached, rules)) = self.active.read().await.as_ref() {
+            if cached.model_version == active {
+                return Ok((cached.clone(), rules.clone()));
+            }
+        }
         let current = self
             .db
             .latest_with_status(VersionStatus::Active)
             .await?
             .ok_or(RunnerError::NoActiveVersion)?;
-        if let Some((cached, rules)) = self.active.read().await.as_ref() {
-            if cached.model_version == current.model_version {
-                return Ok((current, rules.clone()));
-            }
-        }
         let rules: Arc<RuleSet> = Arc::new(
             serde_json::from_str(&current.rules_json)
                 .map_err(|e| RunnerError::Rules(e.to_string()))?,
@@ -214,11 +220,14 @@ impl ReadModels for ProjectedReadModels {
         id: &CustomerId,
         as_of: Option<DateTime<Utc>>,
     ) -> Result<Option<CustomerView>, ReadModelError> {
-        let Some(mut view) = self.events.customer(id, as_of).await? else {
+        let at = as_of.unwrap_or_else(now);
+        // Both halves wait on the database; ask for them together.
+        let (view, projected) =
+            tokio::join!(self.events.customer(id, as_of), self.projected(id, at));
+        let Some(mut view) = view? else {
             return Ok(None);
         };
-        let at = as_of.unwrap_or_else(now);
-        match self.projected(id, at).await {
+        match projected {
             Ok(Some(projected)) => Self::fill(&mut view, projected, at),
             Ok(None) | Err(RunnerError::NoActiveVersion) => {}
             Err(e) => return Err(e.into()),
@@ -383,7 +392,9 @@ impl ReadModels for ProjectedReadModels {
 }
 
 /// Makes sure a read-model version is active (rebuilding under `rules` when
-/// none is), then follows the store in the background, publishing each
+/// none is), loads its per-customer states (returning once they are in
+/// memory, so callers serve on warm read models), then follows the store in
+/// the background, publishing each
 /// batch's new stage transitions and alerts to `live`. The task ends only
 /// on an error, which it logs.
 pub async fn start_projections(
@@ -409,11 +420,18 @@ pub async fn start_projections(
             "read models rebuilt"
         );
     }
+    let loading = std::time::Instant::now();
+    let follower = runner::Follower::open(store, &db).await?;
+    tracing::info!(
+        secs = loading.elapsed().as_secs_f64(),
+        "projection states loaded; following the store"
+    );
     Ok(tokio::spawn(async move {
-        let result = runner::follow(store, &db, runner::DEFAULT_BATCH_EVENTS, |committed| {
-            publish(&live, committed)
-        })
-        .await;
+        let result = follower
+            .run(runner::DEFAULT_BATCH_EVENTS, |committed| {
+                publish(&live, committed)
+            })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "the projection runner stopped");
         }

@@ -169,9 +169,14 @@ pub async fn customer_in_version(
 ) -> Result<Option<CustomerView>, RunnerError> {
     let version = version.clone();
     let lc = &rules.lifecycle;
-    let stored = db
-        .load_state(version.model_version, "lifecycle", customer.as_str())
+    let states = db
+        .load_customer_states(
+            version.model_version,
+            customer.as_str(),
+            &["lifecycle", "loyalty", "value", "alerts"],
+        )
         .await?;
+    let stored = states.iter().find(|s| s.projection == "lifecycle");
     let mut replayed: Vec<FoldEvent> = Vec::new();
     let (state, history, computed_from) = match stored {
         Some(s) if as_of.timestamp_micros() >= s.last_occurred_us => {
@@ -236,11 +241,29 @@ pub async fn customer_in_version(
         return Ok(None);
     };
     let others = match computed_from {
-        "state" => Others::load(db, version.model_version, customer).await?,
+        "state" => Others::from_states(&states, customer)?,
         _ => Others::fold(rules, &replayed, as_of),
     };
-    let population = population_view(db, version.model_version, rules, customer, as_of).await?;
-    let value_tier = tier_as_of(store, db, version.model_version, rules, customer, as_of).await?;
+    let (snapshot_us, rows) = db
+        .customer_rows(
+            version.model_version,
+            customer.as_str(),
+            &[
+                lifecycle::TABLES[2],
+                alerts::TABLES[1],
+                clv_scores::TABLES[0],
+            ],
+        )
+        .await?;
+    let [tier_row, value_alert_row, scores_row] = <[_; 3]>::try_from(rows).expect("three tables");
+    let population = population_view(
+        snapshot_us,
+        value_alert_row.as_deref(),
+        scores_row.as_deref(),
+        rules,
+        as_of,
+    );
+    let value_tier = tier_as_of(store, tier_row.as_deref(), rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
         as_of: show(as_of),
@@ -282,30 +305,26 @@ impl Others {
         others
     }
 
-    /// The states the runner persisted with the customer's last event.
-    async fn load(
-        db: &ReadModelDb,
-        model_version: i64,
+    /// The states the runner persisted with the customer's last event
+    /// (defaults for folds that stored none).
+    fn from_states(
+        states: &[crate::projections::storage::StoredState],
         customer: &CustomerId,
     ) -> Result<Self, RunnerError> {
         Ok(Self {
-            loyalty: load_state(db, model_version, "loyalty", customer).await?,
-            value: load_state(db, model_version, "value", customer).await?,
-            alerts: load_state(db, model_version, "alerts", customer).await?,
+            loyalty: parse_state(states, "loyalty", customer)?,
+            value: parse_state(states, "value", customer)?,
+            alerts: parse_state(states, "alerts", customer)?,
         })
     }
 }
 
-async fn load_state<T: serde::de::DeserializeOwned + Default>(
-    db: &ReadModelDb,
-    model_version: i64,
+fn parse_state<T: serde::de::DeserializeOwned + Default>(
+    states: &[crate::projections::storage::StoredState],
     projection: &str,
     customer: &CustomerId,
 ) -> Result<T, RunnerError> {
-    match db
-        .load_state(model_version, projection, customer.as_str())
-        .await?
-    {
+    match states.iter().find(|s| s.projection == projection) {
         Some(stored) => serde_json::from_str(&stored.state).map_err(|e| RunnerError::State {
             projection: projection.into(),
             customer: customer.to_string(),
@@ -329,75 +348,61 @@ fn instant(cell: &Option<String>) -> Option<String> {
         .map(show)
 }
 
-/// The customer's population figures, when `as_of` is at or after the
-/// version's snapshot.
-async fn population_view(
-    db: &ReadModelDb,
-    model_version: i64,
+/// The customer's population figures from their `churn_value_alerts` and
+/// `customer_clv` rows, when `as_of` is at or after the version's snapshot.
+fn population_view(
+    snapshot_us: Option<i64>,
+    value_alert: Option<&[Option<String>]>,
+    scores: Option<&[Option<String>]>,
     rules: &RuleSet,
-    customer: &CustomerId,
     as_of: DateTime<Utc>,
-) -> Result<Option<PopulationView>, RunnerError> {
-    let Some(snapshot_us) = db.population_as_of(model_version).await? else {
-        return Ok(None);
-    };
+) -> Option<PopulationView> {
+    let snapshot_us = snapshot_us?;
     if as_of.timestamp_micros() < snapshot_us {
-        return Ok(None);
+        return None;
     }
-    let id = Some(customer.as_str());
-    let value_alert = db
-        .dump(&alerts::TABLES[1], model_version, id)
-        .await?
-        .first()
-        .map(|r| ValueAlertView {
-            at: instant(&r[3]).unwrap_or_default(),
-            value_tier: r[4].clone().unwrap_or_default(),
-            cause: r[5].clone().unwrap_or_default(),
-        });
-    let scores = db
-        .dump(&clv_scores::TABLES[0], model_version, id)
-        .await?
-        .first()
-        .map(|r| ScoresView {
-            frequency: int(&r[2]).unwrap_or_default(),
-            recency: real(&r[3]).unwrap_or_default(),
-            t: real(&r[4]).unwrap_or_default(),
-            p_alive: real(&r[5]),
-            expected_purchases: real(&r[6]),
-            clv_minor: int(&r[8]),
-            rfm: match (int(&r[9]), int(&r[10]), int(&r[11])) {
-                (Some(r), Some(f), Some(m)) => Some([r, f, m]),
-                _ => None,
-            },
-            rfm_total: real(&r[12]),
-            rfm_segment: r[13].clone(),
-            currency: rules.clv.currency.code().to_owned(),
-            horizon_days: (f64::from(rules.clv.clv.horizon_months)
-                * crate::clv::TimeUnit::Month.days())
+    let value_alert = value_alert.map(|r| ValueAlertView {
+        at: instant(&r[3]).unwrap_or_default(),
+        value_tier: r[4].clone().unwrap_or_default(),
+        cause: r[5].clone().unwrap_or_default(),
+    });
+    let scores = scores.map(|r| ScoresView {
+        frequency: int(&r[2]).unwrap_or_default(),
+        recency: real(&r[3]).unwrap_or_default(),
+        t: real(&r[4]).unwrap_or_default(),
+        p_alive: real(&r[5]),
+        expected_purchases: real(&r[6]),
+        clv_minor: int(&r[8]),
+        rfm: match (int(&r[9]), int(&r[10]), int(&r[11])) {
+            (Some(r), Some(f), Some(m)) => Some([r, f, m]),
+            _ => None,
+        },
+        rfm_total: real(&r[12]),
+        rfm_segment: r[13].clone(),
+        currency: rules.clv.currency.code().to_owned(),
+        horizon_days: (f64::from(rules.clv.clv.horizon_months) * crate::clv::TimeUnit::Month.days())
             .round() as i32,
-        });
-    Ok(Some(PopulationView {
+    });
+    Some(PopulationView {
         as_of: DateTime::from_timestamp_micros(snapshot_us)
             .map(show)
             .unwrap_or_default(),
         value_alert,
         scores,
-    }))
+    })
 }
 
+/// The value tier as of `as_of`: from the customer's `lifecycle_snapshot`
+/// row when `as_of` is at or after it, else by replaying every customer's
+/// revenue up to `as_of`.
 async fn tier_as_of(
     store: Arc<dyn EventStore>,
-    db: &ReadModelDb,
-    model_version: i64,
+    snapshot: Option<&[Option<String>]>,
     rules: &RuleSet,
     customer: &CustomerId,
     as_of: DateTime<Utc>,
 ) -> Result<Option<String>, RunnerError> {
-    let spec = lifecycle::TABLES[2];
-    let snapshot = db
-        .dump(&spec, model_version, Some(customer.as_str()))
-        .await?;
-    if let Some(row) = snapshot.first() {
+    if let Some(row) = snapshot {
         let snap_us: i64 = row[1]
             .as_deref()
             .and_then(|v| v.parse().ok())

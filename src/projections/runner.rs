@@ -667,55 +667,88 @@ pub async fn follow(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
     batch_events: usize,
-    mut on_batch: impl FnMut(&Committed),
+    on_batch: impl FnMut(&Committed),
 ) -> Result<(), RunnerError> {
-    let (version, rules) = active(db).await?;
-    let mut projector = Projector::open(store.clone(), db.clone(), &version, &rules).await?;
-    let history: HashSet<&'static str> = projector
-        .tables
-        .iter()
-        .filter(|t| t.kind == super::TableKind::History)
-        .map(|t| t.name)
-        .collect();
-    let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
-        .ready_chunks(batch_events.max(1));
-    // Population tables (value tiers, CLV refits) cost O(customers): they
-    // are rewritten at most every POPULATION_EVERY, and once more when the
-    // stream goes quiet, not after every small live batch.
-    let mut population_due = tokio::time::Instant::now();
-    let mut population_stale = false;
-    loop {
-        let chunk = tokio::select! {
-            chunk = events.next() => chunk,
-            _ = tokio::time::sleep_until(population_due), if population_stale => {
-                projector.write_population().await?;
+    Follower::open(store, db)
+        .await?
+        .run(batch_events, on_batch)
+        .await
+}
+
+/// The live runner between loading the active version's states (which
+/// takes a while on large stores: every customer's fold state is read) and
+/// following the store; [`follow`] in two steps, so a server can wait for
+/// the first before it starts serving.
+pub struct Follower {
+    store: Arc<dyn EventStore>,
+    projector: Projector,
+}
+
+impl Follower {
+    /// Loads the active version's per-customer states.
+    pub async fn open(store: Arc<dyn EventStore>, db: &ReadModelDb) -> Result<Self, RunnerError> {
+        let (version, rules) = active(db).await?;
+        let projector = Projector::open(store.clone(), db.clone(), &version, &rules).await?;
+        Ok(Self { store, projector })
+    }
+
+    /// Follows the store forever (see [`follow`]).
+    pub async fn run(
+        self,
+        batch_events: usize,
+        mut on_batch: impl FnMut(&Committed),
+    ) -> Result<(), RunnerError> {
+        let Follower {
+            store,
+            mut projector,
+        } = self;
+        let history: HashSet<&'static str> = projector
+            .tables
+            .iter()
+            .filter(|t| t.kind == super::TableKind::History)
+            .map(|t| t.name)
+            .collect();
+        let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
+            .ready_chunks(batch_events.max(1));
+        // Population tables (value tiers, CLV refits) cost O(customers): they
+        // are rewritten at most every POPULATION_EVERY, and once more when the
+        // stream goes quiet, not after every small live batch.
+        let mut population_due = tokio::time::Instant::now();
+        let mut population_stale = false;
+        loop {
+            let chunk = tokio::select! {
+                chunk = events.next() => chunk,
+                _ = tokio::time::sleep_until(population_due), if population_stale => {
+                    projector.write_population().await?;
+                    population_stale = false;
+                    population_due = tokio::time::Instant::now() + POPULATION_EVERY;
+                    continue;
+                }
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
+            let with_population = tokio::time::Instant::now() >= population_due;
+            let batch = projector.fold(&chunk, with_population).await?;
+            if with_population {
                 population_stale = false;
                 population_due = tokio::time::Instant::now() + POPULATION_EVERY;
-                continue;
+            } else {
+                population_stale = true;
             }
-        };
-        let Some(chunk) = chunk else { break };
-        let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-        let with_population = tokio::time::Instant::now() >= population_due;
-        let batch = projector.fold(&chunk, with_population).await?;
-        if with_population {
-            population_stale = false;
-            population_due = tokio::time::Instant::now() + POPULATION_EVERY;
-        } else {
-            population_stale = true;
+            let refolded: HashSet<&str> =
+                batch.reset_customers.iter().map(String::as_str).collect();
+            let new_history: Vec<Row> = batch
+                .rows
+                .iter()
+                .filter(|r| history.contains(r.table) && !refolded.contains(r.customer_id.as_str()))
+                .cloned()
+                .collect();
+            projector.commit(batch).await?;
+            on_batch(&Committed {
+                checkpoint: projector.checkpoint(),
+                new_history,
+            });
         }
-        let refolded: HashSet<&str> = batch.reset_customers.iter().map(String::as_str).collect();
-        let new_history: Vec<Row> = batch
-            .rows
-            .iter()
-            .filter(|r| history.contains(r.table) && !refolded.contains(r.customer_id.as_str()))
-            .cloned()
-            .collect();
-        projector.commit(batch).await?;
-        on_batch(&Committed {
-            checkpoint: projector.checkpoint(),
-            new_history,
-        });
+        Ok(())
     }
-    Ok(())
 }
