@@ -240,6 +240,171 @@ async fn erasure_leaves_nothing_readable_and_history_still_verifies() {
         .starts_with("customer-c-1 v2 @ position"));
 }
 
+/// Every row of every table in the database's `public` schema, each as
+/// PostgreSQL's text form of the whole row (bytea renders as `\x` hex).
+async fn all_rows_as_text(url: &str) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for table in tables {
+        let texts: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        rows.extend(texts.into_iter().map(|t| (table.clone(), t)));
+    }
+    rows
+}
+
+/// The bytes of `customer_keys`' heap file on the server after a
+/// checkpoint flushed it, or `None` without the rights to read it.
+async fn key_table_file(url: &str) -> Option<Vec<u8>> {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    conn.execute("CHECKPOINT").await.ok()?;
+    sqlx::query_scalar("SELECT pg_read_binary_file(pg_relation_filepath('customer_keys'))")
+        .fetch_one(&mut conn)
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn postgres_erasure_leaves_no_column_holding_the_email_or_the_key() {
+    use journey_ledger::projections::rules::RuleSet;
+    use journey_ledger::projections::runner::{self, RebuildOptions};
+    use journey_ledger::projections::storage::ReadModelDb;
+    let temp = journey_ledger::testing::TempDatabase::create()
+        .await
+        .unwrap();
+    let url = temp.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&url).await.unwrap();
+    let vault = Vault::open(&url).await.unwrap();
+    import_file_with_vault(
+        store.clone(),
+        &vault,
+        &jsonl(dir.path()),
+        ImportFormat::Jsonl,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let read_models = ReadModelDb::open(&url).await.unwrap();
+    let rules = RuleSet::shipped_defaults();
+    runner::rebuild(
+        store.clone(),
+        &read_models,
+        &rules,
+        &RebuildOptions::default(),
+        chrono::Utc::now(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    let key: Vec<u8> = {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = 'c-1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let before = all_rows_as_text(&url).await;
+    assert!(
+        before.iter().any(|(_, row)| row.contains(&key_hex)),
+        "the search finds the key before erasure"
+    );
+    for (table, row) in &before {
+        for secret in [ADA, GRACE, "Ada Lovelace", "St James"] {
+            assert!(
+                !row.contains(secret),
+                "{secret} in plaintext in {table}: {row}"
+            );
+        }
+    }
+    if let Some(bytes) = key_table_file(&url).await {
+        assert!(
+            contains(&bytes, &key),
+            "the file search finds the key before erasure"
+        );
+    }
+
+    let c1 = CustomerId::parse("c-1").unwrap();
+    erase_customer(
+        store.as_ref(),
+        &vault,
+        &c1,
+        "dpo",
+        "GDPR art. 17, ticket 43",
+    )
+    .await
+    .unwrap();
+    // The read models rebuild after erasure, and the history verifies.
+    runner::rebuild(
+        store.clone(),
+        &read_models,
+        &rules,
+        &RebuildOptions::default(),
+        chrono::Utc::now(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(verify_store(store.clone(), |_| {})
+        .await
+        .unwrap()
+        .is_intact());
+    let after = all_rows_as_text(&url).await;
+    assert!(after.len() > before.len(), "erasure and rebuild added rows");
+    for (table, row) in &after {
+        assert!(
+            !row.contains(&key_hex),
+            "the erased key survives in {table}: {row}"
+        );
+        assert!(!row.contains(ADA), "the erased email is in {table}: {row}");
+    }
+    // Physically too: the key table's file on the server holds no copy of
+    // the key (needs a superuser to read server files; skipped otherwise).
+    match key_table_file(&url).await {
+        Some(bytes) => assert!(
+            !contains(&bytes, &key),
+            "the erased key survives in customer_keys' file on the server"
+        ),
+        None => eprintln!("SKIPPED physical check of customer_keys (not a superuser)"),
+    }
+    // The other customer's key is still there and opens their email.
+    let c2 = CustomerId::parse("c-2").unwrap();
+    let g = store
+        .read_stream(&c2.stream_id(), ReadStream::all_forwards())
+        .await
+        .unwrap();
+    let DomainEvent::CustomerRegistered(greg) = g[0].decode().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        vault
+            .reveal_profile(&c2, &greg.profile)
+            .await
+            .unwrap()
+            .email
+            .as_deref(),
+        Some(GRACE)
+    );
+    read_models.close().await;
+    drop(vault);
+    drop(store);
+    temp.drop_database().await;
+}
+
 #[tokio::test]
 async fn rebuilds_are_recorded_in_the_admin_stream() {
     let (_dir, url) = temp_sqlite();

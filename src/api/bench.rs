@@ -33,7 +33,10 @@ pub struct QueryBenchReport {
     pub populated: u64,
     /// Requested rate.
     pub target_rps: u64,
-    /// Requests issued.
+    /// Seconds of requests at the same rate before measuring (not counted
+    /// in `requests` or the latencies; their errors are counted).
+    pub warmup_seconds: u64,
+    /// Requests issued while measuring.
     pub requests: u64,
     /// Requests that failed or returned GraphQL errors.
     pub errors: u64,
@@ -77,6 +80,7 @@ pub async fn query(
     populate: bool,
     rps: u64,
     seconds: u64,
+    warmup_seconds: u64,
 ) -> Result<QueryBenchReport, QueryBenchError> {
     if rps == 0 || seconds == 0 || customers == 0 {
         return Err(QueryBenchError::Arguments(
@@ -159,7 +163,8 @@ pub async fn query(
         .build()
         .map_err(|e| QueryBenchError::Arguments(e.to_string()))?;
     let endpoint = format!("http://{addr}/graphql");
-    let total = rps * seconds;
+    let warmup = rps * warmup_seconds;
+    let total = warmup + rps * seconds;
     let period = Duration::from_secs_f64(1.0 / rps as f64);
     let ids = Arc::new(ids);
     let started = Instant::now();
@@ -196,12 +201,14 @@ pub async fn query(
     }
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut errors = 0u64;
-    for task in tasks {
+    for (i, task) in tasks.into_iter().enumerate() {
         let (latency, ok) = task.await.expect("request task");
         errors += u64::from(!ok);
-        latencies.push(latency);
+        if i as u64 >= warmup {
+            latencies.push(latency);
+        }
     }
-    let wall = started.elapsed();
+    let wall = started.elapsed() - period.mul_f64(warmup as f64);
     let _ = stop.send(());
     let _ = server.await;
     runner.abort();
@@ -215,9 +222,10 @@ pub async fn query(
         customers: ids.len() as u64,
         populated,
         target_rps: rps,
-        requests: total,
+        warmup_seconds,
+        requests: total - warmup,
         errors,
-        achieved_rps: total as f64 / wall.as_secs_f64(),
+        achieved_rps: (total - warmup) as f64 / wall.as_secs_f64(),
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),

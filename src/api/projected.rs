@@ -30,6 +30,10 @@ use crate::projections::storage::{CustomerCriteria, ReadModelDb, VersionInfo, Ve
 use crate::projections::Value;
 use crate::store::EventStore;
 
+/// How long queries trust the active version number they last read: a
+/// newly activated version (a rebuild finished) answers within this long.
+pub const ACTIVE_VERSION_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Alerts count as open for this many days after they fired.
 pub const OPEN_ALERT_DAYS: i64 = 90;
 
@@ -52,8 +56,8 @@ pub struct ProjectedReadModels {
     events: EventFoldReadModels,
     /// The active version and its parsed rules, refreshed when another
     /// version becomes active (parsing the rules on every query costs more
-    /// than the query).
-    active: tokio::sync::RwLock<Option<(VersionInfo, Arc<RuleSet>)>>,
+    /// than the query), and when the active version number was last read.
+    active: tokio::sync::RwLock<Option<(VersionInfo, Arc<RuleSet>, std::time::Instant)>>,
 }
 
 /// "Now", to the microsecond like every stored instant.
@@ -87,13 +91,19 @@ impl ProjectedReadModels {
     /// when another version became active (the version's checkpoint in the
     /// answer is the one read then).
     async fn active(&self) -> Result<(VersionInfo, Arc<RuleSet>), RunnerError> {
+        if let Some((cached, rules, checked)) = self.active.read().await.as_ref() {
+            if checked.elapsed() < ACTIVE_VERSION_TTL {
+                return Ok((cached.clone(), rules.clone()));
+            }
+        }
         let active = self
             .db
             .active_model_version()
             .await?
             .ok_or(RunnerError::NoActiveVersion)?;
-        if let Some((cached, rules)) = self.active.read().await.as_ref() {
+        if let Some((cached, rules, checked)) = self.active.write().await.as_mut() {
             if cached.model_version == active {
+                *checked = std::time::Instant::now();
                 return Ok((cached.clone(), rules.clone()));
             }
         }
@@ -106,7 +116,8 @@ impl ProjectedReadModels {
             serde_json::from_str(&current.rules_json)
                 .map_err(|e| RunnerError::Rules(e.to_string()))?,
         );
-        *self.active.write().await = Some((current.clone(), rules.clone()));
+        *self.active.write().await =
+            Some((current.clone(), rules.clone(), std::time::Instant::now()));
         Ok((current, rules))
     }
 

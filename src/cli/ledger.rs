@@ -65,9 +65,14 @@ pub enum BenchCommand {
         /// Requests per second to issue.
         #[arg(long, default_value_t = 1_000)]
         rps: u64,
-        /// How long to run.
+        /// How long to measure.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Requests at the same rate before measuring, not counted (the
+        /// first seconds after start-up pay for page faults and freed
+        /// start-up memory; lookups then go to other customers).
+        #[arg(long, default_value_t = 5)]
+        warmup_seconds: u64,
     },
     /// Rebuild every projection into a fresh version; prints one JSON line
     /// with `events_per_sec`, `peak_rss_bytes` and a bare ordered-scan rate.
@@ -169,9 +174,17 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             populate,
             rps,
             seconds,
+            warmup_seconds,
         } => serde_json::to_string(
-            &journey_ledger::api::bench::query(&config.store, customers, populate, rps, seconds)
-                .await?,
+            &journey_ledger::api::bench::query(
+                &config.store,
+                customers,
+                populate,
+                rps,
+                seconds,
+                warmup_seconds,
+            )
+            .await?,
         )?,
         BenchCommand::Read { no_baseline } => {
             serde_json::to_string(&journey_ledger::bench::read(&config.store, !no_baseline).await?)?

@@ -100,14 +100,13 @@ async fn lifecycle_states(
     model_version: i64,
 ) -> Result<Vec<(String, i64, LifecycleState)>, RunnerError> {
     let mut out = Vec::new();
-    for stored in db.load_states(model_version).await? {
-        if stored.projection != "lifecycle" {
-            continue;
-        }
+    db.for_each_state(model_version, Some("lifecycle"), |stored| {
         let state: LifecycleState =
             serde_json::from_str(&stored.state).map_err(|e| state_error(&stored.customer_id, e))?;
         out.push((stored.customer_id, stored.last_occurred_us, state));
-    }
+        Ok::<_, RunnerError>(())
+    })
+    .await??;
     Ok(out)
 }
 

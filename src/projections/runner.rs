@@ -238,7 +238,7 @@ impl Projector {
         let tables = all_tables(&folds);
         let mut cursors = HashMap::new();
         let mut watermark_us: Option<i64> = None;
-        for stored in db.load_states(version.model_version).await? {
+        db.for_each_state(version.model_version, None, |stored| {
             let customer =
                 CustomerId::parse(&stored.customer_id).map_err(|e| RunnerError::State {
                     projection: stored.projection.clone(),
@@ -255,7 +255,9 @@ impl Projector {
             }
             watermark_us = watermark_us.max(Some(stored.last_occurred_us));
             cursors.insert(customer, stored.last_occurred_us);
-        }
+            Ok::<_, RunnerError>(())
+        })
+        .await??;
         Ok(Self {
             store,
             db,

@@ -342,23 +342,46 @@ impl ReadModelDb {
         Ok(())
     }
 
-    /// All persisted fold states of a version.
-    pub async fn load_states(&self, model_version: i64) -> Result<Vec<StoredState>, StorageError> {
-        const SQL: &str =
+    /// Hands every stored state of a version (of one projection, when
+    /// `projection` is given) to `f`, streaming: a million customers' states
+    /// are gigabytes, and collecting them first doubled a server's peak
+    /// memory. Stops at the first error `f` returns.
+    pub async fn for_each_state<E>(
+        &self,
+        model_version: i64,
+        projection: Option<&str>,
+        mut f: impl FnMut(StoredState) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StorageError> {
+        use futures::TryStreamExt;
+        let sql = format!(
             "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
-                           WHERE model_version = $1";
+             WHERE model_version = $1{}",
+            if projection.is_some() {
+                " AND projection = $2"
+            } else {
+                ""
+            }
+        );
         Ok(both!(self, pool => {
-            let rows = sqlx::query(SQL).bind(model_version).fetch_all(pool).await?;
-            rows.iter()
-                .map(|r| {
-                    Ok::<_, sqlx::Error>(StoredState {
-                        projection: r.try_get(0)?,
-                        customer_id: r.try_get(1)?,
-                        last_occurred_us: r.try_get(2)?,
-                        state: r.try_get(3)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            let mut q = sqlx::query(&sql).bind(model_version);
+            if let Some(p) = projection {
+                q = q.bind(p.to_owned());
+            }
+            let mut rows = q.fetch(pool);
+            let mut outcome = Ok(());
+            while let Some(r) = rows.try_next().await? {
+                let stored = StoredState {
+                    projection: r.try_get(0)?,
+                    customer_id: r.try_get(1)?,
+                    last_occurred_us: r.try_get(2)?,
+                    state: r.try_get(3)?,
+                };
+                if let Err(e) = f(stored) {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            outcome
         }))
     }
 
