@@ -343,6 +343,10 @@ fn guarded_fields() -> Vec<(String, Role)> {
         ),
         ("{ projectionStatus { headPosition } }".into(), Role::App),
         ("{ verify { intact } }".into(), Role::Auditor),
+        (
+            r#"mutation { rebuildReadModels(reason: "probe") { rulesId } }"#.into(),
+            Role::Analyst,
+        ),
     ];
     // Every mutation, aimed at an unregistered customer: an allowed role
     // gets a business-rule error (or success for registration), never a

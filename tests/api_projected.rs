@@ -262,3 +262,86 @@ async fn redemptions_are_checked_against_the_projected_balance() {
     assert_eq!(server.head().await, head, "nothing appended");
     server.ok(&redeem(123, 2), json!({})).await;
 }
+
+#[tokio::test]
+async fn an_analyst_rebuilds_the_read_models_and_the_rebuild_is_recorded() {
+    let server = TestServer::start_projected().await;
+    register(&server, "rb-1", "2024-01-02T00:00:00Z").await;
+    order(&server, "rb-1", "2024-01-03T00:00:00Z", "o1", 2_500).await;
+    caught_up(&server).await;
+    let status = "{ projectionStatus { projections { version } } }";
+    let before = server.ok(status, json!({})).await;
+    let version_before = before["projectionStatus"]["projections"][0]["version"].clone();
+
+    let rebuild = r#"mutation { rebuildReadModels(reason: "loyalty rates changed, ticket 7") { rulesId rulesHash } }"#;
+    let denied = server.gql(Some(Role::App), rebuild, json!({})).await;
+    assert_eq!(
+        error_code(&denied).as_deref(),
+        Some("FORBIDDEN"),
+        "{denied}"
+    );
+    let blank = server
+        .gql(
+            Some(Role::Analyst),
+            r#"mutation { rebuildReadModels(reason: " ") { rulesId } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&blank).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{blank}"
+    );
+    let started = server.gql(Some(Role::Analyst), rebuild, json!({})).await;
+    assert!(started["errors"].is_null(), "{started}");
+
+    // The new version becomes active and keeps following the store.
+    let mut switched = false;
+    for _ in 0..200 {
+        let now = server.ok(status, json!({})).await;
+        if now["projectionStatus"]["projections"][0]["version"] != version_before {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(switched, "no new read-model version became active");
+    order(&server, "rb-1", "2024-01-04T00:00:00Z", "o2", 1_000).await;
+    caught_up(&server).await;
+    let customer = server
+        .ok(
+            r#"{ customer(id: "rb-1") { historicalValue { orderCount } stageHistory { stage } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(customer["customer"]["historicalValue"]["orderCount"], 2);
+
+    // Who, when and why, in the admin stream.
+    let admin = server
+        .store
+        .read_stream(
+            &journey_ledger::domain::StreamId::parse(journey_ledger::audit::ADMIN_STREAM).unwrap(),
+            journey_ledger::store::ReadStream::all_forwards(),
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<Value> = admin
+        .iter()
+        .filter(|e| e.event_type == "ReadModelsRebuilt")
+        .map(|e| serde_json::from_str(&e.payload_json).unwrap())
+        .collect();
+    assert!(
+        recorded
+            .iter()
+            .any(|p| p["requested_by"] == "analyst-client"
+                && p["reason"] == "loyalty rates changed, ticket 7"),
+        "{recorded:?}"
+    );
+    // The server's own start-up rebuild is recorded too.
+    assert!(
+        recorded
+            .iter()
+            .any(|p| p["requested_by"] == "journey serve"),
+        "{recorded:?}"
+    );
+}

@@ -211,7 +211,7 @@ pub async fn query(
     let wall = started.elapsed() - period.mul_f64(warmup as f64);
     let _ = stop.send(());
     let _ = server.await;
-    runner.abort();
+    runner.stop();
     latencies.sort();
     let pick = |q: f64| {
         let idx = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;

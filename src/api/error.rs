@@ -7,6 +7,11 @@ use async_graphql::ErrorExtensions;
 use super::read_models::ReadModelError;
 use crate::commands::CommandError;
 
+/// An error with a stable `extensions.code` and a message for people.
+pub fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+}
+
 /// Input rejected; `field` is the GraphQL path of the offending value.
 pub fn bad_input(field: &str, message: impl Into<String>) -> async_graphql::Error {
     let field = camel_path(field);

@@ -62,6 +62,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Broadcasts the projection runner feeds.
     pub live: LiveFeeds,
+    /// The projections, once started.
+    projections: Arc<std::sync::OnceLock<Arc<projected::ProjectionControl>>>,
 }
 
 impl ApiState {
@@ -75,6 +77,7 @@ impl ApiState {
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let live = LiveFeeds::default();
+        let projections = Arc::new(std::sync::OnceLock::new());
         let commands = CommandHandler::new(
             store.clone(),
             Arc::new(ReadModelBalances(read_models.clone())),
@@ -87,6 +90,7 @@ impl ApiState {
             live: live.clone(),
             metrics: metrics.clone(),
             vault,
+            projections: projections.clone(),
         });
         Self {
             schema,
@@ -95,7 +99,13 @@ impl ApiState {
             read_models,
             metrics,
             live,
+            projections,
         }
+    }
+
+    /// Hands the running projections to the API (for `rebuildReadModels`).
+    pub fn attach_projections(&self, control: Arc<projected::ProjectionControl>) {
+        let _ = self.projections.set(control);
     }
 }
 

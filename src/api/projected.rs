@@ -402,51 +402,175 @@ impl ReadModels for ProjectedReadModels {
     }
 }
 
-/// Makes sure a read-model version is active (rebuilding under `rules` when
-/// none is), loads its per-customer states (returning once they are in
-/// memory, so callers serve on warm read models), then follows the store in
-/// the background, publishing each
-/// batch's new stage transitions and alerts to `live`. The task ends only
-/// on an error, which it logs.
-pub async fn start_projections(
+/// The projections a server runs: the live follower of the active version
+/// and on-demand rebuilds (GraphQL `rebuildReadModels`), which switch the
+/// follower to the new version when they finish.
+pub struct ProjectionControl {
     store: Arc<dyn EventStore>,
     db: ReadModelDb,
-    rules: &RuleSet,
+    rules: RuleSet,
     live: LiveFeeds,
-) -> Result<tokio::task::JoinHandle<()>, RunnerError> {
-    if let Err(RunnerError::NoActiveVersion) = runner::active(&db).await {
-        tracing::info!("no active read-model version: rebuilding");
+    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    rebuilding: std::sync::atomic::AtomicBool,
+}
+
+/// Why a rebuild could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildRequestError {
+    /// One rebuild at a time.
+    #[error("a rebuild is already running")]
+    AlreadyRunning,
+}
+
+impl ProjectionControl {
+    /// The rules rebuilds use (the server's).
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Whether a rebuild is running.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts following the active version (loading its states first).
+    async fn start_follower(&self) -> Result<(), RunnerError> {
+        let loading = std::time::Instant::now();
+        let follower = runner::Follower::open(self.store.clone(), &self.db).await?;
+        tracing::info!(
+            secs = loading.elapsed().as_secs_f64(),
+            "projection states loaded; following the store"
+        );
+        let live = self.live.clone();
+        let task = tokio::spawn(async move {
+            let result = follower
+                .run(runner::DEFAULT_BATCH_EVENTS, |committed| {
+                    publish(&live, committed)
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the projection runner stopped");
+            }
+        });
+        if let Some(old) = self.follower.lock().expect("follower lock").replace(task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops following the store.
+    pub fn stop(&self) {
+        if let Some(task) = self.follower.lock().expect("follower lock").take() {
+            task.abort();
+        }
+    }
+
+    /// Rebuilds every read model from the full log under the server's
+    /// rules in the background, records who asked and why as a
+    /// `ReadModelsRebuilt` event in the admin stream, and switches the live
+    /// follower to the new version. Returns once the rebuild has started;
+    /// `projectionStatus` shows the new version when it is done.
+    pub fn rebuild(
+        self: &Arc<Self>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<
+        tokio::task::JoinHandle<Result<runner::RebuildReport, RunnerError>>,
+        RebuildRequestError,
+    > {
+        use std::sync::atomic::Ordering;
+        if self
+            .rebuilding
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(RebuildRequestError::AlreadyRunning);
+        }
+        let control = self.clone();
+        let (actor, reason) = (actor.to_owned(), reason.to_owned());
+        Ok(tokio::spawn(async move {
+            let result = control.rebuild_now(&actor, &reason).await;
+            control.rebuilding.store(false, Ordering::SeqCst);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "rebuild failed");
+            }
+            result
+        }))
+    }
+
+    async fn rebuild_now(
+        &self,
+        actor: &str,
+        reason: &str,
+    ) -> Result<runner::RebuildReport, RunnerError> {
+        tracing::info!(actor, reason, "rebuilding the read models");
         let report = runner::rebuild(
-            store.clone(),
-            &db,
-            rules,
+            self.store.clone(),
+            &self.db,
+            &self.rules,
             &RebuildOptions::default(),
             now(),
             |checkpoint| tracing::debug!(checkpoint, "rebuild committed"),
         )
         .await?;
+        if report.activated {
+            crate::audit::record_rebuild(
+                self.store.as_ref(),
+                actor,
+                reason,
+                crate::audit::RebuildDetails {
+                    rules_version: Some(format!(
+                        "{} ({})",
+                        self.rules.lifecycle.rules_id, self.rules.hash
+                    )),
+                    projections: runner::folds_for(&self.rules)
+                        .iter()
+                        .map(|f| f.name().to_owned())
+                        .collect(),
+                },
+            )
+            .await
+            .map_err(|e| RunnerError::Record(e.to_string()))?;
+            self.start_follower().await?;
+        }
         tracing::info!(
             events = report.events,
             customers = report.customers,
+            model_version = report.model_version,
             "read models rebuilt"
         );
+        Ok(report)
     }
-    let loading = std::time::Instant::now();
-    let follower = runner::Follower::open(store, &db).await?;
-    tracing::info!(
-        secs = loading.elapsed().as_secs_f64(),
-        "projection states loaded; following the store"
-    );
-    Ok(tokio::spawn(async move {
-        let result = follower
-            .run(runner::DEFAULT_BATCH_EVENTS, |committed| {
-                publish(&live, committed)
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the projection runner stopped");
-        }
-    }))
+}
+
+/// Makes sure a read-model version is active (rebuilding under `rules` when
+/// none is, recorded as a rebuild by `journey serve`), loads its
+/// per-customer states (returning once they are in memory, so callers serve
+/// on warm read models), then follows the store in the background,
+/// publishing each batch's new stage transitions and alerts to `live`.
+pub async fn start_projections(
+    store: Arc<dyn EventStore>,
+    db: ReadModelDb,
+    rules: &RuleSet,
+    live: LiveFeeds,
+) -> Result<Arc<ProjectionControl>, RunnerError> {
+    let control = Arc::new(ProjectionControl {
+        store,
+        db,
+        rules: rules.clone(),
+        live,
+        follower: std::sync::Mutex::new(None),
+        rebuilding: std::sync::atomic::AtomicBool::new(false),
+    });
+    if let Err(RunnerError::NoActiveVersion) = runner::active(&control.db).await {
+        tracing::info!("no active read-model version: rebuilding");
+        control
+            .rebuild_now("journey serve", "no read-model version was active at start")
+            .await?;
+    } else {
+        control.start_follower().await?;
+    }
+    Ok(control)
 }
 
 fn text(value: &Value) -> Option<String> {

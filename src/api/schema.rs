@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
 use super::auth::{Caller, Role, RoleGuard};
-use super::error::{bad_input, command_error, internal, read_error};
+use super::error::{bad_input, coded, command_error, internal, read_error};
 use super::limits;
 use super::live::LiveFeeds;
 use super::metrics::Metrics;
@@ -41,6 +41,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The key table of personal data (absent on stores without one).
     pub vault: Option<Arc<crate::privacy::Vault>>,
+    /// The projections this server runs, once started (rebuilds go there).
+    pub projections: Arc<std::sync::OnceLock<Arc<super::projected::ProjectionControl>>>,
 }
 
 /// What an erasure did.
@@ -184,6 +186,15 @@ impl From<crate::audit::verify::VerifyReport> for Verification {
             head_position: report.head_position,
         }
     }
+}
+
+/// A rebuild that started (`rebuildReadModels`).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct RebuildStarted {
+    /// The rules it rebuilds with.
+    pub rules_id: String,
+    /// Their hash.
+    pub rules_hash: String,
 }
 
 /// What a mutation stored.
@@ -692,6 +703,36 @@ impl Mutation {
             event_version: report.event_version,
             event_position: report.event_position,
         })
+    }
+
+    /// Rebuilds every read model from the full history under the server's
+    /// rules, in the background, and switches to the new version when done
+    /// (watch `projectionStatus`). Recorded as a `ReadModelsRebuilt` event in
+    /// the admin stream: who (the calling key), when, why (`reason`).
+    /// Analysts and above.
+    #[graphql(guard = "RoleGuard::new(Role::Analyst)")]
+    async fn rebuild_read_models(
+        &self,
+        ctx: &Context<'_>,
+        reason: String,
+    ) -> async_graphql::Result<RebuildStarted> {
+        if reason.trim().is_empty() {
+            return Err(bad_input("reason", "must say why (e.g. the rules change)"));
+        }
+        let caller = ctx.data::<Caller>()?;
+        let Some(control) = services(ctx).projections.get() else {
+            return Err(coded(
+                "PRECONDITION_UNAVAILABLE",
+                "this server does not run the projections, so there is nothing to rebuild",
+            ));
+        };
+        match control.rebuild(&caller.name, &reason) {
+            Ok(_) => Ok(RebuildStarted {
+                rules_id: control.rules().rules_id(),
+                rules_hash: control.rules().hash.clone(),
+            }),
+            Err(e) => Err(coded("REBUILD_RUNNING", e.to_string())),
+        }
     }
 
     /// A customer joins.

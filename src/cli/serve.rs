@@ -122,18 +122,14 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         None => Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
     };
     let state = ApiState::new(store.clone(), read_models, keys, vault);
-    let _runner = match projections {
-        Some((writer, _)) => {
-            let rules = serve_rules(config, args.rules.as_deref())?;
-            println!("projecting read models (rules {})…", rules.rules_id());
-            Some(
-                start_projections(store.clone(), writer, &rules, state.live.clone())
-                    .await
-                    .context("starting the projections")?,
-            )
-        }
-        None => None,
-    };
+    if let Some((writer, _)) = projections {
+        let rules = serve_rules(config, args.rules.as_deref())?;
+        println!("projecting read models (rules {})…", rules.rules_id());
+        let control = start_projections(store.clone(), writer, &rules, state.live.clone())
+            .await
+            .context("starting the projections")?;
+        state.attach_projections(control);
+    }
     println!("journey ledger serving {} store", store.backend());
     println!("  GraphiQL:      http://{local}/graphql");
     println!("  subscriptions: ws://{local}/graphql/ws");

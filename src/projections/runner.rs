@@ -78,6 +78,9 @@ pub enum RunnerError {
     /// The active version's rules are not loadable by this build.
     #[error("the active version's rules are unreadable: {0}")]
     Rules(String),
+    /// The rebuild could not be recorded in the admin stream.
+    #[error("recording the rebuild in the admin stream: {0}")]
+    Record(String),
 }
 
 /// The object-safe face of a [`CustomerFold`] with its per-customer states.

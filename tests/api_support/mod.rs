@@ -66,7 +66,7 @@ impl TestServer {
         };
         let state = ApiState::new(store.clone(), read_models, keys, vault);
         if projected {
-            start_projections(
+            let control = start_projections(
                 store.clone(),
                 writer,
                 &RuleSet::shipped_defaults(),
@@ -74,6 +74,7 @@ impl TestServer {
             )
             .await
             .expect("projections start");
+            state.attach_projections(control);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
