@@ -77,6 +77,18 @@ pub enum Command {
     /// Re-check it anywhere with `journey verify --file EXPORT.json`.
     #[command(verbatim_doc_comment)]
     Export(audit::ExportArgs),
+    /// Write every customer's analytics figures as CSV, ids pseudonymised.
+    ///
+    /// One row per customer from the active read models' population
+    /// snapshot: cohort, stage, value tier, revenue, loyalty tier and
+    /// balance, repeat purchases, P(alive), CLV, RFM segment. Customer ids
+    /// are replaced by a keyed hash (HMAC-SHA256) of the secret in
+    /// JOURNEY_PSEUDONYM_KEY (at least 16 bytes): stable for one key, so
+    /// exports join; unlinkable without it. Prints a JSON summary to stderr.
+    ///
+    ///   JOURNEY_PSEUDONYM_KEY=$(cat /run/secrets/pseudonym) journey export-analytics --out customers.csv
+    #[command(verbatim_doc_comment)]
+    ExportAnalytics(projections::ExportAnalyticsArgs),
     /// Erase a customer's personal data by destroying their key.
     ///
     /// Personal profile fields are stored encrypted with a per-customer key
@@ -175,6 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clv(cmd) => clv::run(&config, cmd).await,
         Command::Verify(args) => audit::verify(&config, args).await,
         Command::Export(args) => audit::export(&config, args).await,
+        Command::ExportAnalytics(args) => projections::export_analytics(&config, args).await,
         Command::Erase(args) => audit::erase(&config, args).await,
         Command::Serve(args) => serve::serve(&config, args).await,
         Command::Rebuild(args) => projections::rebuild(&config, args).await,

@@ -84,6 +84,15 @@ pub struct CustomerArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportAnalyticsArgs {
+    /// Write the CSV here (default: standard output).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchRebuildArgs {
     /// First append synthetic events until the store holds this many.
     #[arg(long)]
@@ -227,5 +236,29 @@ pub async fn bench_rebuild(config: &Config, args: BenchRebuildArgs) -> anyhow::R
     let db = open_db(config, &args.read_models).await?;
     let report = bench::rebuild_bench(store, &db, &rules, args.events, args.batch).await?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+pub async fn export_analytics(config: &Config, args: ExportAnalyticsArgs) -> anyhow::Result<()> {
+    let key = journey_ledger::privacy::PseudonymKey::from_env()?;
+    let db = open_db(config, &args.read_models).await?;
+    let bar = progress_bar(0, "exporting customers");
+    let progress = |n: u64| bar.set_position(n);
+    let summary = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            journey_ledger::projections::export::export_customers(&db, &key, &mut out, progress)
+                .await?
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            journey_ledger::projections::export::export_customers(&db, &key, &mut out, progress)
+                .await?
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

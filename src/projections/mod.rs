@@ -57,6 +57,7 @@ pub mod bench;
 pub mod clv_scores;
 pub mod cohorts;
 pub mod diff;
+pub mod export;
 pub mod lifecycle;
 pub mod loyalty;
 pub mod query;

@@ -20,6 +20,34 @@ use thiserror::Error;
 
 use super::{Row, TableKind, TableSpec, Value};
 
+/// One customer's figures at a version's population snapshot, across read
+/// models (what an analytics export lists).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    /// The customer (pseudonymise before it leaves the ledger).
+    pub customer_id: String,
+    /// Acquisition cohort, `YYYY-MM`.
+    pub cohort_month: Option<String>,
+    /// Lifecycle stage.
+    pub stage: String,
+    /// Value tier.
+    pub value_tier: String,
+    /// Orders minus refunds in the lifecycle currency, minor units.
+    pub revenue_minor: i64,
+    /// Loyalty tier.
+    pub loyalty_tier: Option<String>,
+    /// Loyalty points balance.
+    pub points_balance: Option<i64>,
+    /// Repeat purchase days (CLV frequency).
+    pub repeat_purchases: Option<i64>,
+    /// P(alive), when the models were fitted.
+    pub p_alive: Option<f64>,
+    /// Discounted CLV, minor units, when fitted.
+    pub clv_minor: Option<i64>,
+    /// RFM segment.
+    pub rfm_segment: Option<String>,
+}
+
 /// Why a read-model operation failed.
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -549,6 +577,49 @@ impl ReadModelDb {
             })
             .collect();
         Ok((population, rows))
+    }
+
+    /// Every customer's row of the population snapshot of a version,
+    /// joined across read models, in customer id order, streaming (see
+    /// [`SummaryRow`]).
+    pub async fn for_each_summary<E>(
+        &self,
+        model_version: i64,
+        mut f: impl FnMut(SummaryRow) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StorageError> {
+        use futures::TryStreamExt;
+        const SQL: &str = "SELECT s.customer_id, cm.cohort_month, s.stage, s.value_tier, \
+             s.revenue_minor, la.tier, la.balance, c.frequency, c.p_alive, c.clv_minor, \
+             c.rfm_segment \
+             FROM lifecycle_snapshot s \
+             LEFT JOIN cohort_members cm ON cm.model_version = s.model_version AND cm.customer_id = s.customer_id \
+             LEFT JOIN loyalty_accounts la ON la.model_version = s.model_version AND la.customer_id = s.customer_id \
+             LEFT JOIN customer_clv c ON c.model_version = s.model_version AND c.customer_id = s.customer_id \
+             WHERE s.model_version = $1 ORDER BY s.customer_id";
+        Ok(both!(self, pool => {
+            let mut rows = sqlx::query(SQL).bind(model_version).fetch(pool);
+            let mut outcome = Ok(());
+            while let Some(r) = rows.try_next().await? {
+                let row = SummaryRow {
+                    customer_id: r.try_get(0)?,
+                    cohort_month: r.try_get(1)?,
+                    stage: r.try_get(2)?,
+                    value_tier: r.try_get(3)?,
+                    revenue_minor: r.try_get(4)?,
+                    loyalty_tier: r.try_get(5)?,
+                    points_balance: r.try_get(6)?,
+                    repeat_purchases: r.try_get(7)?,
+                    p_alive: r.try_get(8)?,
+                    clv_minor: r.try_get(9)?,
+                    rfm_segment: r.try_get(10)?,
+                };
+                if let Err(e) = f(row) {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            outcome
+        }))
     }
 
     /// The active version's number, without its rules (cheap enough to ask
