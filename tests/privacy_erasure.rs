@@ -43,6 +43,18 @@ fn raw_files(db: &Path) -> Vec<u8> {
     all
 }
 
+/// The email of a customer's registration, opened with the vault.
+async fn registered_email(store: &dyn EventStore, vault: &Vault, c: &CustomerId) -> Option<String> {
+    let events = store
+        .read_stream(&c.stream_id(), ReadStream::all_forwards())
+        .await
+        .unwrap();
+    let DomainEvent::CustomerRegistered(reg) = events[0].decode().unwrap() else {
+        panic!("the first event of {c} is not its registration")
+    };
+    vault.reveal_profile(c, &reg.profile).await.unwrap().email
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -157,19 +169,9 @@ async fn erasure_leaves_nothing_readable_and_history_still_verifies() {
     assert_eq!(revealed.email.as_deref(), Some(ERASED));
     assert_eq!(revealed.name.as_deref(), Some(ERASED));
     // Other customers are untouched.
-    let g = store
-        .read_stream(&c2.stream_id(), ReadStream::all_forwards())
-        .await
-        .unwrap();
-    let DomainEvent::CustomerRegistered(greg) = g[0].decode().unwrap() else {
-        panic!()
-    };
     assert_eq!(
-        vault
-            .reveal_profile(&c2, &greg.profile)
+        registered_email(store.as_ref(), &vault, &c2)
             .await
-            .unwrap()
-            .email
             .as_deref(),
         Some(GRACE)
     );
@@ -383,19 +385,9 @@ async fn postgres_erasure_leaves_no_column_holding_the_email_or_the_key() {
     }
     // The other customer's key is still there and opens their email.
     let c2 = CustomerId::parse("c-2").unwrap();
-    let g = store
-        .read_stream(&c2.stream_id(), ReadStream::all_forwards())
-        .await
-        .unwrap();
-    let DomainEvent::CustomerRegistered(greg) = g[0].decode().unwrap() else {
-        panic!()
-    };
     assert_eq!(
-        vault
-            .reveal_profile(&c2, &greg.profile)
+        registered_email(store.as_ref(), &vault, &c2)
             .await
-            .unwrap()
-            .email
             .as_deref(),
         Some(GRACE)
     );

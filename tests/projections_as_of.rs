@@ -138,15 +138,25 @@ async fn rebuilt_view(
     runner::rebuild(store.clone(), &db, rules, &opts, start(), |_| {})
         .await
         .unwrap();
+    let views = views_at(&store, &db, at).await;
+    db.close().await;
+    views
+}
+
+/// Every customer's view as of `at` from the active read models.
+async fn views_at(
+    store: &Arc<dyn EventStore>,
+    db: &ReadModelDb,
+    at: DateTime<Utc>,
+) -> Vec<Option<CustomerView>> {
     let mut views = Vec::new();
     for c in 0..CUSTOMERS {
         views.push(comparable(
-            customer_as_of(store.clone(), &db, &customer(c), at)
+            customer_as_of(store.clone(), db, &customer(c), at)
                 .await
                 .unwrap(),
         ));
     }
-    db.close().await;
     views
 }
 
@@ -190,14 +200,7 @@ async fn check(rounds: Vec<(Vec<Step>, i64)>) {
         }
         runner::catch_up(store.clone(), &db, BATCH).await.unwrap();
         let at = start() + Duration::days(ask_day);
-        let mut views = Vec::new();
-        for c in 0..CUSTOMERS {
-            views.push(comparable(
-                customer_as_of(store.clone(), &db, &customer(c), at)
-                    .await
-                    .unwrap(),
-            ));
-        }
+        let views = views_at(&store, &db, at).await;
         // Everything appended so far was recorded before this instant, and
         // the next round's events after it.
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;

@@ -91,6 +91,37 @@ macro_rules! both {
     };
 }
 
+/// Builds a [`StoredState`] from a row of
+/// `SELECT projection, customer_id, last_occurred_us, state` (either backend).
+macro_rules! stored_state {
+    ($r:expr) => {
+        StoredState {
+            projection: $r.try_get(0)?,
+            customer_id: $r.try_get(1)?,
+            last_occurred_us: $r.try_get(2)?,
+            state: $r.try_get(3)?,
+        }
+    };
+}
+
+/// Streams `$rows` (a `fetch` stream), each built into a value by `$build`,
+/// into the callback `$f`; evaluates to `Ok(())` or the callback's first
+/// error, which stops the stream.
+macro_rules! stream_into {
+    ($rows:expr, |$r:ident| $build:expr, $f:expr) => {{
+        use futures::TryStreamExt;
+        let mut rows = $rows;
+        let mut outcome = Ok(());
+        while let Some($r) = rows.try_next().await? {
+            if let Err(e) = $f($build) {
+                outcome = Err(e);
+                break;
+            }
+        }
+        outcome
+    }};
+}
+
 /// Binds one value into a query under construction.
 macro_rules! push_value {
     ($sep:expr, $value:expr) => {
@@ -380,7 +411,6 @@ impl ReadModelDb {
         projection: Option<&str>,
         mut f: impl FnMut(StoredState) -> Result<(), E>,
     ) -> Result<Result<(), E>, StorageError> {
-        use futures::TryStreamExt;
         let sql = format!(
             "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
              WHERE model_version = $1{}",
@@ -395,21 +425,7 @@ impl ReadModelDb {
             if let Some(p) = projection {
                 q = q.bind(p.to_owned());
             }
-            let mut rows = q.fetch(pool);
-            let mut outcome = Ok(());
-            while let Some(r) = rows.try_next().await? {
-                let stored = StoredState {
-                    projection: r.try_get(0)?,
-                    customer_id: r.try_get(1)?,
-                    last_occurred_us: r.try_get(2)?,
-                    state: r.try_get(3)?,
-                };
-                if let Err(e) = f(stored) {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-            outcome
+            stream_into!(q.fetch(pool), |r| stored_state!(r), f)
         }))
     }
 
@@ -482,12 +498,7 @@ impl ReadModelDb {
         Ok(both!(self, pool => {
             let row = sqlx::query(SQL).bind(model_version).bind(projection).bind(customer_id)
                 .fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, sqlx::Error>(StoredState {
-                projection: r.try_get(0)?,
-                customer_id: r.try_get(1)?,
-                last_occurred_us: r.try_get(2)?,
-                state: r.try_get(3)?,
-            })).transpose()?
+            row.map(|r| Ok::<_, sqlx::Error>(stored_state!(r))).transpose()?
         }))
     }
 
@@ -515,12 +526,7 @@ impl ReadModelDb {
             }
             q.fetch_all(pool).await?
                 .iter()
-                .map(|r| Ok::<_, sqlx::Error>(StoredState {
-                    projection: r.try_get(0)?,
-                    customer_id: r.try_get(1)?,
-                    last_occurred_us: r.try_get(2)?,
-                    state: r.try_get(3)?,
-                }))
+                .map(|r| Ok::<_, sqlx::Error>(stored_state!(r)))
                 .collect::<Result<Vec<_>, _>>()?
         }))
     }
@@ -587,7 +593,6 @@ impl ReadModelDb {
         model_version: i64,
         mut f: impl FnMut(SummaryRow) -> Result<(), E>,
     ) -> Result<Result<(), E>, StorageError> {
-        use futures::TryStreamExt;
         const SQL: &str = "SELECT s.customer_id, cm.cohort_month, s.stage, s.value_tier, \
              s.revenue_minor, la.tier, la.balance, c.frequency, c.p_alive, c.clv_minor, \
              c.rfm_segment \
@@ -597,10 +602,9 @@ impl ReadModelDb {
              LEFT JOIN customer_clv c ON c.model_version = s.model_version AND c.customer_id = s.customer_id \
              WHERE s.model_version = $1 ORDER BY s.customer_id";
         Ok(both!(self, pool => {
-            let mut rows = sqlx::query(SQL).bind(model_version).fetch(pool);
-            let mut outcome = Ok(());
-            while let Some(r) = rows.try_next().await? {
-                let row = SummaryRow {
+            stream_into!(
+                sqlx::query(SQL).bind(model_version).fetch(pool),
+                |r| SummaryRow {
                     customer_id: r.try_get(0)?,
                     cohort_month: r.try_get(1)?,
                     stage: r.try_get(2)?,
@@ -612,13 +616,9 @@ impl ReadModelDb {
                     p_alive: r.try_get(8)?,
                     clv_minor: r.try_get(9)?,
                     rfm_segment: r.try_get(10)?,
-                };
-                if let Err(e) = f(row) {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-            outcome
+                },
+                f
+            )
         }))
     }
 
