@@ -73,47 +73,68 @@ pub const TABLES: &[TableSpec] = &[TableSpec {
 
 impl ClvScores {
     /// Fits the purchase and spend models on the summaries and scores every
-    /// customer. A customer the spend model cannot score (repeat purchases
-    /// averaging zero or less, which Gamma-Gamma excludes from its fit) gets
-    /// no CLV; with no fit at all (too little data) nobody does, and the
-    /// reason is logged.
-    fn fit(&self, summaries: &[CustomerSummary]) -> HashMap<String, CustomerClv> {
+    /// customer. Without a purchase model (too little data) nobody is
+    /// scored, and the reason is logged. Without a spend model (Gamma-Gamma
+    /// did not fit) customers keep P(alive) and expected purchases, and CLV
+    /// stays empty; so does the CLV of a customer the spend model cannot
+    /// score (repeat purchases averaging zero or less).
+    fn fit(&self, summaries: &[CustomerSummary]) -> HashMap<String, Scored> {
         let rules = &self.rules;
         let unit = rules.model.time_unit;
         let scale = 10u32.pow(u32::from(rules.currency.minor_digits()));
-        let models = || -> Result<_, crate::clv::ClvError> {
-            let purchase = fit_purchase_model(summaries, rules.model.purchase_model)?;
-            let spend = GammaGammaParams::fit(
-                &GammaGammaData::from_summaries(summaries, scale)?,
-                &FitOptions::default(),
-            )?
-            .params;
-            Ok((purchase, spend))
-        };
-        let (purchase, spend) = match models() {
-            Ok(models) => models,
+        let purchase = match fit_purchase_model(summaries, rules.model.purchase_model) {
+            Ok(model) => model,
             Err(e) => {
                 tracing::warn!(customers = summaries.len(), "CLV models not fitted: {e}");
                 return HashMap::new();
             }
         };
+        let spend = GammaGammaData::from_summaries(summaries, scale)
+            .and_then(|data| GammaGammaParams::fit(&data, &FitOptions::default()))
+            .map(|fit| fit.params)
+            .map_err(|e| {
+                tracing::warn!(
+                    customers = summaries.len(),
+                    "spend model not fitted, CLV left empty (P(alive) kept): {e}"
+                )
+            })
+            .ok();
         let options = ClvOptions::monthly(
             unit,
             rules.clv.horizon_months,
             rules.clv.monthly_discount_rate,
         );
+        let horizon = f64::from(options.horizon_periods) * options.period_length;
         let mut unscored = 0usize;
-        let scores: HashMap<String, CustomerClv> = summaries
+        let scores: HashMap<String, Scored> = summaries
             .iter()
             .filter_map(|summary| {
-                let one = std::slice::from_ref(summary);
-                match customer_lifetime_value(&purchase, &spend, one, scale, &options) {
-                    Ok(mut v) => v.pop().map(|c| (c.customer.clone(), c)),
-                    Err(_) => {
-                        unscored += 1;
-                        None
+                let x = f64::from(summary.frequency);
+                let (Ok(p_alive), Ok(expected_purchases)) = (
+                    purchase.p_alive(x, summary.recency, summary.t),
+                    purchase.conditional_expected_purchases(horizon, x, summary.recency, summary.t),
+                ) else {
+                    unscored += 1;
+                    return None;
+                };
+                let value = spend.as_ref().and_then(|spend| {
+                    let one = std::slice::from_ref(summary);
+                    match customer_lifetime_value(&purchase, spend, one, scale, &options) {
+                        Ok(mut v) => v.pop(),
+                        Err(_) => {
+                            unscored += 1;
+                            None
+                        }
                     }
-                }
+                });
+                Some((
+                    summary.customer.clone(),
+                    Scored {
+                        p_alive,
+                        expected_purchases,
+                        value,
+                    },
+                ))
             })
             .collect();
         if unscored > 0 {
@@ -124,6 +145,14 @@ impl ClvScores {
         }
         scores
     }
+}
+
+/// One customer's model outputs: the purchase model's, and the spend
+/// model's CLV when there is one.
+struct Scored {
+    p_alive: f64,
+    expected_purchases: f64,
+    value: Option<CustomerClv>,
 }
 
 impl CustomerFold for ClvScores {
@@ -203,6 +232,7 @@ impl CustomerFold for ClvScores {
         let t = as_of.timestamp_micros();
         for summary in &summaries {
             let c = clv.get(&summary.customer);
+            let value = c.and_then(|c| c.value.as_ref());
             let r = rfm.get(&summary.customer);
             let score =
                 |f: fn(&crate::clv::RfmScore) -> u8| Value::from(r.map(|s| i64::from(f(s))));
@@ -216,8 +246,8 @@ impl CustomerFold for ClvScores {
                     Value::Real(summary.t),
                     c.map(|c| c.p_alive).into(),
                     c.map(|c| c.expected_purchases).into(),
-                    c.map(|c| c.expected_average_spend * scale).into(),
-                    Value::from(c.map(|c| (c.clv * scale).round() as i64)),
+                    value.map(|v| v.expected_average_spend * scale).into(),
+                    Value::from(value.map(|v| (v.clv * scale).round() as i64)),
                     score(|s| s.r),
                     score(|s| s.f),
                     score(|s| s.m),
@@ -225,6 +255,90 @@ impl CustomerFold for ClvScores {
                     Value::from(r.and_then(|s| s.segment.as_deref())),
                 ],
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+
+    use super::*;
+
+    /// The CDNOW sample's transactions, as `fixtures/cdnow_sample.txt`
+    /// lists them (`id sample date cds dollars`).
+    fn cdnow_summaries(rules: &ClvRules) -> Vec<CustomerSummary> {
+        let text = include_str!("../../fixtures/cdnow_sample.txt");
+        let transactions: Vec<Transaction> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (dollars, cents) = f[4].split_once('.').unwrap_or((f[4], "0"));
+                let cents = format!("{cents:0<2}");
+                Transaction {
+                    customer: f[0].to_owned(),
+                    at: NaiveDate::parse_from_str(f[2], "%Y%m%d")
+                        .expect("date")
+                        .and_hms_opt(0, 0, 0)
+                        .expect("midnight")
+                        .and_utc(),
+                    amount_minor: dollars.parse::<i64>().expect("dollars") * 100
+                        + cents[..2].parse::<i64>().expect("cents"),
+                }
+            })
+            .collect();
+        let end = NaiveDate::from_ymd_opt(1998, 6, 30)
+            .expect("date")
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc();
+        summarize(&transactions, end, rules.model.time_unit).expect("summaries")
+    }
+
+    fn shipped() -> ClvScores {
+        let text = include_str!("../../projections/clv.toml");
+        ClvScores {
+            rules: ClvRules::parse(text).expect("shipped clv.toml"),
+        }
+    }
+
+    #[test]
+    fn every_customer_is_scored_when_both_models_fit() {
+        let scores = shipped();
+        let summaries = cdnow_summaries(&scores.rules);
+        let fitted = scores.fit(&summaries);
+        assert_eq!(fitted.len(), summaries.len());
+        let repeat_with_value = summaries
+            .iter()
+            .filter(|s| s.frequency > 0 && s.monetary_value_minor_avg > 0.0)
+            .filter(|s| fitted[&s.customer].value.is_some())
+            .count();
+        assert!(repeat_with_value > 0, "no repeat buyer got a CLV");
+    }
+
+    /// Gamma-Gamma has nothing to fit when no repeat purchase has positive
+    /// value; the purchase model still fits, so P(alive) must survive.
+    #[test]
+    fn p_alive_survives_a_spend_model_that_cannot_fit() {
+        let scores = shipped();
+        let mut summaries = cdnow_summaries(&scores.rules);
+        for s in &mut summaries {
+            s.monetary_value_minor_avg = 0.0;
+        }
+        let fitted = scores.fit(&summaries);
+        assert_eq!(fitted.len(), summaries.len());
+        for (customer, scored) in &fitted {
+            assert!(
+                scored.value.is_none(),
+                "{customer} got a CLV without a spend model"
+            );
+            assert!(
+                (0.0..=1.0).contains(&scored.p_alive),
+                "{customer}: P(alive) {}",
+                scored.p_alive
+            );
+            assert!(scored.expected_purchases >= 0.0);
         }
     }
 }
