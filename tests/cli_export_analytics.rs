@@ -4,34 +4,23 @@
 //! nothing written, when the key is missing.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use journey_ledger::testing::temp_sqlite;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{journey_command, ok};
 
 const KEY_ENV: &str = "JOURNEY_PSEUDONYM_KEY";
 
 fn journey(store: &str, key: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_journey"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("JOURNEY_STORE")
-        .env_remove("JOURNEY_CONFIG")
-        .env_remove(KEY_ENV);
+    let mut cmd = journey_command(store);
+    cmd.args(args);
     if let Some(key) = key {
         cmd.env(KEY_ENV, key);
     }
     cmd.output().expect("run journey")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "journey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// The CDNOW sample's customer ids.

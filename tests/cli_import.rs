@@ -2,29 +2,12 @@
 //! real SQLite file.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use journey_ledger::testing::temp_sqlite;
 
-fn journey(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_journey"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("JOURNEY_STORE")
-        .env_remove("JOURNEY_CONFIG")
-        .output()
-        .expect("run journey")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "journey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{journey, ok};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

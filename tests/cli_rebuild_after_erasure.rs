@@ -2,32 +2,13 @@
 //! `journey rebuild` still succeed, the erased email is nowhere in the store
 //! file, and the rebuild itself is recorded (who, why) in `ledger-admin`.
 
-use std::process::{Command, Output};
-
 use journey_ledger::domain::StreamId;
 use journey_ledger::store::{self, ReadStream};
 use journey_ledger::testing::temp_sqlite;
 
-fn journey(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_journey"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("JOURNEY_STORE")
-        .env_remove("JOURNEY_CONFIG")
-        .output()
-        .expect("run journey")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "journey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{journey, ok};
 
 #[tokio::test]
 async fn rebuild_and_verify_succeed_after_erasure_and_rebuilds_are_recorded() {

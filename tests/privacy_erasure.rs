@@ -12,6 +12,9 @@ use journey_ledger::domain::events::DomainEvent;
 use journey_ledger::domain::{CustomerId, EventMetadata, NewEvent, StreamId};
 use journey_ledger::import::{import_file, import_file_with_vault, ImportFormat};
 use journey_ledger::privacy::{erase_customer, Vault, ERASED};
+use journey_ledger::projections::rules::RuleSet;
+use journey_ledger::projections::runner::{self, RebuildOptions};
+use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::store::{self, EventStore, ExpectedVersion, ReadStream};
 use journey_ledger::testing::temp_sqlite;
 use proptest::prelude::*;
@@ -242,6 +245,20 @@ async fn erasure_leaves_nothing_readable_and_history_still_verifies() {
         .starts_with("customer-c-1 v2 @ position"));
 }
 
+/// Rebuilds every read model under the shipped rules.
+async fn rebuild_shipped(store: Arc<dyn EventStore>, read_models: &ReadModelDb) {
+    runner::rebuild(
+        store,
+        read_models,
+        &RuleSet::shipped_defaults(),
+        &RebuildOptions::default(),
+        chrono::Utc::now(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+}
+
 /// Every row of every table in the database's `public` schema, each as
 /// PostgreSQL's text form of the whole row (bytea renders as `\x` hex).
 async fn all_rows_as_text(url: &str) -> Vec<(String, String)> {
@@ -279,9 +296,6 @@ async fn key_table_file(url: &str) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn postgres_erasure_leaves_no_column_holding_the_email_or_the_key() {
-    use journey_ledger::projections::rules::RuleSet;
-    use journey_ledger::projections::runner::{self, RebuildOptions};
-    use journey_ledger::projections::storage::ReadModelDb;
     let temp = journey_ledger::testing::TempDatabase::create()
         .await
         .unwrap();
@@ -299,17 +313,7 @@ async fn postgres_erasure_leaves_no_column_holding_the_email_or_the_key() {
     .await
     .unwrap();
     let read_models = ReadModelDb::open(&url).await.unwrap();
-    let rules = RuleSet::shipped_defaults();
-    runner::rebuild(
-        store.clone(),
-        &read_models,
-        &rules,
-        &RebuildOptions::default(),
-        chrono::Utc::now(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    rebuild_shipped(store.clone(), &read_models).await;
 
     let key: Vec<u8> = {
         use sqlx::Connection;
@@ -351,16 +355,7 @@ async fn postgres_erasure_leaves_no_column_holding_the_email_or_the_key() {
     .await
     .unwrap();
     // The read models rebuild after erasure, and the history verifies.
-    runner::rebuild(
-        store.clone(),
-        &read_models,
-        &rules,
-        &RebuildOptions::default(),
-        chrono::Utc::now(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    rebuild_shipped(store.clone(), &read_models).await;
     assert!(verify_store(store.clone(), |_| {})
         .await
         .unwrap()
