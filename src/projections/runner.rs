@@ -373,7 +373,7 @@ impl Projector {
         // (which dropped the ones folded earlier in this batch).
         batch.rows = rows;
         if with_population {
-            batch.population = self.population_rows();
+            batch.population = off_the_reactor(|| self.population_rows());
         }
         self.folded_to = last_position;
         self.fold_secs += started.elapsed().as_secs_f64();
@@ -436,7 +436,7 @@ impl Projector {
         let started = std::time::Instant::now();
         let batch = BatchWrite {
             checkpoint: self.checkpoint as i64,
-            population: self.population_rows(),
+            population: off_the_reactor(|| self.population_rows()),
             ..Default::default()
         };
         self.db
@@ -755,5 +755,19 @@ impl Follower {
             });
         }
         Ok(())
+    }
+}
+
+/// Runs CPU-heavy work (population refits: the CLV models over every
+/// customer take seconds to minutes at a million customers) without
+/// stalling the async worker it is called on: on a multi-threaded runtime
+/// the worker's other tasks (a server's requests) move to another thread
+/// meanwhile. A current-thread runtime (tests, one-shot commands) has no
+/// other worker to hand them to, so there it simply runs.
+fn off_the_reactor<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
