@@ -227,6 +227,9 @@ pub struct Projector {
     fold_secs: f64,
     /// Seconds spent committing.
     write_secs: f64,
+    /// How long the last population refit took (live maintenance spaces
+    /// refits by it).
+    last_refit: std::time::Duration,
 }
 
 impl Projector {
@@ -273,6 +276,7 @@ impl Projector {
             watermark: watermark_us.and_then(DateTime::from_timestamp_micros),
             fold_secs: 0.0,
             write_secs: 0.0,
+            last_refit: std::time::Duration::ZERO,
         })
     }
 
@@ -373,7 +377,7 @@ impl Projector {
         // (which dropped the ones folded earlier in this batch).
         batch.rows = rows;
         if with_population {
-            batch.population = off_the_reactor(|| self.population_rows());
+            batch.population = self.refit_population();
         }
         self.folded_to = last_position;
         self.fold_secs += started.elapsed().as_secs_f64();
@@ -420,6 +424,22 @@ impl Projector {
         Ok(())
     }
 
+    /// [`Self::population_rows`] off the reactor, timed.
+    fn refit_population(&mut self) -> Option<(i64, Vec<Row>)> {
+        let started = std::time::Instant::now();
+        let rows = off_the_reactor(|| self.population_rows());
+        self.last_refit = started.elapsed();
+        rows
+    }
+
+    /// When live maintenance may refit the population next: at least
+    /// [`POPULATION_EVERY`] apart, and at least four refits' durations, so
+    /// refits over a large population (minutes at a million customers when
+    /// a model fit struggles) take at most a fifth of the time.
+    fn next_refit(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + POPULATION_EVERY.max(self.last_refit * 4)
+    }
+
     /// Every fold's population rows as of the newest event folded, with
     /// that instant (µs); `None` before any customer event.
     fn population_rows(&self) -> Option<(i64, Vec<Row>)> {
@@ -436,7 +456,7 @@ impl Projector {
         let started = std::time::Instant::now();
         let batch = BatchWrite {
             checkpoint: self.checkpoint as i64,
-            population: off_the_reactor(|| self.population_rows()),
+            population: self.refit_population(),
             ..Default::default()
         };
         self.db
@@ -650,7 +670,8 @@ pub async fn catch_up(
     Ok(applied)
 }
 
-/// How often live maintenance rewrites the population tables at most.
+/// How often live maintenance rewrites the population tables at most
+/// (slow refits are spaced further apart: see `Projector::next_refit`).
 pub const POPULATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What one live batch committed, for listeners (the API's subscriptions).
@@ -666,7 +687,8 @@ pub struct Committed {
 
 /// Follows the store's subscription forever, maintaining the active
 /// version: each ready group of events (up to `batch_events`) is one
-/// transaction; population tables follow within [`POPULATION_EVERY`].
+/// transaction; population tables follow within [`POPULATION_EVERY`] (or
+/// four refits' durations, when refits are slower than half a second).
 /// `on_batch` hears of each committed batch.
 pub async fn follow(
     store: Arc<dyn EventStore>,
@@ -716,8 +738,9 @@ impl Follower {
         let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
             .ready_chunks(batch_events.max(1));
         // Population tables (value tiers, CLV refits) cost O(customers): they
-        // are rewritten at most every POPULATION_EVERY, and once more when the
-        // stream goes quiet, not after every small live batch.
+        // are rewritten at most every POPULATION_EVERY (longer when refits
+        // are slow), and once more when the stream goes quiet, not after
+        // every small live batch.
         let mut population_due = tokio::time::Instant::now();
         let mut population_stale = false;
         loop {
@@ -726,7 +749,7 @@ impl Follower {
                 _ = tokio::time::sleep_until(population_due), if population_stale => {
                     projector.write_population().await?;
                     population_stale = false;
-                    population_due = tokio::time::Instant::now() + POPULATION_EVERY;
+                    population_due = projector.next_refit();
                     continue;
                 }
             };
@@ -736,7 +759,7 @@ impl Follower {
             let batch = projector.fold(&chunk, with_population).await?;
             if with_population {
                 population_stale = false;
-                population_due = tokio::time::Instant::now() + POPULATION_EVERY;
+                population_due = projector.next_refit();
             } else {
                 population_stale = true;
             }
