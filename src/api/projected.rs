@@ -205,14 +205,14 @@ impl ProjectedReadModels {
                         segment,
                     });
                 }
-                if let (Some(clv), Some(p_alive), Some(purchases)) =
-                    (scores.clv_minor, scores.p_alive, scores.expected_purchases)
+                if let (Some(p_alive), Some(purchases)) =
+                    (scores.p_alive, scores.expected_purchases)
                 {
                     view.clv = Some(Clv {
-                        expected_value: MoneyView {
-                            minor: clv,
+                        expected_value: scores.clv_minor.map(|minor| MoneyView {
+                            minor,
                             currency: scores.currency.clone(),
-                        },
+                        }),
                         probability_alive: p_alive,
                         expected_purchases: purchases,
                         horizon_days: scores.horizon_days,

@@ -154,8 +154,9 @@ pub struct Rfm {
 /// Customer lifetime value figures.
 #[derive(Debug, Clone, PartialEq, SimpleObject)]
 pub struct Clv {
-    /// Expected value over the horizon, minor units.
-    pub expected_value: MoneyView,
+    /// Expected value over the horizon, minor units; null when the spend
+    /// model could not be fitted (the purchase model's figures still are).
+    pub expected_value: Option<MoneyView>,
     /// Probability the customer is still active (0–1).
     pub probability_alive: f64,
     /// Expected purchases over the horizon.
