@@ -33,13 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = CompressedData::from_summaries(&summaries);
     let compress_s = t2.elapsed().as_secs_f64();
     let t3 = Instant::now();
-    let fit = BgNbdParams::fit(
-        &data,
-        &FitOptions {
-            standard_errors: false,
-            ..FitOptions::default()
-        },
-    )?;
+    let fit = BgNbdParams::fit(&data, &FitOptions::point_estimates())?;
     let fit_s = t3.elapsed().as_secs_f64();
     let t4 = Instant::now();
     let fit_se = BgNbdParams::fit(&data, &FitOptions::default())?;

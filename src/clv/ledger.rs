@@ -255,7 +255,7 @@ pub fn score(
     let scale = minor_per_major(rules.currency);
     let spend = GammaGammaParams::fit(
         &GammaGammaData::from_summaries(&summaries, scale)?,
-        &FitOptions::default(),
+        &FitOptions::point_estimates(),
     )?
     .params;
     let month = TimeUnit::Month.days() / unit.days();
@@ -288,13 +288,13 @@ pub fn score(
     })
 }
 
-/// Fits the chosen purchase model.
+/// Fits the chosen purchase model (parameters only, no standard errors).
 pub fn fit_purchase_model(
     summaries: &[CustomerSummary],
     model: ModelChoice,
 ) -> Result<PurchaseModel, ClvError> {
     let data = CompressedData::from_summaries(summaries);
-    let opts = FitOptions::default();
+    let opts = FitOptions::point_estimates();
     Ok(match model {
         ModelChoice::Bgnbd => PurchaseModel::BgNbd(BgNbdParams::fit(&data, &opts)?.params),
         ModelChoice::Paretonbd => {
@@ -399,7 +399,7 @@ pub fn channel_economics(
     let scale = minor_per_major(rules.currency);
     let spend = GammaGammaParams::fit(
         &GammaGammaData::from_summaries(&summaries, scale)?,
-        &FitOptions::default(),
+        &FitOptions::point_estimates(),
     )?
     .params;
     let options = ClvOptions::monthly(

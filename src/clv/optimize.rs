@@ -36,6 +36,18 @@ impl Default for FitOptions {
     }
 }
 
+impl FitOptions {
+    /// The defaults without standard errors, for callers that use only the
+    /// parameters (scoring, the CLV read model's refits): the numerical
+    /// Hessian would cost 4n² likelihood evaluations over every customer.
+    pub fn point_estimates() -> Self {
+        Self {
+            standard_errors: false,
+            ..Self::default()
+        }
+    }
+}
+
 /// Outcome of [`nelder_mead`]; `x` is the best point seen.
 #[derive(Debug, Clone)]
 pub(crate) struct Minimum {

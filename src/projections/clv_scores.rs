@@ -90,7 +90,7 @@ impl ClvScores {
             }
         };
         let spend = GammaGammaData::from_summaries(summaries, scale)
-            .and_then(|data| GammaGammaParams::fit(&data, &FitOptions::default()))
+            .and_then(|data| GammaGammaParams::fit(&data, &FitOptions::point_estimates()))
             .map(|fit| fit.params)
             .map_err(|e| {
                 tracing::warn!(
