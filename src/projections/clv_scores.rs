@@ -19,8 +19,8 @@ use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 use crate::clv::ledger::fit_purchase_model;
 use crate::clv::rules::ClvRules;
 use crate::clv::{
-    customer_lifetime_value, rfm_inputs_from_transactions, score_rfm, summarize, ClvOptions,
-    CustomerClv, CustomerSummary, FitOptions, GammaGammaData, GammaGammaParams, Transaction,
+    discounted_clv, rfm_inputs_from_transactions, score_rfm, summarize, ClvOptions,
+    CustomerSummary, FitOptions, GammaGammaData, GammaGammaParams, Transaction,
 };
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
@@ -105,7 +105,7 @@ impl ClvScores {
             rules.clv.monthly_discount_rate,
         );
         let horizon = f64::from(options.horizon_periods) * options.period_length;
-        let mut unscored = 0usize;
+        let (mut unscored, mut without_value) = (0usize, 0usize);
         let scores: HashMap<String, Scored> = summaries
             .iter()
             .filter_map(|summary| {
@@ -118,14 +118,23 @@ impl ClvScores {
                     return None;
                 };
                 let value = spend.as_ref().and_then(|spend| {
-                    let one = std::slice::from_ref(summary);
-                    match customer_lifetime_value(&purchase, spend, one, scale, &options) {
-                        Ok(mut v) => v.pop(),
-                        Err(_) => {
-                            unscored += 1;
-                            None
-                        }
-                    }
+                    let average = spend.conditional_expected_average_spend(
+                        x,
+                        summary.monetary_value_minor_avg / f64::from(scale),
+                    );
+                    let value = average.and_then(|average| {
+                        let clv = discounted_clv(
+                            &purchase,
+                            x,
+                            summary.recency,
+                            summary.t,
+                            average,
+                            &options,
+                        )?;
+                        Ok(SpendValue { average, clv })
+                    });
+                    without_value += usize::from(value.is_err());
+                    value.ok()
                 });
                 Some((
                     summary.customer.clone(),
@@ -138,8 +147,11 @@ impl ClvScores {
             })
             .collect();
         if unscored > 0 {
+            tracing::info!(unscored, "customers the purchase model could not score");
+        }
+        if without_value > 0 {
             tracing::info!(
-                unscored,
+                without_value,
                 "customers without CLV (non-positive repeat spend)"
             );
         }
@@ -148,11 +160,19 @@ impl ClvScores {
 }
 
 /// One customer's model outputs: the purchase model's, and the spend
-/// model's CLV when there is one.
+/// model's when there is one.
 struct Scored {
     p_alive: f64,
     expected_purchases: f64,
-    value: Option<CustomerClv>,
+    value: Option<SpendValue>,
+}
+
+/// What the spend model adds for one customer (major units).
+struct SpendValue {
+    /// Expected spend per future purchase.
+    average: f64,
+    /// Discounted value over the horizon.
+    clv: f64,
 }
 
 impl CustomerFold for ClvScores {
@@ -246,7 +266,7 @@ impl CustomerFold for ClvScores {
                     Value::Real(summary.t),
                     c.map(|c| c.p_alive).into(),
                     c.map(|c| c.expected_purchases).into(),
-                    value.map(|v| v.expected_average_spend * scale).into(),
+                    value.map(|v| v.average * scale).into(),
                     Value::from(value.map(|v| (v.clv * scale).round() as i64)),
                     score(|s| s.r),
                     score(|s| s.f),
@@ -264,6 +284,7 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::*;
+    use crate::domain::{Currency, Money};
 
     /// The CDNOW sample's transactions, as `fixtures/cdnow_sample.txt`
     /// lists them (`id sample date cds dollars`).
@@ -274,8 +295,6 @@ mod tests {
             .filter(|l| !l.trim().is_empty())
             .map(|line| {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                let (dollars, cents) = f[4].split_once('.').unwrap_or((f[4], "0"));
-                let cents = format!("{cents:0<2}");
                 Transaction {
                     customer: f[0].to_owned(),
                     at: NaiveDate::parse_from_str(f[2], "%Y%m%d")
@@ -283,8 +302,9 @@ mod tests {
                         .and_hms_opt(0, 0, 0)
                         .expect("midnight")
                         .and_utc(),
-                    amount_minor: dollars.parse::<i64>().expect("dollars") * 100
-                        + cents[..2].parse::<i64>().expect("cents"),
+                    amount_minor: Money::parse_decimal(f[4], Currency::USD)
+                        .expect("dollars")
+                        .minor,
                 }
             })
             .collect();
