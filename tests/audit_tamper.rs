@@ -13,6 +13,9 @@ use journey_ledger::store::{self, EventStore};
 use journey_ledger::testing::{temp_sqlite, TempDatabase};
 use sqlx::{Connection, Executor, Row, SqliteConnection};
 
+#[path = "common/cli.rs"]
+mod cli;
+
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/cdnow_sample.txt");
 
 /// An imported CDNOW sample in a fresh file; the store is closed again.
@@ -280,12 +283,7 @@ async fn a_forged_event_with_a_correct_chain_is_found_through_the_head() {
 #[tokio::test]
 async fn the_cli_exits_non_zero_on_a_tampered_file_and_zero_on_an_intact_one() {
     let (_dir, url) = imported().await;
-    let run = |url: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_journey"))
-            .args(["verify", "--store", url])
-            .output()
-            .unwrap()
-    };
+    let run = |url: &str| cli::journey(url, &["verify"]);
     let ok = run(&url);
     assert!(
         ok.status.success(),

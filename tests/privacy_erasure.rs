@@ -19,6 +19,9 @@ use journey_ledger::store::{self, EventStore, ExpectedVersion, ReadStream};
 use journey_ledger::testing::temp_sqlite;
 use proptest::prelude::*;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 const ADA: &str = "ada.lovelace@example.org";
 const GRACE: &str = "grace.hopper@example.org";
 
@@ -63,10 +66,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn journey(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_journey"))
-        .args(args)
-        .output()
-        .unwrap()
+    cli::journey_binary().args(args).output().unwrap()
 }
 
 #[tokio::test]

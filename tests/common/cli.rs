@@ -7,16 +7,21 @@
 
 use std::process::{Command, Output};
 
-/// `journey --store STORE` from the crate root with a clean environment;
-/// add arguments and variables, then run it.
-pub fn journey_command(store: &str) -> Command {
+/// `journey` from the crate root with a clean environment; add arguments
+/// and variables, then run it.
+pub fn journey_binary() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_journey"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("--store")
-        .arg(store)
         .env_remove("JOURNEY_STORE")
         .env_remove("JOURNEY_CONFIG")
         .env_remove("JOURNEY_PSEUDONYM_KEY");
+    cmd
+}
+
+/// [`journey_binary`] on one store: `journey --store STORE`.
+pub fn journey_command(store: &str) -> Command {
+    let mut cmd = journey_binary();
+    cmd.arg("--store").arg(store);
     cmd
 }
 
