@@ -22,6 +22,14 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}: {problem}")]
+    Env {
+        /// Variable.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The file is not valid TOML for [`Config`].
     #[error("config file {path}: {message}")]
     Parse {
@@ -42,6 +50,34 @@ pub struct Config {
     pub rules_dir: PathBuf,
     /// Settings of `journey serve`.
     pub server: ServerConfig,
+    /// Settings of the projection runner.
+    pub projections: ProjectionsConfig,
+}
+
+/// Settings of the projection runner (`[projections]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionsConfig {
+    /// Memory for customer states the live runner keeps, MiB
+    /// (`JOURNEY_STATE_CACHE_MB`). States not cached are read back from the
+    /// database when a customer's events arrive.
+    pub state_cache_mb: usize,
+    /// Read-model versions kept: the active one and the ones before it
+    /// (`JOURNEY_KEEP_VERSIONS`); older ones are dropped after a switch.
+    pub keep_versions: usize,
+    /// Pins "now" (RFC 3339) for reproducible runs over historical data
+    /// (`JOURNEY_NOW`); the wall clock when absent.
+    pub now: Option<String>,
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        Self {
+            state_cache_mb: 64,
+            keep_versions: 2,
+            now: None,
+        }
+    }
 }
 
 /// Settings of the HTTP server.
@@ -72,6 +108,7 @@ impl Default for Config {
             store: DEFAULT_STORE.to_owned(),
             rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
             server: ServerConfig::default(),
+            projections: ProjectionsConfig::default(),
         }
     }
 }
@@ -105,6 +142,24 @@ impl Config {
         }
         if let Ok(addr) = std::env::var("JOURNEY_ADDR") {
             config.server.addr = addr;
+        }
+        let number = |name: &str| -> Result<Option<usize>, ConfigError> {
+            match std::env::var(name) {
+                Ok(text) => text.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+                    name: name.to_owned(),
+                    problem: format!("must be a whole number, got {text:?}"),
+                }),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(mb) = number("JOURNEY_STATE_CACHE_MB")? {
+            config.projections.state_cache_mb = mb;
+        }
+        if let Some(keep) = number("JOURNEY_KEEP_VERSIONS")? {
+            config.projections.keep_versions = keep;
+        }
+        if let Ok(now) = std::env::var("JOURNEY_NOW") {
+            config.projections.now = Some(now);
         }
         Ok(config)
     }

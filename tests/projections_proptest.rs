@@ -11,10 +11,13 @@ use journey_ledger::domain::events::{
     SubscriptionCancelled,
 };
 use journey_ledger::domain::{Currency, CustomerId, EventMetadata, Money, NewEvent};
+use journey_ledger::projections::clock::Clock;
 use journey_ledger::projections::lifecycle::fold_as_of;
 use journey_ledger::projections::query::customer_as_of;
 use journey_ledger::projections::rules::RuleSet;
-use journey_ledger::projections::runner::{self, all_tables, folds_for, RebuildOptions};
+use journey_ledger::projections::runner::{
+    self, all_tables, folds_for, ProjectorOptions, RebuildOptions,
+};
 use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::store::{self, EventStore, ExpectedVersion, ReadStream};
 use journey_ledger::testing::temp_sqlite;
@@ -69,11 +72,18 @@ async fn check(steps: Vec<Step>, batch: usize) {
     let store: Arc<dyn EventStore> = store::open(&url).await.unwrap();
     let db = ReadModelDb::open(&url).await.unwrap();
     let rules = RuleSet::shipped_defaults();
+    let start = Utc.with_ymd_and_hms(2022, 1, 1, 0, 0, 0).unwrap();
+    // Now is pinned: the tables show every customer as of it.
+    let clock = Clock::Fixed(start + Duration::days(950));
     let opts = RebuildOptions {
         batch_events: batch,
-        stop_after_batches: None,
+        clock,
+        ..RebuildOptions::default()
     };
-    let start = Utc.with_ymd_and_hms(2022, 1, 1, 0, 0, 0).unwrap();
+    let live = ProjectorOptions {
+        clock,
+        ..ProjectorOptions::default()
+    };
     let incremental = runner::rebuild(store.clone(), &db, &rules, &opts, start, |_| {})
         .await
         .unwrap();
@@ -92,10 +102,14 @@ async fn check(steps: Vec<Step>, batch: usize) {
             .await
             .unwrap();
         if step.catch_up {
-            runner::catch_up(store.clone(), &db, batch).await.unwrap();
+            runner::catch_up_with(store.clone(), &db, batch, live)
+                .await
+                .unwrap();
         }
     }
-    runner::catch_up(store.clone(), &db, batch).await.unwrap();
+    runner::catch_up_with(store.clone(), &db, batch, live)
+        .await
+        .unwrap();
     let mut fresh = rules.clone();
     fresh.hash = "from-scratch".into();
     let rebuilt = runner::rebuild(store.clone(), &db, &fresh, &opts, start, |_| {})

@@ -157,6 +157,7 @@ pub async fn query(
         writer.clone(),
         &RuleSet::shipped_defaults(),
         state.live.clone(),
+        crate::projections::runner::ProjectorOptions::default(),
     )
     .await?;
     // Measure the steady state: events the read models have not applied

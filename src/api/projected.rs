@@ -378,9 +378,10 @@ impl ReadModels for ProjectedReadModels {
             head_position,
             source: ReadModelSource::Projection,
             projections: runner::folds_for(&rules)
+                .names()
                 .iter()
-                .map(|fold| ProjectionState {
-                    name: fold.name().to_owned(),
+                .map(|name| ProjectionState {
+                    name: (*name).to_owned(),
                     version: format!("v{} {}", version.model_version, version.rules_id),
                     checkpoint,
                     lag: head_position.saturating_sub(checkpoint),
@@ -412,6 +413,7 @@ pub struct ProjectionControl {
     live: LiveFeeds,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     rebuilding: std::sync::atomic::AtomicBool,
+    options: runner::ProjectorOptions,
 }
 
 /// Why a rebuild could not start.
@@ -433,14 +435,10 @@ impl ProjectionControl {
         self.rebuilding.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Starts following the active version (loading its states first).
+    /// Starts following the active version (its states load on demand).
     async fn start_follower(&self) -> Result<(), RunnerError> {
-        let loading = std::time::Instant::now();
-        let follower = runner::Follower::open(self.store.clone(), &self.db).await?;
-        tracing::info!(
-            secs = loading.elapsed().as_secs_f64(),
-            "projection states loaded; following the store"
-        );
+        let follower = runner::Follower::open(self.store.clone(), &self.db, self.options).await?;
+        tracing::info!("following the store");
         let live = self.live.clone();
         let task = tokio::spawn(async move {
             let result = follower
@@ -508,9 +506,13 @@ impl ProjectionControl {
             self.store.clone(),
             &self.db,
             &self.rules,
-            &RebuildOptions::default(),
+            &RebuildOptions {
+                clock: self.options.clock,
+                cache_bytes: self.options.cache_bytes,
+                ..RebuildOptions::default()
+            },
             now(),
-            |checkpoint| tracing::debug!(checkpoint, "rebuild committed"),
+            |events| tracing::debug!(events, "rebuild progress"),
         )
         .await?;
         if report.activated {
@@ -524,8 +526,9 @@ impl ProjectionControl {
                         self.rules.lifecycle.rules_id, self.rules.hash
                     )),
                     projections: runner::folds_for(&self.rules)
+                        .names()
                         .iter()
-                        .map(|f| f.name().to_owned())
+                        .map(|name| (*name).to_owned())
                         .collect(),
                 },
             )
@@ -553,6 +556,7 @@ pub async fn start_projections(
     db: ReadModelDb,
     rules: &RuleSet,
     live: LiveFeeds,
+    options: runner::ProjectorOptions,
 ) -> Result<Arc<ProjectionControl>, RunnerError> {
     let control = Arc::new(ProjectionControl {
         store,
@@ -561,14 +565,29 @@ pub async fn start_projections(
         live,
         follower: std::sync::Mutex::new(None),
         rebuilding: std::sync::atomic::AtomicBool::new(false),
+        options,
     });
-    if let Err(RunnerError::NoActiveVersion) = runner::active(&control.db).await {
-        tracing::info!("no active read-model version: rebuilding");
-        control
-            .rebuild_now("journey serve", "no read-model version was active at start")
-            .await?;
-    } else {
-        control.start_follower().await?;
+    match runner::active(&control.db).await {
+        Err(RunnerError::NoActiveVersion) => {
+            tracing::info!("no active read-model version: rebuilding");
+            control
+                .rebuild_now("journey serve", "no read-model version was active at start")
+                .await?;
+        }
+        Ok((version, _)) if !version.maintainable() => {
+            tracing::info!(
+                model_version = version.model_version,
+                state_format = version.state_format,
+                "the active read-model version was built by an older build: rebuilding"
+            );
+            control
+                .rebuild_now(
+                    "journey serve",
+                    "the active read-model version's state format is not this build's",
+                )
+                .await?;
+        }
+        _ => control.start_follower().await?,
     }
     Ok(control)
 }

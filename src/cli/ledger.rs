@@ -88,6 +88,19 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
 }
 
 /// A byte- or count-based progress bar on stderr (hidden when not a TTY).
+/// A bar counting items (`unit`) with their rate and the time left.
+pub fn rate_bar(total: u64, what: &str, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit} \
+             ({{per_sec}}, {{eta}} left)"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
 pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(

@@ -34,6 +34,12 @@ pub struct Cli {
     /// Config file (TOML); default ./journey.toml when present.
     #[arg(long, global = true, value_name = "FILE", env = "JOURNEY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Pin "now" for the read models (RFC 3339): rebuilds and the live
+    /// runner advance customers to this instant instead of the wall clock.
+    /// For historical data sets and reproducible runs; also JOURNEY_NOW or
+    /// `[projections] now` in the config.
+    #[arg(long, global = true, value_name = "RFC3339")]
+    pub now: Option<String>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -173,7 +179,33 @@ pub fn settings(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(store) = &cli.store {
         config.store = store.clone();
     }
+    if let Some(now) = &cli.now {
+        config.projections.now = Some(now.clone());
+    }
     Ok(config)
+}
+
+/// The runner's options from the configuration: the clock (pinned by
+/// `--now` / JOURNEY_NOW / `[projections] now`, else the wall clock) and the
+/// state cache budget.
+pub fn projector_options(
+    config: &Config,
+) -> anyhow::Result<journey_ledger::projections::runner::ProjectorOptions> {
+    use journey_ledger::projections::clock::Clock;
+    let clock = match &config.projections.now {
+        Some(text) => Clock::Fixed(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .with_context(|| {
+                    format!("--now / JOURNEY_NOW: {text:?} is not an RFC 3339 instant")
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => Clock::Wall,
+    };
+    Ok(journey_ledger::projections::runner::ProjectorOptions {
+        clock,
+        cache_bytes: config.projections.state_cache_mb.max(1) << 20,
+    })
 }
 
 /// Runs the chosen command.

@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use journey_ledger::config::Config;
 use journey_ledger::domain::CustomerId;
+use journey_ledger::projections::rebuild::DEFAULT_BATCH_EVENTS;
 use journey_ledger::projections::rules::RuleSet;
-use journey_ledger::projections::runner::{self, RebuildOptions, DEFAULT_BATCH_EVENTS};
+use journey_ledger::projections::runner::{self, RebuildOptions};
 use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::projections::{bench, diff, query};
 
-use super::ledger::{open_store, progress_bar};
+use super::ledger::{open_store, progress_bar, rate_bar};
+use super::projector_options;
 
 /// Where the read models live.
 #[derive(Debug, Args)]
@@ -114,9 +116,26 @@ async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadMo
     })
 }
 
+/// The rules of `--rules DIR`, else of the configured rules directory; when
+/// that is the default and absent (run outside the repository), the rules
+/// built into the binary, as `journey serve` does.
 fn load_rules(config: &Config, dir: Option<&PathBuf>) -> anyhow::Result<RuleSet> {
-    let dir = dir.unwrap_or(&config.rules_dir);
-    Ok(RuleSet::load(dir)?)
+    match dir {
+        Some(dir) => Ok(RuleSet::load(dir)?),
+        None if config.rules_dir.join("lifecycle.toml").exists()
+            || config.rules_dir
+                != std::path::Path::new(journey_ledger::config::DEFAULT_RULES_DIR) =>
+        {
+            Ok(RuleSet::load(&config.rules_dir)?)
+        }
+        None => {
+            eprintln!(
+                "no {}/ here: using the rules built into journey (--rules DIR to choose)",
+                journey_ledger::config::DEFAULT_RULES_DIR
+            );
+            Ok(RuleSet::shipped_defaults())
+        }
+    }
 }
 
 pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
@@ -124,17 +143,21 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let db = open_db(config, &args.read_models).await?;
     let head = store.head_position().await?;
-    let bar = progress_bar(head, "rebuilding");
+    let options = projector_options(config)?;
+    let bar = rate_bar(head, "rebuilding", "events");
+    let progress = bar.clone();
     let report = runner::rebuild(
         store.clone(),
         &db,
         &rules,
         &RebuildOptions {
             batch_events: args.batch,
-            stop_after_batches: None,
+            clock: options.clock,
+            cache_bytes: options.cache_bytes,
+            ..RebuildOptions::default()
         },
         Utc::now(),
-        |checkpoint| bar.set_position(checkpoint),
+        move |events| progress.set_position(events),
     )
     .await;
     bar.finish_and_clear();
@@ -148,8 +171,9 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
             journey_ledger::audit::RebuildDetails {
                 rules_version: Some(format!("{} ({})", rules.lifecycle.rules_id, rules.hash)),
                 projections: runner::folds_for(&rules)
+                    .names()
                     .iter()
-                    .map(|f| f.name().to_owned())
+                    .map(|name| (*name).to_owned())
                     .collect(),
             },
         )
@@ -163,14 +187,16 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let db = open_db(config, &args.read_models).await?;
+    let options = projector_options(config)?;
     if args.once {
-        let applied = runner::catch_up(store, &db, args.batch).await?;
+        let applied = runner::catch_up_with(store, &db, args.batch, options).await?;
         println!("{}", serde_json::json!({ "applied": applied }));
         return Ok(());
     }
     eprintln!("following the store; Ctrl-C to stop");
+    let follower = runner::Follower::open(store, &db, options).await?;
     tokio::select! {
-        result = runner::follow(store, &db, args.batch, |committed| {
+        result = follower.run(args.batch, |committed| {
             tracing::info!(checkpoint = committed.checkpoint, "read models committed");
         }) => result?,
         _ = tokio::signal::ctrl_c() => {}

@@ -125,9 +125,15 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     if let Some((writer, _)) = projections {
         let rules = serve_rules(config, args.rules.as_deref())?;
         println!("projecting read models (rules {})…", rules.rules_id());
-        let control = start_projections(store.clone(), writer, &rules, state.live.clone())
-            .await
-            .context("starting the projections")?;
+        let control = start_projections(
+            store.clone(),
+            writer,
+            &rules,
+            state.live.clone(),
+            super::projector_options(config)?,
+        )
+        .await
+        .context("starting the projections")?;
         state.attach_projections(control);
     }
     println!("journey ledger serving {} store", store.backend());

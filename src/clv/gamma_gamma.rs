@@ -53,42 +53,11 @@ impl GammaGammaData {
         summaries: &[CustomerSummary],
         minor_per_major: u32,
     ) -> Result<Self, ClvError> {
-        if minor_per_major == 0 {
-            return Err(invalid("minor_per_major", "must be > 0"));
+        let mut builder = SpendGroups::new(minor_per_major)?;
+        for s in summaries {
+            builder.add(&s.customer, s.frequency, s.monetary_value_minor_avg)?;
         }
-        let scale = f64::from(minor_per_major);
-        let mut counts: HashMap<(u32, u64), f64> = HashMap::new();
-        let mut skipped = 0u64;
-        for s in summaries.iter().filter(|s| s.frequency > 0) {
-            let m = s.monetary_value_minor_avg / scale;
-            if !m.is_finite() {
-                return Err(invalid(
-                    "monetary_value_minor_avg",
-                    format!("customer {} has non-finite average spend", s.customer),
-                ));
-            }
-            if m <= 0.0 {
-                skipped += 1;
-                continue;
-            }
-            *counts.entry((s.frequency, m.to_bits())).or_insert(0.0) += 1.0;
-        }
-        let mut rows: Vec<_> = counts.into_iter().collect();
-        rows.sort_unstable_by(|a, b| {
-            a.0 .0
-                .cmp(&b.0 .0)
-                .then(f64::from_bits(a.0 .1).total_cmp(&f64::from_bits(b.0 .1)))
-        });
-        let mut out = Self {
-            skipped_non_positive: skipped,
-            ..Self::default()
-        };
-        for ((f, m), w) in rows {
-            out.frequency.push(f64::from(f));
-            out.monetary.push(f64::from_bits(m));
-            out.weight.push(w);
-        }
-        Ok(out)
+        Ok(builder.finish())
     }
 
     /// Number of customers represented.
@@ -117,6 +86,75 @@ impl GammaGammaData {
             }
         }
         Ok(())
+    }
+}
+
+/// Builds [`GammaGammaData`] one customer at a time, keeping only the
+/// distinct (frequency, mean spend) groups: a population pass over a
+/// million customers holds groups, not customers.
+#[derive(Debug)]
+pub struct SpendGroups {
+    scale: f64,
+    counts: HashMap<(u32, u64), f64>,
+    skipped: u64,
+}
+
+impl SpendGroups {
+    /// An empty builder converting minor units with `minor_per_major`.
+    pub fn new(minor_per_major: u32) -> Result<Self, ClvError> {
+        if minor_per_major == 0 {
+            return Err(invalid("minor_per_major", "must be > 0"));
+        }
+        Ok(Self {
+            scale: f64::from(minor_per_major),
+            counts: HashMap::new(),
+            skipped: 0,
+        })
+    }
+
+    /// Adds one customer (ignored unless `frequency > 0`).
+    pub fn add(
+        &mut self,
+        customer: &str,
+        frequency: u32,
+        monetary_minor_avg: f64,
+    ) -> Result<(), ClvError> {
+        if frequency == 0 {
+            return Ok(());
+        }
+        let m = monetary_minor_avg / self.scale;
+        if !m.is_finite() {
+            return Err(invalid(
+                "monetary_value_minor_avg",
+                format!("customer {customer} has non-finite average spend"),
+            ));
+        }
+        if m <= 0.0 {
+            self.skipped += 1;
+        } else {
+            *self.counts.entry((frequency, m.to_bits())).or_insert(0.0) += 1.0;
+        }
+        Ok(())
+    }
+
+    /// The grouped data, sorted by (frequency, spend).
+    pub fn finish(self) -> GammaGammaData {
+        let mut rows: Vec<_> = self.counts.into_iter().collect();
+        rows.sort_unstable_by(|a, b| {
+            a.0 .0
+                .cmp(&b.0 .0)
+                .then(f64::from_bits(a.0 .1).total_cmp(&f64::from_bits(b.0 .1)))
+        });
+        let mut out = GammaGammaData {
+            skipped_non_positive: self.skipped,
+            ..GammaGammaData::default()
+        };
+        for ((f, m), w) in rows {
+            out.frequency.push(f64::from(f));
+            out.monetary.push(f64::from_bits(m));
+            out.weight.push(w);
+        }
+        out
     }
 }
 

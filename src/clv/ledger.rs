@@ -293,7 +293,15 @@ pub fn fit_purchase_model(
     summaries: &[CustomerSummary],
     model: ModelChoice,
 ) -> Result<PurchaseModel, ClvError> {
-    let data = CompressedData::from_summaries(summaries);
+    fit_purchase_model_on(&CompressedData::from_summaries(summaries), model)
+}
+
+/// [`fit_purchase_model`] on histories already grouped by (x, tₓ, T).
+pub fn fit_purchase_model_on(
+    data: &CompressedData,
+    model: ModelChoice,
+) -> Result<PurchaseModel, ClvError> {
+    let data = data.clone();
     let opts = FitOptions::point_estimates();
     Ok(match model {
         ModelChoice::Bgnbd => PurchaseModel::BgNbd(BgNbdParams::fit(&data, &opts)?.params),

@@ -194,16 +194,44 @@ pub struct RfmScore {
 
 /// Quintile scores where a larger `key` is better (see module docs for ties).
 fn quintile_scores(keys: &[f64]) -> Vec<u8> {
-    let n = keys.len();
     let mut sorted = keys.to_vec();
     sorted.sort_unstable_by(f64::total_cmp);
-    keys.iter()
-        .map(|k| {
-            let worse = sorted.partition_point(|v| v.total_cmp(k).is_lt());
-            // worse < n, so the score is in 1..=5.
-            (1 + (5 * worse) / n) as u8
-        })
-        .collect()
+    keys.iter().map(|k| quintile_score(&sorted, *k)).collect()
+}
+
+/// The quintile score of `key` in a population whose keys are `sorted`
+/// (ascending, `key` among them): `1 + floor(5 · worse / n)`.
+pub fn quintile_score(sorted: &[f64], key: f64) -> u8 {
+    let worse = sorted.partition_point(|v| v.total_cmp(&key).is_lt());
+    // worse < n when key is in the population, so the score is in 1..=5.
+    (1 + (5 * worse) / sorted.len().max(1)).min(5) as u8
+}
+
+/// The RFM keys of one customer, larger is better on each: recency is
+/// negated days since the last purchase.
+pub fn rfm_keys(input: &RfmInput) -> [f64; 3] {
+    [
+        -input.days_since_last,
+        f64::from(input.frequency),
+        input.monetary_minor as f64,
+    ]
+}
+
+/// Weighted total and first matching segment of scores `r`, `f`, `m`.
+pub fn total_and_segment(
+    (r, f, m): (u8, u8, u8),
+    weights: &RfmWeights,
+    rules: &[SegmentRule],
+) -> (f64, Option<String>) {
+    (
+        weights.recency * f64::from(r)
+            + weights.frequency * f64::from(f)
+            + weights.monetary * f64::from(m),
+        rules
+            .iter()
+            .find(|rule| rule.matches(r, f, m))
+            .map(|rule| rule.name.clone()),
+    )
 }
 
 /// Scores every customer and assigns the first matching segment.
@@ -220,39 +248,22 @@ pub fn score_rfm(
             ));
         }
     }
-    let r = quintile_scores(
-        &inputs
-            .iter()
-            .map(|i| -i.days_since_last)
-            .collect::<Vec<_>>(),
-    );
-    let f = quintile_scores(
-        &inputs
-            .iter()
-            .map(|i| f64::from(i.frequency))
-            .collect::<Vec<_>>(),
-    );
-    let m = quintile_scores(
-        &inputs
-            .iter()
-            .map(|i| i.monetary_minor as f64)
-            .collect::<Vec<_>>(),
-    );
+    let keys: Vec<[f64; 3]> = inputs.iter().map(rfm_keys).collect();
+    let score = |d: usize| quintile_scores(&keys.iter().map(|k| k[d]).collect::<Vec<_>>());
+    let (r, f, m) = (score(0), score(1), score(2));
     Ok(inputs
         .iter()
         .enumerate()
-        .map(|(k, inp)| RfmScore {
-            customer: inp.customer.clone(),
-            r: r[k],
-            f: f[k],
-            m: m[k],
-            total: weights.recency * f64::from(r[k])
-                + weights.frequency * f64::from(f[k])
-                + weights.monetary * f64::from(m[k]),
-            segment: rules
-                .iter()
-                .find(|rule| rule.matches(r[k], f[k], m[k]))
-                .map(|rule| rule.name.clone()),
+        .map(|(k, inp)| {
+            let (total, segment) = total_and_segment((r[k], f[k], m[k]), weights, rules);
+            RfmScore {
+                customer: inp.customer.clone(),
+                r: r[k],
+                f: f[k],
+                m: m[k],
+                total,
+                segment,
+            }
         })
         .collect())
 }

@@ -194,34 +194,11 @@ impl CompressedData {
     /// Groups raw (x, tₓ, T) triples (bitwise-equal values are merged); the
     /// output is sorted by (x, tₓ, T) so it is deterministic.
     pub fn from_triples<I: IntoIterator<Item = (f64, f64, f64)>>(triples: I) -> Self {
-        let mut counts: HashMap<(u64, u64, u64), f64> = HashMap::new();
+        let mut groups = HistoryGroups::default();
         for (x, tx, t) in triples {
-            // Normalise -0.0 so it merges with 0.0.
-            let key = (
-                (x + 0.0).to_bits(),
-                (tx + 0.0).to_bits(),
-                (t + 0.0).to_bits(),
-            );
-            *counts.entry(key).or_insert(0.0) += 1.0;
+            groups.add(x, tx, t);
         }
-        let mut rows: Vec<((f64, f64, f64), f64)> = counts
-            .into_iter()
-            .map(|((a, b, c), w)| ((f64::from_bits(a), f64::from_bits(b), f64::from_bits(c)), w))
-            .collect();
-        rows.sort_unstable_by(|a, b| {
-            a.0 .0
-                .total_cmp(&b.0 .0)
-                .then(a.0 .1.total_cmp(&b.0 .1))
-                .then(a.0 .2.total_cmp(&b.0 .2))
-        });
-        let mut out = Self::default();
-        for ((x, tx, t), w) in rows {
-            out.x.push(x);
-            out.t_x.push(tx);
-            out.t.push(t);
-            out.weight.push(w);
-        }
-        out
+        groups.finish()
     }
 
     /// Number of distinct groups.
@@ -286,6 +263,49 @@ impl CompressedData {
             idx.w.push(self.weight[i]);
         }
         idx
+    }
+}
+
+/// Builds [`CompressedData`] one customer at a time, keeping only the
+/// distinct (x, tₓ, T) groups (bitwise-equal values merge).
+#[derive(Debug, Default)]
+pub struct HistoryGroups {
+    counts: HashMap<(u64, u64, u64), f64>,
+}
+
+impl HistoryGroups {
+    /// Adds one customer's (x, tₓ, T).
+    pub fn add(&mut self, x: f64, tx: f64, t: f64) {
+        // Normalise -0.0 so it merges with 0.0.
+        let key = (
+            (x + 0.0).to_bits(),
+            (tx + 0.0).to_bits(),
+            (t + 0.0).to_bits(),
+        );
+        *self.counts.entry(key).or_insert(0.0) += 1.0;
+    }
+
+    /// The groups, sorted by (x, tₓ, T) so the result is deterministic.
+    pub fn finish(self) -> CompressedData {
+        let mut rows: Vec<((f64, f64, f64), f64)> = self
+            .counts
+            .into_iter()
+            .map(|((a, b, c), w)| ((f64::from_bits(a), f64::from_bits(b), f64::from_bits(c)), w))
+            .collect();
+        rows.sort_unstable_by(|a, b| {
+            a.0 .0
+                .total_cmp(&b.0 .0)
+                .then(a.0 .1.total_cmp(&b.0 .1))
+                .then(a.0 .2.total_cmp(&b.0 .2))
+        });
+        let mut out = CompressedData::default();
+        for ((x, tx, t), w) in rows {
+            out.x.push(x);
+            out.t_x.push(tx);
+            out.t.push(t);
+            out.weight.push(w);
+        }
+        out
     }
 }
 

@@ -241,6 +241,7 @@ pub struct Alert {
     /// The rule that fired.
     pub rule: AlertRule,
     /// The instant it fired.
+    #[serde(with = "crate::projections::compact::instant")]
     pub at: DateTime<Utc>,
     /// The events that made the condition true (orders, complaints, carts,
     /// the outage start/end, or the stage change's cause).
@@ -255,6 +256,7 @@ pub struct OpenOutage {
     /// Outage id.
     pub outage_id: String,
     /// Start instant.
+    #[serde(with = "crate::projections::compact::instant")]
     pub started_at: DateTime<Utc>,
     /// The start event.
     pub start_event: Uuid,
@@ -266,20 +268,26 @@ pub struct OpenOutage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertState {
     /// Recent orders (instant, event id), in time order.
+    #[serde(with = "crate::projections::compact::instant_pairs")]
     pub orders: Vec<(DateTime<Utc>, Uuid)>,
     /// Recent complaints, in time order.
+    #[serde(with = "crate::projections::compact::instant_pairs")]
     pub complaints: Vec<(DateTime<Utc>, Uuid)>,
     /// Recent sessions, in time order.
+    #[serde(with = "crate::projections::compact::instant_pairs")]
     pub sessions: Vec<(DateTime<Utc>, Uuid)>,
     /// Recent abandoned carts, in time order.
+    #[serde(with = "crate::projections::compact::instant_pairs")]
     pub carts: Vec<(DateTime<Utc>, Uuid)>,
     /// Outages still open.
     pub open_outages: Vec<OpenOutage>,
     /// Last firing instant per rule (for cooldowns).
+    #[serde(with = "crate::projections::compact::pairs_instant")]
     pub last_fired: Vec<(AlertRule, DateTime<Utc>)>,
     /// Alerts fired, in firing order.
     pub alerts: Vec<Alert>,
     /// Time thresholds at instants before this one have been evaluated.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub thresholds_before: Option<DateTime<Utc>>,
 }
 
@@ -674,7 +682,11 @@ pub struct AlertsFoldState {
     /// The customer's lifecycle.
     pub stage: crate::projections::lifecycle::LifecycleState,
     /// The latest fall into the high-value rule's stage: instant and cause.
+    #[serde(with = "crate::projections::compact::instant_pair_opt")]
     pub entered: Option<(DateTime<Utc>, String)>,
+    /// Alerts already written as `churn_alerts` rows: fired alerts leave the
+    /// state once written, and this numbers the next one.
+    pub written: u32,
 }
 
 /// Tables of the alerts projection (migration 0011).
@@ -717,8 +729,13 @@ impl Alerts {
         }
     }
 
-    fn history_rows(customer: &CustomerId, state: &AlertState, from: usize, out: &mut Vec<Row>) {
-        for (i, alert) in state.alerts.iter().enumerate().skip(from) {
+    /// Writes the alerts fired since the last call as history rows and
+    /// drops them from the state (the rows keep them; the state only needs
+    /// cooldowns and windows).
+    fn history_rows(customer: &CustomerId, state: &mut AlertsFoldState, out: &mut Vec<Row>) {
+        let first = state.written as usize;
+        for (i, alert) in state.alerts.alerts.drain(..).enumerate() {
+            let i = first + i;
             let ids: Vec<String> = alert.event_ids.iter().map(Uuid::to_string).collect();
             out.push(Row {
                 table: "churn_alerts",
@@ -728,9 +745,10 @@ impl Alerts {
                     alert.rule.as_str().into(),
                     Value::Int(alert.at.timestamp_micros()),
                     ids.join(",").into(),
-                    alert.detail.clone().into(),
+                    alert.detail.into(),
                 ],
             });
+            state.written += 1;
         }
     }
 }
@@ -756,9 +774,8 @@ impl CustomerFold for Alerts {
         let mut transitions = Vec::new();
         state.stage.apply(&self.lifecycle, event, &mut transitions);
         self.note_entries(state, &transitions);
-        let before = state.alerts.alerts.len();
         apply(&mut state.alerts, &self.rules, &event.view());
-        Self::history_rows(customer, &state.alerts, before, out);
+        Self::history_rows(customer, state, out);
     }
 
     fn advance_to(
@@ -775,60 +792,54 @@ impl CustomerFold for Alerts {
                 .advance_to(&self.lifecycle, at.timestamp_micros(), &mut transitions);
         }
         self.note_entries(state, &transitions);
-        let before = state.alerts.alerts.len();
         state.alerts.run_thresholds(&self.rules, plus(at, micro()));
-        Self::history_rows(customer, &state.alerts, before, out);
+        Self::history_rows(customer, state, out);
     }
 
     fn current_rows(&self, _: &CustomerId, _: &AlertsFoldState, _: &mut Vec<Row>) {}
+}
 
-    fn population_rows(
+impl Alerts {
+    /// The customer's `churn_value_alerts` row as of `as_of`, given their
+    /// value tier then: listed when they are in the rule's stage at that
+    /// instant and the tier is one of the rule's. The cooldown does not
+    /// apply (one row per customer per snapshot).
+    pub fn value_alert_row(
         &self,
-        states: &[(&CustomerId, &AlertsFoldState)],
+        customer: &CustomerId,
+        state: &AlertsFoldState,
+        tier: &str,
         as_of: DateTime<Utc>,
-        out: &mut Vec<Row>,
-    ) {
+    ) -> Option<Row> {
         let rule = &self.rules.high_value_at_risk;
-        if !rule.enabled {
-            return;
+        if !rule.enabled || !rule.value_tiers.iter().any(|v| v == tier) {
+            return None;
         }
-        let tiers = crate::projections::lifecycle::value_tiers(
-            &self.lifecycle,
-            states.iter().map(|(c, s)| (*c, s.stage.revenue_minor)),
-        );
         let t = as_of.timestamp_micros();
-        for (customer, state) in states {
-            let tier = tiers[customer].as_str();
-            if !rule.value_tiers.iter().any(|v| v == tier) {
-                continue;
-            }
-            let mut advanced = (*state).clone();
-            let mut transitions = Vec::new();
-            if advanced.stage.stage.is_some() {
-                advanced
-                    .stage
-                    .advance_to(&self.lifecycle, t, &mut transitions);
-            }
-            self.note_entries(&mut advanced, &transitions);
-            let in_stage = advanced
+        let mut advanced = state.clone();
+        let mut transitions = Vec::new();
+        if advanced.stage.stage.is_some() {
+            advanced
                 .stage
-                .stage
-                .is_some_and(|s| s.as_str() == rule.stage);
-            let Some((at, cause)) = advanced.entered.filter(|_| in_stage) else {
-                continue;
-            };
-            out.push(Row {
-                table: "churn_value_alerts",
-                customer_id: customer.as_str().to_owned(),
-                values: vec![
-                    Value::Int(t),
-                    AlertRule::HighValueAtRisk.as_str().into(),
-                    Value::Int(at.timestamp_micros()),
-                    tier.into(),
-                    cause.into(),
-                ],
-            });
+                .advance_to(&self.lifecycle, t, &mut transitions);
         }
+        self.note_entries(&mut advanced, &transitions);
+        let in_stage = advanced
+            .stage
+            .stage
+            .is_some_and(|s| s.as_str() == rule.stage);
+        let (at, cause) = advanced.entered.filter(|_| in_stage)?;
+        Some(Row {
+            table: "churn_value_alerts",
+            customer_id: customer.as_str().to_owned(),
+            values: vec![
+                Value::Int(t),
+                AlertRule::HighValueAtRisk.as_str().into(),
+                Value::Int(at.timestamp_micros()),
+                tier.into(),
+                cause.into(),
+            ],
+        })
     }
 }
 

@@ -23,9 +23,9 @@ use crate::domain::CustomerId;
 use crate::store::{EventStore, ReadStream};
 
 fn state_error(customer: &str, reason: impl ToString) -> RunnerError {
-    RunnerError::State {
-        projection: "lifecycle".into(),
-        customer: customer.to_owned(),
+    RunnerError::Decode {
+        position: 0,
+        stream: customer.to_owned(),
         reason: reason.to_string(),
     }
 }
@@ -94,19 +94,20 @@ pub async fn cohort_table(
     Ok(accumulator.table(through))
 }
 
-/// Every customer's lifecycle state as persisted with their last event.
+/// Every customer's lifecycle state as stored, with the instant of their
+/// last event, streamed in customer order.
 async fn lifecycle_states(
     db: &ReadModelDb,
     model_version: i64,
 ) -> Result<Vec<(String, i64, LifecycleState)>, RunnerError> {
+    use futures::StreamExt;
     let mut out = Vec::new();
-    db.for_each_state(model_version, Some("lifecycle"), |stored| {
-        let state: LifecycleState =
-            serde_json::from_str(&stored.state).map_err(|e| state_error(&stored.customer_id, e))?;
-        out.push((stored.customer_id, stored.last_occurred_us, state));
-        Ok::<_, RunnerError>(())
-    })
-    .await??;
+    let mut states = db.customer_states(model_version);
+    while let Some(row) = states.next().await {
+        let row = row?;
+        let (_, state) = super::runner::decode_state_row(&row)?;
+        out.push((row.customer_id, state.last_occurred_us, state.lifecycle));
+    }
     Ok(out)
 }
 
@@ -122,7 +123,9 @@ pub async fn stage_distribution(
     let t = as_of.timestamp_micros();
     let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
     for (customer, last_us, mut state) in lifecycle_states(db, version.model_version).await? {
-        if last_us > t {
+        // A state already advanced past `t` (to the runner's clock) cannot
+        // go back: refold the customer's stream up to `t`.
+        if last_us.max(state.cursor_us) > t {
             let id = CustomerId::parse(&customer).map_err(|e| state_error(&customer, e))?;
             let recorded = store
                 .read_stream(&id.stream_id(), ReadStream::all_forwards())

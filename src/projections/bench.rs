@@ -22,7 +22,7 @@ pub struct RebuildBenchReport {
     /// Events replayed.
     pub events: u64,
     /// Customers projected.
-    pub customers: usize,
+    pub customers: u64,
     /// Events appended first to reach `--events`.
     pub appended_first: u64,
     /// Rebuild rate, events per second.
@@ -103,7 +103,7 @@ pub async fn rebuild_bench(
         &rules,
         &RebuildOptions {
             batch_events,
-            stop_after_batches: None,
+            ..RebuildOptions::default()
         },
         Utc::now(),
         |_| {},

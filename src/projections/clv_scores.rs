@@ -1,6 +1,12 @@
 //! The CLV and RFM read model: every customer's predicted lifetime value,
 //! P(alive) and RFM scores, refitted over the whole population whenever the
-//! population tables are rewritten (end of a rebuild, each live batch).
+//! population tables are rewritten (end of a rebuild, live refits).
+//!
+//! The refit is two streaming passes over the customers' states
+//! ([`super::population`]): the first adds each customer's (x, tₓ, T),
+//! spend and RFM keys to [`ClvPopulation`], which keeps groups and sorted
+//! keys, not customers; the models are fitted on them ([`ClvModels`]); the
+//! second pass scores each customer again from their own state.
 //!
 //! Per customer the fold keeps only their orders in the rules' currency, net
 //! of refunds (a refund reduces the order it references, as in
@@ -10,18 +16,16 @@
 //! for a fit (a fresh store) the model columns stay NULL and RFM is still
 //! written; the reason is logged, never guessed around.
 
-use std::collections::HashMap;
-
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
-use crate::clv::ledger::fit_purchase_model;
+use crate::clv::gamma_gamma::SpendGroups;
+use crate::clv::ledger::fit_purchase_model_on;
+use crate::clv::rfm::{quintile_score, total_and_segment};
 use crate::clv::rules::ClvRules;
-use crate::clv::{
-    discounted_clv, rfm_inputs_from_transactions, score_rfm, summarize, ClvOptions,
-    CustomerSummary, FitOptions, GammaGammaData, GammaGammaParams, Transaction,
-};
+use crate::clv::summary::HistoryGroups;
+use crate::clv::{discounted_clv, ClvOptions, FitOptions, GammaGammaParams, PurchaseModel};
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
 
@@ -38,6 +42,7 @@ pub struct ModelOrder {
     /// Order id (refunds name it).
     pub order_id: String,
     /// When it was placed.
+    #[serde(with = "crate::projections::compact::instant")]
     pub at: DateTime<Utc>,
     /// Amount net of refunds, minor units.
     pub net_minor: i64,
@@ -71,108 +76,277 @@ pub const TABLES: &[TableSpec] = &[TableSpec {
     kind: TableKind::Population,
 }];
 
-impl ClvScores {
-    /// Fits the purchase and spend models on the summaries and scores every
-    /// customer. Without a purchase model (too little data) nobody is
-    /// scored, and the reason is logged. Without a spend model (Gamma-Gamma
-    /// did not fit) customers keep P(alive) and expected purchases, and CLV
-    /// stays empty; so does the CLV of a customer the spend model cannot
-    /// score (repeat purchases averaging zero or less).
-    fn fit(&self, summaries: &[CustomerSummary]) -> HashMap<String, Scored> {
-        let rules = &self.rules;
-        let unit = rules.model.time_unit;
+/// One customer's model inputs as of an instant, with the literature's
+/// conventions (see [`crate::clv::summary`]): same-day purchases are one
+/// transaction, frequency counts repeat days, recency and T are whole days
+/// in the model's time unit; RFM counts purchase days and total spend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClvFacts {
+    /// Repeat purchase days.
+    pub frequency: u32,
+    /// First to last purchase day, model time units.
+    pub recency: f64,
+    /// First purchase day to the as-of day, model time units.
+    pub t: f64,
+    /// Mean value of the repeat days' purchases, minor units (0 without).
+    pub monetary_minor_avg: f64,
+    /// Days from the last purchase day to the as-of day.
+    pub days_since_last: f64,
+    /// Purchase days.
+    pub purchase_days: u32,
+    /// Total spend, minor units.
+    pub total_minor: i64,
+}
+
+impl ClvHistory {
+    /// The model inputs from the orders at or before `as_of`; `None`
+    /// without such an order.
+    pub fn facts(&self, as_of: DateTime<Utc>, rules: &ClvRules) -> Option<ClvFacts> {
+        let mut orders: Vec<(NaiveDate, i64)> = self
+            .orders
+            .iter()
+            .filter(|o| o.at <= as_of)
+            .map(|o| (o.at.date_naive(), o.net_minor))
+            .collect();
+        orders.sort_by_key(|(day, _)| *day);
+        let (first_day, _) = *orders.first()?;
+        let mut last_day = first_day;
+        let mut days: u32 = 1;
+        let mut repeat_sum: i128 = 0;
+        let mut total: i64 = 0;
+        for (i, (day, amount)) in orders.iter().enumerate() {
+            total = total.saturating_add(*amount);
+            if i == 0 {
+                continue;
+            }
+            if *day != last_day {
+                days = days.saturating_add(1);
+                last_day = *day;
+            }
+            if *day != first_day {
+                repeat_sum += i128::from(*amount);
+            }
+        }
+        let unit = rules.model.time_unit.days();
+        let end_day = as_of.date_naive();
+        let frequency = days - 1;
+        Some(ClvFacts {
+            frequency,
+            recency: (last_day - first_day).num_days() as f64 / unit,
+            t: (end_day - first_day).num_days() as f64 / unit,
+            monetary_minor_avg: if frequency > 0 {
+                repeat_sum as f64 / f64::from(frequency)
+            } else {
+                0.0
+            },
+            days_since_last: (end_day - last_day).num_days() as f64,
+            purchase_days: days,
+            total_minor: total,
+        })
+    }
+}
+
+/// The first pass of a refit: what the models need from every customer,
+/// grouped (histories, spends) or as sorted keys (RFM), never per customer
+/// id.
+#[derive(Debug)]
+pub struct ClvPopulation {
+    histories: HistoryGroups,
+    spends: Option<SpendGroups>,
+    spend_error: Option<String>,
+    keys: [Vec<f64>; 3],
+}
+
+impl ClvPopulation {
+    /// An empty population for `rules`.
+    pub fn new(rules: &ClvRules) -> Self {
         let scale = 10u32.pow(u32::from(rules.currency.minor_digits()));
-        let purchase = match fit_purchase_model(summaries, rules.model.purchase_model) {
-            Ok(model) => model,
-            Err(e) => {
-                tracing::warn!(customers = summaries.len(), "CLV models not fitted: {e}");
-                return HashMap::new();
+        Self {
+            histories: HistoryGroups::default(),
+            spends: SpendGroups::new(scale).ok(),
+            spend_error: None,
+            keys: Default::default(),
+        }
+    }
+
+    /// Adds one customer.
+    pub fn observe(&mut self, customer: &str, facts: &ClvFacts) {
+        self.histories
+            .add(f64::from(facts.frequency), facts.recency, facts.t);
+        if let Some(spends) = &mut self.spends {
+            if let Err(e) = spends.add(customer, facts.frequency, facts.monetary_minor_avg) {
+                self.spend_error = Some(e.to_string());
+                self.spends = None;
+            }
+        }
+        for (keys, key) in self.keys.iter_mut().zip(rfm_keys(facts)) {
+            keys.push(key);
+        }
+    }
+
+    /// Fits the purchase and spend models and sorts the RFM keys. Without a
+    /// purchase model (too little data) nobody gets model figures, and the
+    /// reason is logged; without a spend model (Gamma-Gamma did not fit)
+    /// customers keep P(alive) and expected purchases, and CLV stays empty.
+    pub fn fit(self, rules: &ClvRules) -> ClvModels {
+        let customers = self.keys[0].len();
+        let purchase = if customers == 0 {
+            None
+        } else {
+            fit_purchase_model_on(&self.histories.finish(), rules.model.purchase_model)
+                .map_err(|e| tracing::warn!(customers, "CLV models not fitted: {e}"))
+                .ok()
+        };
+        let spend = match (&purchase, self.spends, self.spend_error) {
+            (None, _, _) => None,
+            (Some(_), _, Some(e)) => {
+                tracing::warn!(
+                    customers,
+                    "spend model not fitted, CLV left empty (P(alive) kept): {e}"
+                );
+                None
+            }
+            (Some(_), None, None) => None,
+            (Some(_), Some(spends), None) => {
+                GammaGammaParams::fit(&spends.finish(), &FitOptions::point_estimates())
+                    .map(|fit| fit.params)
+                    .map_err(|e| {
+                        tracing::warn!(
+                            customers,
+                            "spend model not fitted, CLV left empty (P(alive) kept): {e}"
+                        )
+                    })
+                    .ok()
             }
         };
-        let spend = GammaGammaData::from_summaries(summaries, scale)
-            .and_then(|data| GammaGammaParams::fit(&data, &FitOptions::point_estimates()))
-            .map(|fit| fit.params)
-            .map_err(|e| {
-                tracing::warn!(
-                    customers = summaries.len(),
-                    "spend model not fitted, CLV left empty (P(alive) kept): {e}"
-                )
-            })
-            .ok();
+        let mut keys = self.keys;
+        for k in &mut keys {
+            k.sort_unstable_by(f64::total_cmp);
+        }
         let options = ClvOptions::monthly(
-            unit,
+            rules.model.time_unit,
             rules.clv.horizon_months,
             rules.clv.monthly_discount_rate,
         );
-        let horizon = f64::from(options.horizon_periods) * options.period_length;
-        let (mut unscored, mut without_value) = (0usize, 0usize);
-        let scores: HashMap<String, Scored> = summaries
-            .iter()
-            .filter_map(|summary| {
-                let x = f64::from(summary.frequency);
-                let (Ok(p_alive), Ok(expected_purchases)) = (
-                    purchase.p_alive(x, summary.recency, summary.t),
-                    purchase.conditional_expected_purchases(horizon, x, summary.recency, summary.t),
-                ) else {
-                    unscored += 1;
-                    return None;
-                };
-                let value = spend.as_ref().and_then(|spend| {
-                    let average = spend.conditional_expected_average_spend(
-                        x,
-                        summary.monetary_value_minor_avg / f64::from(scale),
-                    );
-                    let value = average.and_then(|average| {
-                        let clv = discounted_clv(
-                            &purchase,
-                            x,
-                            summary.recency,
-                            summary.t,
-                            average,
-                            &options,
-                        )?;
-                        Ok(SpendValue { average, clv })
-                    });
-                    without_value += usize::from(value.is_err());
-                    value.ok()
-                });
-                Some((
-                    summary.customer.clone(),
-                    Scored {
-                        p_alive,
-                        expected_purchases,
-                        value,
-                    },
-                ))
-            })
-            .collect();
-        if unscored > 0 {
-            tracing::info!(unscored, "customers the purchase model could not score");
+        ClvModels {
+            rules: rules.clone(),
+            purchase,
+            spend,
+            horizon: f64::from(options.horizon_periods) * options.period_length,
+            options,
+            sorted_keys: keys,
         }
-        if without_value > 0 {
-            tracing::info!(
-                without_value,
-                "customers without CLV (non-positive repeat spend)"
-            );
-        }
-        scores
     }
+}
+
+fn rfm_keys(facts: &ClvFacts) -> [f64; 3] {
+    [
+        -facts.days_since_last,
+        f64::from(facts.purchase_days),
+        facts.total_minor as f64,
+    ]
+}
+
+/// The fitted models and the population's RFM keys: what the second pass
+/// scores each customer with.
+#[derive(Debug)]
+pub struct ClvModels {
+    rules: ClvRules,
+    purchase: Option<PurchaseModel>,
+    spend: Option<GammaGammaParams>,
+    options: ClvOptions,
+    horizon: f64,
+    sorted_keys: [Vec<f64>; 3],
 }
 
 /// One customer's model outputs: the purchase model's, and the spend
 /// model's when there is one.
-struct Scored {
-    p_alive: f64,
-    expected_purchases: f64,
-    value: Option<SpendValue>,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// P(alive).
+    pub p_alive: f64,
+    /// Expected purchases over the horizon.
+    pub expected_purchases: f64,
+    /// Spend figures, when the spend model fitted and applies.
+    pub value: Option<SpendValue>,
 }
 
 /// What the spend model adds for one customer (major units).
-struct SpendValue {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpendValue {
     /// Expected spend per future purchase.
-    average: f64,
+    pub average: f64,
     /// Discounted value over the horizon.
-    clv: f64,
+    pub clv: f64,
+}
+
+impl ClvModels {
+    /// The model figures of one customer, when the purchase model fitted
+    /// and can score them.
+    pub fn score(&self, facts: &ClvFacts) -> Option<Scored> {
+        let purchase = self.purchase.as_ref()?;
+        let scale = 10u32.pow(u32::from(self.rules.currency.minor_digits()));
+        let x = f64::from(facts.frequency);
+        let (Ok(p_alive), Ok(expected_purchases)) = (
+            purchase.p_alive(x, facts.recency, facts.t),
+            purchase.conditional_expected_purchases(self.horizon, x, facts.recency, facts.t),
+        ) else {
+            return None;
+        };
+        let value = self.spend.as_ref().and_then(|spend| {
+            let average = spend
+                .conditional_expected_average_spend(x, facts.monetary_minor_avg / f64::from(scale))
+                .ok()?;
+            let clv =
+                discounted_clv(purchase, x, facts.recency, facts.t, average, &self.options).ok()?;
+            Some(SpendValue { average, clv })
+        });
+        Some(Scored {
+            p_alive,
+            expected_purchases,
+            value,
+        })
+    }
+
+    /// The customer's `customer_clv` row as of `as_of_us`.
+    pub fn row(&self, customer: &CustomerId, facts: &ClvFacts, as_of_us: i64) -> Row {
+        let c = self.score(facts);
+        let value = c.and_then(|c| c.value);
+        let rfm = (!self.sorted_keys[0].is_empty()).then(|| {
+            let [r, f, m] = rfm_keys(facts);
+            let scores = (
+                quintile_score(&self.sorted_keys[0], r),
+                quintile_score(&self.sorted_keys[1], f),
+                quintile_score(&self.sorted_keys[2], m),
+            );
+            let (total, segment) =
+                total_and_segment(scores, &self.rules.rfm.weights, &self.rules.rfm.segments);
+            (scores, total, segment)
+        });
+        let scale = f64::from(10u32.pow(u32::from(self.rules.currency.minor_digits())));
+        let score = |pick: fn((u8, u8, u8)) -> u8| {
+            Value::from(rfm.as_ref().map(|(s, _, _)| i64::from(pick(*s))))
+        };
+        Row {
+            table: "customer_clv",
+            customer_id: customer.as_str().to_owned(),
+            values: vec![
+                Value::Int(as_of_us),
+                Value::Int(i64::from(facts.frequency)),
+                Value::Real(facts.recency),
+                Value::Real(facts.t),
+                c.map(|c| c.p_alive).into(),
+                c.map(|c| c.expected_purchases).into(),
+                value.map(|v| v.average * scale).into(),
+                Value::from(value.map(|v| (v.clv * scale).round() as i64)),
+                score(|s| s.0),
+                score(|s| s.1),
+                score(|s| s.2),
+                rfm.as_ref().map(|(_, total, _)| *total).into(),
+                Value::from(rfm.as_ref().and_then(|(_, _, segment)| segment.as_deref())),
+            ],
+        }
+    }
 }
 
 impl CustomerFold for ClvScores {
@@ -207,155 +381,134 @@ impl CustomerFold for ClvScores {
     fn advance_to(&self, _: &CustomerId, _: &mut ClvHistory, _: DateTime<Utc>, _: &mut Vec<Row>) {}
 
     fn current_rows(&self, _: &CustomerId, _: &ClvHistory, _: &mut Vec<Row>) {}
-
-    fn population_rows(
-        &self,
-        states: &[(&CustomerId, &ClvHistory)],
-        as_of: DateTime<Utc>,
-        out: &mut Vec<Row>,
-    ) {
-        let transactions: Vec<Transaction> = states
-            .iter()
-            .flat_map(|(customer, history)| {
-                history.orders.iter().map(|o| Transaction {
-                    customer: customer.as_str().to_owned(),
-                    at: o.at,
-                    amount_minor: o.net_minor,
-                })
-            })
-            .collect();
-        if transactions.is_empty() {
-            return;
-        }
-        let unit = self.rules.model.time_unit;
-        let summaries = match summarize(&transactions, as_of, unit) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("CLV summaries not computed: {e}");
-                return;
-            }
-        };
-        let clv = self.fit(&summaries);
-        let rfm = rfm_inputs_from_transactions(&transactions, as_of);
-        let rfm: HashMap<String, crate::clv::RfmScore> =
-            match score_rfm(&rfm, &self.rules.rfm.weights, &self.rules.rfm.segments) {
-                Ok(scores) => scores
-                    .into_iter()
-                    .map(|s| (s.customer.clone(), s))
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!("RFM not scored: {e}");
-                    HashMap::new()
-                }
-            };
-        let scale = f64::from(10u32.pow(u32::from(self.rules.currency.minor_digits())));
-        let t = as_of.timestamp_micros();
-        for summary in &summaries {
-            let c = clv.get(&summary.customer);
-            let value = c.and_then(|c| c.value.as_ref());
-            let r = rfm.get(&summary.customer);
-            let score =
-                |f: fn(&crate::clv::RfmScore) -> u8| Value::from(r.map(|s| i64::from(f(s))));
-            out.push(Row {
-                table: "customer_clv",
-                customer_id: summary.customer.clone(),
-                values: vec![
-                    Value::Int(t),
-                    Value::Int(i64::from(summary.frequency)),
-                    Value::Real(summary.recency),
-                    Value::Real(summary.t),
-                    c.map(|c| c.p_alive).into(),
-                    c.map(|c| c.expected_purchases).into(),
-                    value.map(|v| v.average * scale).into(),
-                    Value::from(value.map(|v| (v.clv * scale).round() as i64)),
-                    score(|s| s.r),
-                    score(|s| s.f),
-                    score(|s| s.m),
-                    r.map(|s| s.total).into(),
-                    Value::from(r.and_then(|s| s.segment.as_deref())),
-                ],
-            });
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
+    use std::collections::BTreeMap;
 
     use super::*;
     use crate::domain::{Currency, Money};
 
-    /// The CDNOW sample's transactions, as `fixtures/cdnow_sample.txt`
+    /// The CDNOW sample's orders per customer, as `fixtures/cdnow_sample.txt`
     /// lists them (`id sample date cds dollars`).
-    fn cdnow_summaries(rules: &ClvRules) -> Vec<CustomerSummary> {
+    fn cdnow_histories() -> BTreeMap<String, ClvHistory> {
         let text = include_str!("../../fixtures/cdnow_sample.txt");
-        let transactions: Vec<Transaction> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                Transaction {
-                    customer: f[0].to_owned(),
+        let mut histories: BTreeMap<String, ClvHistory> = BTreeMap::new();
+        for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            histories
+                .entry(f[0].to_owned())
+                .or_default()
+                .orders
+                .push(ModelOrder {
+                    order_id: format!("o{n}"),
                     at: NaiveDate::parse_from_str(f[2], "%Y%m%d")
                         .expect("date")
                         .and_hms_opt(0, 0, 0)
                         .expect("midnight")
                         .and_utc(),
-                    amount_minor: Money::parse_decimal(f[4], Currency::USD)
+                    net_minor: Money::parse_decimal(f[4], Currency::USD)
                         .expect("dollars")
                         .minor,
-                }
-            })
-            .collect();
-        let end = NaiveDate::from_ymd_opt(1998, 6, 30)
+                });
+        }
+        histories
+    }
+
+    fn end() -> DateTime<Utc> {
+        NaiveDate::from_ymd_opt(1998, 6, 30)
             .expect("date")
             .and_hms_opt(0, 0, 0)
             .expect("midnight")
-            .and_utc();
-        summarize(&transactions, end, rules.model.time_unit).expect("summaries")
+            .and_utc()
     }
 
-    fn shipped() -> ClvScores {
-        let text = include_str!("../../projections/clv.toml");
-        ClvScores {
-            rules: ClvRules::parse(text).expect("shipped clv.toml"),
+    fn shipped() -> ClvRules {
+        ClvRules::parse(include_str!("../../projections/clv.toml")).expect("shipped clv.toml")
+    }
+
+    fn fit(histories: &BTreeMap<String, ClvHistory>) -> (ClvModels, Vec<ClvFacts>) {
+        let rules = shipped();
+        let mut population = ClvPopulation::new(&rules);
+        let mut all = Vec::new();
+        for (customer, history) in histories {
+            let facts = history.facts(end(), &rules).expect("orders");
+            population.observe(customer, &facts);
+            all.push(facts);
         }
+        (population.fit(&rules), all)
     }
 
     #[test]
     fn every_customer_is_scored_when_both_models_fit() {
-        let scores = shipped();
-        let summaries = cdnow_summaries(&scores.rules);
-        let fitted = scores.fit(&summaries);
-        assert_eq!(fitted.len(), summaries.len());
-        let repeat_with_value = summaries
+        let (models, all) = fit(&cdnow_histories());
+        let scored: Vec<Scored> = all.iter().filter_map(|f| models.score(f)).collect();
+        assert_eq!(scored.len(), all.len());
+        let repeat_with_value = all
             .iter()
-            .filter(|s| s.frequency > 0 && s.monetary_value_minor_avg > 0.0)
-            .filter(|s| fitted[&s.customer].value.is_some())
+            .filter(|f| f.frequency > 0 && f.monetary_minor_avg > 0.0)
+            .filter(|f| models.score(f).unwrap().value.is_some())
             .count();
         assert!(repeat_with_value > 0, "no repeat buyer got a CLV");
+    }
+
+    /// Facts follow the literature's conventions: the same-day purchases of
+    /// the first day are one transaction, and only later days are repeat
+    /// spend.
+    #[test]
+    fn facts_merge_same_day_purchases_and_exclude_the_first_day_from_spend() {
+        let day = |d: u32, h: u32| {
+            NaiveDate::from_ymd_opt(1997, 1, d)
+                .unwrap()
+                .and_hms_opt(h, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let order = |at, net_minor| ModelOrder {
+            order_id: String::new(),
+            at,
+            net_minor,
+        };
+        let history = ClvHistory {
+            orders: vec![
+                order(day(1, 9), 1_000),
+                order(day(1, 18), 500),
+                order(day(8, 10), 300),
+                order(day(8, 11), 100),
+                order(day(15, 10), 800),
+            ],
+        };
+        let mut rules = shipped();
+        rules.model.time_unit = crate::clv::TimeUnit::Day;
+        let facts = history.facts(day(29, 0), &rules).unwrap();
+        assert_eq!(facts.frequency, 2);
+        assert_eq!(facts.recency, 14.0);
+        assert_eq!(facts.t, 28.0);
+        assert_eq!(facts.monetary_minor_avg, 600.0);
+        assert_eq!(facts.days_since_last, 14.0);
+        assert_eq!(facts.purchase_days, 3);
+        assert_eq!(facts.total_minor, 2_700);
+        assert!(history.facts(day(1, 8), &rules).is_none());
     }
 
     /// Gamma-Gamma has nothing to fit when no repeat purchase has positive
     /// value; the purchase model still fits, so P(alive) must survive.
     #[test]
     fn p_alive_survives_a_spend_model_that_cannot_fit() {
-        let scores = shipped();
-        let mut summaries = cdnow_summaries(&scores.rules);
-        for s in &mut summaries {
-            s.monetary_value_minor_avg = 0.0;
+        let mut histories = cdnow_histories();
+        for history in histories.values_mut() {
+            for order in &mut history.orders {
+                order.net_minor = 0;
+            }
         }
-        let fitted = scores.fit(&summaries);
-        assert_eq!(fitted.len(), summaries.len());
-        for (customer, scored) in &fitted {
-            assert!(
-                scored.value.is_none(),
-                "{customer} got a CLV without a spend model"
-            );
+        let (models, all) = fit(&histories);
+        for facts in &all {
+            let scored = models.score(facts).expect("purchase model fitted");
+            assert!(scored.value.is_none(), "CLV without a spend model");
             assert!(
                 (0.0..=1.0).contains(&scored.p_alive),
-                "{customer}: P(alive) {}",
+                "P(alive) {}",
                 scored.p_alive
             );
             assert!(scored.expected_purchases >= 0.0);

@@ -87,14 +87,29 @@ impl fmt::Display for YearMonth {
     }
 }
 
+/// `YYYY-MM` in human-readable formats; months since year 0 in binary
+/// fold states (one varint instead of eight bytes of text).
 impl Serialize for YearMonth {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.index())
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for YearMonth {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            let index = i64::deserialize(d)?;
+            return (0..=i64::from(i32::MAX) * 12)
+                .contains(&index)
+                .then(|| Self::from_index(index))
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("month index {index} out of range"))
+                });
+        }
         let text = String::deserialize(d)?;
         Self::parse(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a YYYY-MM month")))

@@ -322,17 +322,36 @@ pub fn value_tiers<'a>(
     rules: &LifecycleRules,
     revenues: impl IntoIterator<Item = (&'a CustomerId, i64)>,
 ) -> HashMap<&'a CustomerId, ValueTier> {
-    let mut ranked: Vec<(&CustomerId, i64)> = revenues.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let total: i128 = ranked.iter().map(|(_, r)| (*r).max(0) as i128).sum();
+    let mut by_id: Vec<(&CustomerId, i64)> = revenues.into_iter().collect();
+    by_id.sort_by(|a, b| a.0.cmp(b.0));
+    let revenues: Vec<i64> = by_id.iter().map(|(_, r)| *r).collect();
+    by_id
+        .iter()
+        .zip(value_tiers_in_order(rules, &revenues))
+        .map(|((c, _), tier)| (*c, tier))
+        .collect()
+}
+
+/// [`value_tiers`] of customers given in id order (ties go to the earlier
+/// position): one tier per revenue, in the same order. A population pass
+/// streams customers in id order and keeps only this array.
+pub fn value_tiers_in_order(rules: &LifecycleRules, revenues: &[i64]) -> Vec<ValueTier> {
+    let mut ranked: Vec<u32> = (0..revenues.len() as u32).collect();
+    ranked.sort_by(|&a, &b| {
+        revenues[b as usize]
+            .cmp(&revenues[a as usize])
+            .then(a.cmp(&b))
+    });
+    let total: i128 = revenues.iter().map(|r| (*r).max(0) as i128).sum();
     let high = total * rules.value_tiers.high_revenue_share_percent as i128;
     let mid = total
         * (rules.value_tiers.high_revenue_share_percent
             + rules.value_tiers.mid_revenue_share_percent) as i128;
     let mut before: i128 = 0;
-    let mut tiers = HashMap::with_capacity(ranked.len());
-    for (customer, revenue) in ranked {
-        let tier = if revenue <= 0 {
+    let mut tiers = vec![ValueTier::Low; revenues.len()];
+    for index in ranked {
+        let revenue = revenues[index as usize];
+        tiers[index as usize] = if revenue <= 0 {
             ValueTier::Low
         } else if before * 100 < high {
             ValueTier::High
@@ -342,7 +361,6 @@ pub fn value_tiers<'a>(
             ValueTier::Low
         };
         before += revenue.max(0) as i128;
-        tiers.insert(customer, tier);
     }
     tiers
 }
@@ -452,35 +470,32 @@ impl CustomerFold for Lifecycle {
             ],
         });
     }
+}
 
-    fn population_rows(
+impl Lifecycle {
+    /// The customer's `lifecycle_snapshot` row as of `as_of` (their stage
+    /// then), given their value tier; `None` before their first event.
+    pub fn snapshot_row(
         &self,
-        states: &[(&CustomerId, &LifecycleState)],
+        customer: &CustomerId,
+        state: &LifecycleState,
+        tier: ValueTier,
         as_of: DateTime<Utc>,
-        out: &mut Vec<Row>,
-    ) {
-        let tiers = value_tiers(
-            &self.rules,
-            states.iter().map(|(c, s)| (*c, s.revenue_minor)),
-        );
+    ) -> Option<Row> {
         let t = to_us(as_of);
-        for (customer, state) in states {
-            let mut advanced = (*state).clone();
-            advanced.advance_to(&self.rules, t, &mut Vec::new());
-            let Some(stage) = advanced.stage else {
-                continue;
-            };
-            out.push(Row {
-                table: "lifecycle_snapshot",
-                customer_id: customer.as_str().to_owned(),
-                values: vec![
-                    Value::Int(t),
-                    stage.as_str().into(),
-                    tiers[customer].as_str().into(),
-                    Value::Int(state.revenue_minor),
-                ],
-            });
-        }
+        let mut advanced = state.clone();
+        advanced.advance_to(&self.rules, t, &mut Vec::new());
+        let stage = advanced.stage?;
+        Some(Row {
+            table: "lifecycle_snapshot",
+            customer_id: customer.as_str().to_owned(),
+            values: vec![
+                Value::Int(t),
+                stage.as_str().into(),
+                tier.as_str().into(),
+                Value::Int(state.revenue_minor),
+            ],
+        })
     }
 }
 

@@ -309,9 +309,10 @@ fn add_months(at: DateTime<Utc>, months: u32) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Where a lot of points came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Where a lot of points came from. JSON: `{"kind": "order", "order_id":
+/// …}`; the binary state format stores the variant index instead of the tag
+/// (postcard cannot read internally tagged enums).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LotSource {
     /// Earned by an order.
     Order {
@@ -333,9 +334,11 @@ pub struct Lot {
     /// Order or adjustment.
     pub source: LotSource,
     /// When the points were earned.
+    #[serde(with = "crate::projections::compact::instant")]
     pub earned_at: DateTime<Utc>,
     /// The instant the lot expires (earned_at + expiry months); at this
     /// instant it is no longer available.
+    #[serde(with = "crate::projections::compact::instant")]
     pub expires_at: DateTime<Utc>,
     /// Points originally in the lot.
     pub original: i64,
@@ -362,6 +365,7 @@ pub struct Conflict {
     /// The event that asked for the points.
     pub event_id: Uuid,
     /// When.
+    #[serde(with = "crate::projections::compact::instant")]
     pub at: DateTime<Utc>,
     /// What kind of consumption.
     pub kind: ConflictKind,
@@ -371,9 +375,8 @@ pub struct Conflict {
     pub available: i64,
 }
 
-/// Why the tier changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Why the tier changed (serialized like [`LotSource`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TierCause {
     /// An event (order or refund) changed the qualifying spend.
     Event {
@@ -387,6 +390,48 @@ pub enum TierCause {
     },
 }
 
+/// Serde for an enum that is internally tagged (`"kind"`) in JSON and
+/// externally tagged (variant index) in binary formats: two mirror enums
+/// derive the two shapes, the real one converts.
+macro_rules! tagged_in_json {
+    ($ty:ident { $($variant:ident { $field:ident: $fty:ty }),+ $(,)? }) => {
+        const _: () = {
+            #[derive(Serialize, Deserialize)]
+            #[serde(tag = "kind", rename_all = "snake_case")]
+            enum Tagged { $($variant { $field: $fty }),+ }
+            #[derive(Serialize, Deserialize)]
+            enum Plain { $($variant { $field: $fty }),+ }
+            impl Serialize for $ty {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    match (self, s.is_human_readable()) {
+                        $(($ty::$variant { $field }, true) => Tagged::$variant { $field: $field.clone() }.serialize(s),
+                          ($ty::$variant { $field }, false) => Plain::$variant { $field: $field.clone() }.serialize(s),)+
+                    }
+                }
+            }
+            impl<'de> Deserialize<'de> for $ty {
+                fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    if d.is_human_readable() {
+                        Ok(match Tagged::deserialize(d)? { $(Tagged::$variant { $field } => $ty::$variant { $field }),+ })
+                    } else {
+                        Ok(match Plain::deserialize(d)? { $(Plain::$variant { $field } => $ty::$variant { $field }),+ })
+                    }
+                }
+            }
+        };
+    };
+}
+
+tagged_in_json!(LotSource {
+    Order { order_id: String },
+    Adjustment { adjustment_id: String },
+});
+
+tagged_in_json!(TierCause {
+    Event { event_id: Uuid },
+    SpendWindow { order_id: String },
+});
+
 /// One entry of the tier history (the runner adds the customer id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierChange {
@@ -395,6 +440,7 @@ pub struct TierChange {
     /// Tier after.
     pub to: Tier,
     /// When.
+    #[serde(with = "crate::projections::compact::instant")]
     pub at: DateTime<Utc>,
     /// Why.
     pub cause: TierCause,
@@ -408,6 +454,7 @@ pub struct OrderPoints {
     /// Order id.
     pub order_id: String,
     /// When placed.
+    #[serde(with = "crate::projections::compact::instant")]
     pub placed_at: DateTime<Utc>,
     /// Order value.
     pub amount: Money,
@@ -443,6 +490,7 @@ pub struct LoyaltyState {
     #[serde(default)]
     pub in_window_from: usize,
     /// Recent touches of bonus campaigns: (campaign id, instant).
+    #[serde(with = "crate::projections::compact::pairs_instant")]
     pub campaign_touches: Vec<(String, DateTime<Utc>)>,
     /// Current tier.
     pub tier: Tier,
@@ -455,6 +503,7 @@ pub struct LoyaltyState {
     /// Refund events whose order was unknown (no points moved).
     pub unmatched_refunds: Vec<Uuid>,
     /// The latest instant the time rules have been applied through.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub reached: Option<DateTime<Utc>>,
 }
 

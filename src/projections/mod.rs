@@ -54,16 +54,23 @@
 pub mod alerts;
 pub mod analytics;
 pub mod bench;
+pub mod bulk;
+pub mod cache;
+pub mod clock;
 pub mod clv_scores;
 pub mod cohorts;
+pub mod compact;
 pub mod diff;
 pub mod export;
 pub mod lifecycle;
 pub mod loyalty;
+pub mod population;
 pub mod query;
+pub mod rebuild;
 pub mod rules;
 pub mod rules_error;
 pub mod runner;
+pub mod state;
 pub mod storage;
 pub mod value;
 pub mod view;
@@ -224,15 +231,4 @@ pub trait CustomerFold: Send + Sync + 'static {
 
     /// The customer's [`TableKind::Current`] rows for `state`.
     fn current_rows(&self, customer: &CustomerId, state: &Self::State, out: &mut Vec<Row>);
-
-    /// [`TableKind::Population`] rows as of `as_of` (every state advanced to
-    /// it); `states` is sorted by customer id. Default: none.
-    fn population_rows(
-        &self,
-        states: &[(&CustomerId, &Self::State)],
-        as_of: DateTime<Utc>,
-        out: &mut Vec<Row>,
-    ) {
-        let _ = (states, as_of, out);
-    }
 }

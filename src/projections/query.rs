@@ -1,13 +1,13 @@
 //! Reading the projected state of one customer "as of" an instant.
 //!
 //! Queries read the active version and use that version's own rules. The
-//! stage as of `T` is the fold of the customer's events with
-//! `occurred_at <= T` advanced to `T`: when `T` is at or after the
-//! customer's last folded event, the persisted state is advanced (no replay);
-//! otherwise the customer's stream is refolded. Value tiers need the whole
-//! population: as of the version's snapshot instant or later they come from
-//! `lifecycle_snapshot`; earlier instants replay the revenue of every
-//! customer up to `T`.
+//! state as of `T` is the fold of the customer's events with
+//! `occurred_at <= T` advanced to `T`, computed from their stream on each
+//! query: one indexed read of a short stream and a fold of microseconds,
+//! exact for any instant, and independent of how the runner stores its
+//! states. Value tiers need the whole population: as of the version's
+//! snapshot instant or later they come from `lifecycle_snapshot`; earlier
+//! instants replay the revenue of every customer up to `T`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::alerts::{self, Alert, AlertsFoldState};
 use super::clv_scores;
-use super::lifecycle::{self, fold_as_of, LifecycleState, Transition};
+use super::lifecycle::{self, fold_as_of, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
@@ -67,9 +67,6 @@ pub struct CustomerView {
     pub currency: String,
     /// Orders placed up to the instant.
     pub orders: i64,
-    /// Whether the answer advanced the stored state (`state`) or refolded
-    /// the stream (`replay`).
-    pub computed_from: &'static str,
     /// Loyalty balance, lots, tier and its history, conflicts.
     pub loyalty: LoyaltySnapshot,
     /// Historical value: revenue per currency, orders, tenure, gaps.
@@ -169,81 +166,23 @@ pub async fn customer_in_version(
 ) -> Result<Option<CustomerView>, RunnerError> {
     let version = version.clone();
     let lc = &rules.lifecycle;
-    let states = db
-        .load_customer_states(
-            version.model_version,
-            customer.as_str(),
-            &["lifecycle", "loyalty", "value", "alerts"],
-        )
+    let recorded = store
+        .read_stream(&customer.stream_id(), ReadStream::all_forwards())
         .await?;
-    let stored = states.iter().find(|s| s.projection == "lifecycle");
-    let mut replayed: Vec<FoldEvent> = Vec::new();
-    let (state, history, computed_from) = match stored {
-        Some(s) if as_of.timestamp_micros() >= s.last_occurred_us => {
-            let mut state: LifecycleState =
-                serde_json::from_str(&s.state).map_err(|e| RunnerError::State {
-                    projection: "lifecycle".into(),
-                    customer: customer.to_string(),
-                    reason: e.to_string(),
-                })?;
-            let spec = lifecycle::TABLES[1];
-            let mut history: Vec<TransitionView> = db
-                .dump(&spec, version.model_version, Some(customer.as_str()))
-                .await?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r[1].as_deref().unwrap_or("0").parse::<i64>().unwrap_or(0),
-                        r,
-                    )
-                })
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_values()
-                .map(|r| TransitionView {
-                    from: r[2].clone(),
-                    to: r[3].clone().unwrap_or_default(),
-                    at: r[4]
-                        .as_deref()
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .and_then(DateTime::from_timestamp_micros)
-                        .map(show)
-                        .unwrap_or_default(),
-                    cause: r[5].clone().unwrap_or_default(),
-                })
-                .collect();
-            let mut more = Vec::new();
-            state.advance_to(lc, as_of.timestamp_micros(), &mut more);
-            history.extend(more.iter().map(view_transition));
-            (state, history, "state")
+    let mut events = Vec::with_capacity(recorded.len());
+    for r in &recorded {
+        if let Some((_, e)) = fold_event(r)? {
+            events.push(e);
         }
-        _ => {
-            let recorded = store
-                .read_stream(&customer.stream_id(), ReadStream::all_forwards())
-                .await?;
-            let mut events = Vec::with_capacity(recorded.len());
-            for r in &recorded {
-                if let Some((_, e)) = fold_event(r)? {
-                    events.push(e);
-                }
-            }
-            let (state, transitions) = fold_as_of(lc, &events, as_of);
-            events.retain(|e| e.occurred_at <= as_of);
-            events.sort_by_key(|e| (e.occurred_at, e.version));
-            replayed = events;
-            (
-                state,
-                transitions.iter().map(view_transition).collect(),
-                "replay",
-            )
-        }
-    };
+    }
+    let (state, transitions) = fold_as_of(lc, &events, as_of);
+    events.retain(|e| e.occurred_at <= as_of);
+    events.sort_by_key(|e| (e.occurred_at, e.version));
+    let history: Vec<TransitionView> = transitions.iter().map(view_transition).collect();
     let Some(stage) = state.stage else {
         return Ok(None);
     };
-    let others = match computed_from {
-        "state" => Others::from_states(&states, customer)?,
-        _ => Others::fold(rules, &replayed, as_of),
-    };
+    let others = Others::fold(rules, &events, as_of);
     let (snapshot_us, rows) = db
         .customer_rows(
             version.model_version,
@@ -276,7 +215,6 @@ pub async fn customer_in_version(
         revenue_minor: state.revenue_minor,
         currency: lc.currency.to_string(),
         orders: state.orders,
-        computed_from,
         loyalty: loyalty::as_of(&others.loyalty, &rules.loyalty, as_of),
         value: value::snapshot(&others.value, as_of),
         alerts: alerts::as_of(&others.alerts.alerts, &rules.alerts, as_of).alerts,
@@ -303,34 +241,6 @@ impl Others {
             alerts::apply(&mut others.alerts.alerts, &rules.alerts, &view);
         }
         others
-    }
-
-    /// The states the runner persisted with the customer's last event
-    /// (defaults for folds that stored none).
-    fn from_states(
-        states: &[crate::projections::storage::StoredState],
-        customer: &CustomerId,
-    ) -> Result<Self, RunnerError> {
-        Ok(Self {
-            loyalty: parse_state(states, "loyalty", customer)?,
-            value: parse_state(states, "value", customer)?,
-            alerts: parse_state(states, "alerts", customer)?,
-        })
-    }
-}
-
-fn parse_state<T: serde::de::DeserializeOwned + Default>(
-    states: &[crate::projections::storage::StoredState],
-    projection: &str,
-    customer: &CustomerId,
-) -> Result<T, RunnerError> {
-    match states.iter().find(|s| s.projection == projection) {
-        Some(stored) => serde_json::from_str(&stored.state).map_err(|e| RunnerError::State {
-            projection: projection.into(),
-            customer: customer.to_string(),
-            reason: e.to_string(),
-        }),
-        None => Ok(T::default()),
     }
 }
 

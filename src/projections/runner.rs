@@ -1,39 +1,37 @@
-//! The projection runner: replays the global log into versioned read
-//! models, batch by batch, each batch committed with its checkpoint.
+//! The incremental runner: maintains a read-model version from its
+//! checkpoint, batch by batch, each batch committed with its checkpoint.
 //!
-//! - [`rebuild`] writes a fresh version (status `building`) from position 1
-//!   and activates it atomically when complete; queries keep reading the
-//!   old active version meanwhile. If a building version with the same rules
-//!   hash exists (a crashed rebuild), it resumes from that version's
-//!   checkpoint, reloading the persisted per-customer states, and ends with
-//!   exactly the tables an uninterrupted rebuild gives.
-//! - [`catch_up`] / [`follow`] maintain the active version incrementally
-//!   from its checkpoint (to the head, or live on the subscription).
+//! - [`catch_up`] / [`follow`] bring the active version to the store's head
+//!   (once, or live on the subscription); a rebuild ([`super::rebuild`])
+//!   uses the same [`Projector`] for the events appended while it ran.
+//! - States are loaded on demand into a bounded cache ([`StateCache`]) and
+//!   written back with each batch: memory depends on the cache budget, not
+//!   on the number of customers, and a server starts without loading any.
+//! - Each touched customer is advanced to the clock ([`Clock`]) after its
+//!   events, so its tables show it as of now.
 //!
 //! Late events: a customer's events are folded in `(occurred_at, version)`
 //! order. When an event's `occurred_at` is earlier than the last one folded
-//! for its customer, the customer's rows in this version are deleted and
-//! their stream (up to this event's position) is refolded in that order, so
-//! incremental maintenance and a rebuild from scratch always agree.
+//! for its customer, or not after the instant the customer was advanced to
+//! ([`CustomerState::is_late`]), the customer's rows in this version are
+//! deleted and their stream (up to this event's position) is refolded in
+//! that order, so incremental maintenance and a rebuild from scratch agree.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use thiserror::Error;
 
-use super::alerts::Alerts;
-use super::clv_scores::ClvScores;
-use super::cohorts::Cohorts;
-use super::lifecycle::Lifecycle;
-use super::loyalty::Loyalty;
+use super::bulk::{BulkWork, BulkWriter, CustomerRange};
+use super::cache::StateCache;
+use super::clock::Clock;
+use super::population::{PopulationChanged, PopulationInputs};
 use super::rules::RuleSet;
-use super::storage::{
-    BatchWrite, ReadModelDb, StorageError, StoredState, VersionInfo, VersionStatus,
-};
-use super::value::HistoricalValue;
-use super::{CustomerFold, FoldEvent, Row, TableSpec};
+use super::state::{CustomerState, Folds, StateError};
+use super::storage::{BatchWrite, ReadModelDb, StateRow, StorageError, VersionInfo, VersionStatus};
+use super::{FoldEvent, Row, TableKind, TableSpec};
 use crate::domain::{CustomerId, RecordedEvent};
 use crate::store::{EventStore, ReadStream, StoreError};
 
@@ -59,16 +57,27 @@ pub enum RunnerError {
         /// Why.
         reason: String,
     },
-    /// A persisted state did not parse (schema changed without a rebuild).
-    #[error("persisted {projection} state of customer {customer} is unreadable: {reason}; run `journey rebuild`")]
+    /// A stored state did not decode (its format changed without a rebuild).
+    #[error("the stored state of customer {customer} is unreadable: {source}")]
     State {
-        /// Projection.
-        projection: String,
         /// Customer.
         customer: String,
         /// Why.
-        reason: String,
+        source: StateError,
     },
+    /// The version was built by a build with another state format.
+    #[error("read-model version {model_version} was built with state format {found}, this build uses {expected}; run `journey rebuild`")]
+    StateFormat {
+        /// The version.
+        model_version: i64,
+        /// Its format.
+        found: i64,
+        /// This build's.
+        expected: u8,
+    },
+    /// The population changed under a refit (another writer).
+    #[error(transparent)]
+    Population(#[from] PopulationChanged),
     /// No active version to maintain.
     #[error("no active read-model version; run `journey rebuild` first")]
     NoActiveVersion,
@@ -83,107 +92,14 @@ pub enum RunnerError {
     Record(String),
 }
 
-/// The object-safe face of a [`CustomerFold`] with its per-customer states.
-pub trait FoldRunner: Send {
-    /// The fold's name.
-    fn name(&self) -> &'static str;
-    /// Its tables.
-    fn tables(&self) -> &'static [TableSpec];
-    /// Forgets a customer (before a refold).
-    fn reset(&mut self, customer: &CustomerId);
-    /// Folds one event into the customer's state.
-    fn apply(&mut self, customer: &CustomerId, event: &FoldEvent, out: &mut Vec<Row>);
-    /// Current rows of one customer.
-    fn current_rows(&self, customer: &CustomerId, out: &mut Vec<Row>);
-    /// Population rows as of an instant.
-    fn population_rows(&self, as_of: DateTime<Utc>, out: &mut Vec<Row>);
-    /// The customer's state as JSON, if known.
-    fn save(&self, customer: &CustomerId) -> Option<String>;
-    /// Restores a customer's state from JSON.
-    fn load(&mut self, customer: CustomerId, json: &str) -> Result<(), String>;
-}
-
-/// Holds one fold and the states of every customer it has seen.
-pub struct Folder<F: CustomerFold> {
-    fold: F,
-    states: HashMap<CustomerId, F::State>,
-}
-
-impl<F: CustomerFold> Folder<F> {
-    /// Wraps a fold with no customers yet.
-    pub fn new(fold: F) -> Self {
-        Self {
-            fold,
-            states: HashMap::new(),
-        }
-    }
-}
-
-impl<F: CustomerFold> FoldRunner for Folder<F> {
-    fn name(&self) -> &'static str {
-        self.fold.name()
-    }
-    fn tables(&self) -> &'static [TableSpec] {
-        self.fold.tables()
-    }
-    fn reset(&mut self, customer: &CustomerId) {
-        self.states.remove(customer);
-    }
-    fn apply(&mut self, customer: &CustomerId, event: &FoldEvent, out: &mut Vec<Row>) {
-        let state = self.states.entry(customer.clone()).or_default();
-        self.fold.apply(customer, state, event, out);
-    }
-    fn current_rows(&self, customer: &CustomerId, out: &mut Vec<Row>) {
-        if let Some(state) = self.states.get(customer) {
-            self.fold.current_rows(customer, state, out);
-        }
-    }
-    fn population_rows(&self, as_of: DateTime<Utc>, out: &mut Vec<Row>) {
-        let mut states: Vec<(&CustomerId, &F::State)> = self.states.iter().collect();
-        states.sort_by(|a, b| a.0.cmp(b.0));
-        self.fold.population_rows(&states, as_of, out);
-    }
-    fn save(&self, customer: &CustomerId) -> Option<String> {
-        self.states
-            .get(customer)
-            .map(|s| serde_json::to_string(s).expect("states serialize"))
-    }
-    fn load(&mut self, customer: CustomerId, json: &str) -> Result<(), String> {
-        let state = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        self.states.insert(customer, state);
-        Ok(())
-    }
-}
-
-/// The folds a rule set defines. Register new read models here.
-pub fn folds_for(rules: &RuleSet) -> Vec<Box<dyn FoldRunner>> {
-    vec![
-        Box::new(Folder::new(Lifecycle {
-            rules: rules.lifecycle.clone(),
-        })),
-        Box::new(Folder::new(Loyalty {
-            rules: rules.loyalty.clone(),
-        })),
-        Box::new(Folder::new(Alerts {
-            rules: rules.alerts.clone(),
-            lifecycle: rules.lifecycle.clone(),
-        })),
-        Box::new(Folder::new(HistoricalValue)),
-        Box::new(Folder::new(Cohorts {
-            reporting_currency: rules.lifecycle.currency,
-        })),
-        Box::new(Folder::new(ClvScores {
-            rules: rules.clv.clone(),
-        })),
-    ]
+/// The folds a rule set defines (see [`Folds`]).
+pub fn folds_for(rules: &RuleSet) -> Folds {
+    Folds::new(rules)
 }
 
 /// Every table of every fold (for commits and dumps).
-pub fn all_tables(folds: &[Box<dyn FoldRunner>]) -> Vec<TableSpec> {
-    folds
-        .iter()
-        .flat_map(|f| f.tables().iter().copied())
-        .collect()
+pub fn all_tables(folds: &Folds) -> Vec<TableSpec> {
+    folds.tables()
 }
 
 /// Decodes a customer event for folding; `None` for non-customer streams.
@@ -208,19 +124,74 @@ pub fn fold_event(event: &RecordedEvent) -> Result<Option<(CustomerId, FoldEvent
     )))
 }
 
-/// Folds events into one version of the read models.
+/// Settings of a [`Projector`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectorOptions {
+    /// Where "now" comes from.
+    pub clock: Clock,
+    /// Budget of the state cache, bytes.
+    pub cache_bytes: usize,
+}
+
+/// The default state cache budget: `[projections] state_cache_mb`.
+pub const DEFAULT_STATE_CACHE_MB: usize = 64;
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        Self {
+            clock: Clock::Wall,
+            cache_bytes: DEFAULT_STATE_CACHE_MB << 20,
+        }
+    }
+}
+
+/// A folded batch: what to commit, and the history rows new to listeners.
+pub struct Folded {
+    /// Rows, states and checkpoint to commit.
+    pub batch: BatchWrite,
+    /// Stage transitions and alerts the batch adds (for a refolded
+    /// customer, those beyond the history they had).
+    pub new_history: Vec<Row>,
+}
+
+/// How many history rows a customer had, per history table.
+#[derive(Debug, Clone, Copy)]
+struct HistoryCounts {
+    transitions: i64,
+    alerts: i64,
+}
+
+impl HistoryCounts {
+    fn of(state: &CustomerState) -> Self {
+        Self {
+            transitions: state.lifecycle.transitions,
+            alerts: i64::from(state.alerts.written),
+        }
+    }
+}
+
+/// A history row's sequence number (its first value).
+fn seq_of(row: &Row) -> i64 {
+    match row.values.first() {
+        Some(super::Value::Int(seq)) => *seq,
+        _ => 0,
+    }
+}
+
+type HistoryCount = fn(&HistoryCounts) -> i64;
+
+/// Folds events into one version of the read models, incrementally.
 pub struct Projector {
     store: Arc<dyn EventStore>,
     db: ReadModelDb,
     version: i64,
-    folds: Vec<Box<dyn FoldRunner>>,
+    folds: Folds,
     tables: Vec<TableSpec>,
-    /// Per customer: `occurred_at` (µs) of the latest event folded.
-    cursors: HashMap<CustomerId, i64>,
+    cache: StateCache,
+    clock: Clock,
+    /// The history tables and the count of rows a customer had in each.
+    history_tables: std::collections::HashMap<&'static str, HistoryCount>,
     checkpoint: u64,
-    /// The last position folded (ahead of `checkpoint` while a commit is
-    /// in flight).
-    folded_to: u64,
     /// The newest `occurred_at` folded (the population's "as of").
     watermark: Option<DateTime<Utc>>,
     /// Seconds spent decoding and folding.
@@ -233,47 +204,45 @@ pub struct Projector {
 }
 
 impl Projector {
-    /// Opens a projector on `version`, reloading persisted states.
+    /// Opens a projector on `version` (no state is loaded until a batch
+    /// needs it).
     pub async fn open(
         store: Arc<dyn EventStore>,
         db: ReadModelDb,
         version: &VersionInfo,
         rules: &RuleSet,
+        options: ProjectorOptions,
     ) -> Result<Self, RunnerError> {
-        let mut folds = folds_for(rules);
-        let tables = all_tables(&folds);
-        let mut cursors = HashMap::new();
-        let mut watermark_us: Option<i64> = None;
-        db.for_each_state(version.model_version, None, |stored| {
-            let customer =
-                CustomerId::parse(&stored.customer_id).map_err(|e| RunnerError::State {
-                    projection: stored.projection.clone(),
-                    customer: stored.customer_id.clone(),
-                    reason: e.to_string(),
-                })?;
-            if let Some(fold) = folds.iter_mut().find(|f| f.name() == stored.projection) {
-                fold.load(customer.clone(), &stored.state)
-                    .map_err(|reason| RunnerError::State {
-                        projection: stored.projection.clone(),
-                        customer: stored.customer_id.clone(),
-                        reason,
-                    })?;
-            }
-            watermark_us = watermark_us.max(Some(stored.last_occurred_us));
-            cursors.insert(customer, stored.last_occurred_us);
-            Ok::<_, RunnerError>(())
-        })
-        .await??;
+        if !version.maintainable() {
+            return Err(RunnerError::StateFormat {
+                model_version: version.model_version,
+                found: version.state_format,
+                expected: super::state::STATE_FORMAT,
+            });
+        }
+        let folds = Folds::new(rules);
+        let mut history_tables: std::collections::HashMap<&'static str, HistoryCount> =
+            std::collections::HashMap::new();
+        history_tables.insert("lifecycle_transitions", |c| c.transitions);
+        history_tables.insert("churn_alerts", |c| c.alerts);
+        debug_assert!(folds
+            .tables()
+            .iter()
+            .filter(|t| t.kind == TableKind::History)
+            .all(|t| history_tables.contains_key(t.name)));
         Ok(Self {
+            history_tables,
+            tables: folds.tables(),
+            folds,
             store,
             db,
             version: version.model_version,
-            folds,
-            tables,
-            cursors,
+            cache: StateCache::new(options.cache_bytes),
+            clock: options.clock,
             checkpoint: version.checkpoint.max(0) as u64,
-            folded_to: version.checkpoint.max(0) as u64,
-            watermark: watermark_us.and_then(DateTime::from_timestamp_micros),
+            watermark: version
+                .watermark_us
+                .and_then(DateTime::from_timestamp_micros),
             fold_secs: 0.0,
             write_secs: 0.0,
             last_refit: std::time::Duration::ZERO,
@@ -290,102 +259,151 @@ impl Projector {
         self.version
     }
 
-    /// Customers folded so far.
-    pub fn customers(&self) -> usize {
-        self.cursors.len()
+    /// The state cache (for metrics).
+    pub fn cache(&self) -> &StateCache {
+        &self.cache
+    }
+
+    /// Seconds spent folding and writing so far.
+    pub fn secs(&self) -> (f64, f64) {
+        (self.fold_secs, self.write_secs)
     }
 
     /// Folds a batch of events (in position order, all after the
-    /// checkpoint) and commits it; `with_population` also rewrites the
-    /// population tables as of the newest event.
-    pub async fn process(
-        &mut self,
-        events: &[RecordedEvent],
-        with_population: bool,
-    ) -> Result<(), RunnerError> {
-        let batch = self.fold(events, with_population).await?;
-        self.commit(batch).await
+    /// checkpoint) and commits it.
+    pub async fn process(&mut self, events: &[RecordedEvent]) -> Result<(), RunnerError> {
+        let folded = self.fold(events).await?;
+        self.commit(folded.batch).await
+    }
+
+    /// Loads the stored states of the batch's customers that are not cached.
+    async fn load_missing(&mut self, customers: &[CustomerId]) -> Result<(), RunnerError> {
+        let missing: Vec<&str> = customers
+            .iter()
+            .filter(|c| !self.cache.contains(c))
+            .map(CustomerId::as_str)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for row in self.db.load_states(self.version, &missing).await? {
+            let customer =
+                CustomerId::parse(&row.customer_id).map_err(|e| RunnerError::Decode {
+                    position: 0,
+                    stream: row.customer_id.clone(),
+                    reason: e.to_string(),
+                })?;
+            let state = CustomerState::decode(&row.state).map_err(|source| RunnerError::State {
+                customer: row.customer_id.clone(),
+                source,
+            })?;
+            self.cache.put(customer, state, row.state.len());
+        }
+        Ok(())
     }
 
     /// Folds a batch of events (in position order, all after what was
     /// folded before) into the write it must commit: rows, the touched
-    /// customers' states and the new checkpoint. Nothing is written; the
-    /// caller commits the writes in the order they were folded.
-    pub async fn fold(
-        &mut self,
-        events: &[RecordedEvent],
-        with_population: bool,
-    ) -> Result<BatchWrite, RunnerError> {
+    /// customers' states and the new checkpoint. Nothing is written.
+    pub async fn fold(&mut self, events: &[RecordedEvent]) -> Result<Folded, RunnerError> {
         let started = std::time::Instant::now();
-        let mut touched: Vec<CustomerId> = Vec::new();
-        let mut touched_set: HashSet<CustomerId> = HashSet::new();
-        let mut existed: HashSet<CustomerId> = HashSet::new();
-        let mut reset: HashSet<CustomerId> = HashSet::new();
-        let mut rows: Vec<Row> = Vec::with_capacity(events.len());
-        let mut last_position = self.folded_to;
+        let mut decoded: Vec<(CustomerId, FoldEvent, u64)> = Vec::with_capacity(events.len());
+        let mut last_position = self.checkpoint;
         for recorded in events {
             last_position = recorded.position;
-            let Some((customer, event)) = fold_event(recorded)? else {
-                continue;
-            };
-            let at_us = event.occurred_at.timestamp_micros();
-            self.watermark = self.watermark.max(Some(event.occurred_at));
-            if touched_set.insert(customer.clone()) {
-                if self.cursors.contains_key(&customer) {
-                    existed.insert(customer.clone());
-                }
-                touched.push(customer.clone());
-            }
-            let late = self
-                .cursors
-                .get(&customer)
-                .is_some_and(|&last| at_us < last);
-            if late {
-                self.refold(&customer, recorded.position, &mut rows).await?;
-                reset.insert(customer.clone());
-            } else {
-                for fold in &mut self.folds {
-                    fold.apply(&customer, &event, &mut rows);
-                }
-                self.cursors.insert(customer, at_us);
+            if let Some((customer, event)) = fold_event(recorded)? {
+                decoded.push((customer, event, recorded.position));
             }
         }
+        let mut touched: Vec<CustomerId> = Vec::new();
+        let mut seen: HashSet<CustomerId> = HashSet::new();
+        for (customer, _, _) in &decoded {
+            if seen.insert(customer.clone()) {
+                touched.push(customer.clone());
+            }
+        }
+        self.load_missing(&touched).await?;
+        let existed: HashSet<CustomerId> = touched
+            .iter()
+            .filter(|c| self.cache.contains(c))
+            .cloned()
+            .collect();
+        let mut reset: HashSet<CustomerId> = HashSet::new();
+        // History rows each refolded customer had before (their history is
+        // regenerated; only rows beyond these are new to listeners).
+        let mut had: std::collections::HashMap<String, HistoryCounts> =
+            std::collections::HashMap::new();
+        let mut rows: Vec<Row> = Vec::with_capacity(events.len() * 2);
+        for (customer, event, position) in &decoded {
+            self.watermark = self.watermark.max(Some(event.occurred_at));
+            let at_us = event.occurred_at.timestamp_micros();
+            let late = match self.cache.get_mut(customer) {
+                Some(state) => state.is_late(at_us),
+                None => {
+                    self.cache
+                        .put(customer.clone(), CustomerState::default(), 0);
+                    false
+                }
+            };
+            if late {
+                if let Some(state) = self.cache.get_mut(customer) {
+                    had.entry(customer.as_str().to_owned())
+                        .or_insert_with(|| HistoryCounts::of(state));
+                }
+                self.refold(customer, *position, &mut rows).await?;
+                reset.insert(customer.clone());
+            } else {
+                let state = self.cache.get_mut(customer).expect("cached above");
+                self.folds.apply(customer, state, event, &mut rows);
+            }
+        }
+        let now = self.clock.now();
         let mut batch = BatchWrite {
             checkpoint: last_position as i64,
             events: events.len() as i64,
+            watermark_us: self.watermark.map(|w| w.timestamp_micros()),
+            clock_us: Some(now.timestamp_micros()),
             ..Default::default()
         };
         for customer in &touched {
-            for fold in &self.folds {
-                fold.current_rows(customer, &mut rows);
-                if let Some(state) = fold.save(customer) {
-                    batch.states.push(StoredState {
-                        projection: fold.name().to_owned(),
-                        customer_id: customer.as_str().to_owned(),
-                        last_occurred_us: self.cursors[customer],
-                        state,
-                    });
-                }
-            }
+            let state = self
+                .cache
+                .get_mut(customer)
+                .expect("touched customers are cached");
+            self.folds.advance_to(customer, state, now, &mut rows);
+            self.folds.current_rows(customer, state, &mut rows);
+            let bytes = state.encode();
+            batch.states.push(StateRow {
+                customer_id: customer.as_str().to_owned(),
+                last_occurred_us: state.last_occurred_us,
+                due_us: None,
+                state: bytes,
+            });
+            let len = batch.states.last().map_or(0, |s| s.state.len());
+            self.cache.resize(customer, len);
             if reset.contains(customer) {
                 batch.reset_customers.push(customer.as_str().to_owned());
             } else if existed.contains(customer) {
                 batch.replace_customers.push(customer.as_str().to_owned());
             }
         }
-        // A refolded customer's rows were regenerated in full by `refold`
-        // (which dropped the ones folded earlier in this batch).
+        let new_history = rows
+            .iter()
+            .filter(|r| match self.history_tables.get(r.table) {
+                None => false,
+                Some(count) => had
+                    .get(r.customer_id.as_str())
+                    .is_none_or(|before| seq_of(r) > count(before)),
+            })
+            .cloned()
+            .collect();
         batch.rows = rows;
-        if with_population {
-            batch.population = self.refit_population();
-        }
-        self.folded_to = last_position;
         self.fold_secs += started.elapsed().as_secs_f64();
-        Ok(batch)
+        Ok(Folded { batch, new_history })
     }
 
     /// Commits a folded batch (rows, states and checkpoint in one
-    /// transaction).
+    /// transaction), then trims the cache to its budget.
     pub async fn commit(&mut self, batch: BatchWrite) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
         let checkpoint = batch.checkpoint as u64;
@@ -394,75 +412,27 @@ impl Projector {
             .await?;
         self.write_secs += started.elapsed().as_secs_f64();
         self.checkpoint = checkpoint;
+        self.cache.shrink(|_| false);
         Ok(())
-    }
-
-    /// Commits a folded batch on another task, so the next batch can be
-    /// folded meanwhile; await the handle (with [`Projector::committed`])
-    /// before committing the next one, to keep commits in order.
-    fn commit_in_background(&self, batch: BatchWrite) -> InFlight {
-        let db = self.db.clone();
-        let tables = self.tables.clone();
-        let version = self.version;
-        let checkpoint = batch.checkpoint as u64;
-        let handle = tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            db.commit_batch(version, &tables, batch).await?;
-            Ok(started.elapsed().as_secs_f64())
-        });
-        InFlight { handle, checkpoint }
-    }
-
-    /// Waits for a background commit and records its checkpoint.
-    async fn committed(&mut self, inflight: InFlight) -> Result<(), RunnerError> {
-        let secs = inflight
-            .handle
-            .await
-            .map_err(|e| RunnerError::Task(e.to_string()))??;
-        self.write_secs += secs;
-        self.checkpoint = inflight.checkpoint;
-        Ok(())
-    }
-
-    /// [`Self::population_rows`] off the reactor, timed.
-    fn refit_population(&mut self) -> Option<(i64, Vec<Row>)> {
-        let started = std::time::Instant::now();
-        let rows = off_the_reactor(|| self.population_rows());
-        self.last_refit = started.elapsed();
-        rows
     }
 
     /// When live maintenance may refit the population next: at least
     /// [`POPULATION_EVERY`] apart, and at least four refits' durations, so
-    /// refits over a large population (minutes at a million customers when
-    /// a model fit struggles) take at most a fifth of the time.
+    /// refits over a large population take at most a fifth of the time.
     fn next_refit(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + POPULATION_EVERY.max(self.last_refit * 4)
     }
 
-    /// Every fold's population rows as of the newest event folded, with
-    /// that instant (µs); `None` before any customer event.
-    fn population_rows(&self) -> Option<(i64, Vec<Row>)> {
-        let as_of = self.watermark?;
-        let mut rows = Vec::new();
-        for fold in &self.folds {
-            fold.population_rows(as_of, &mut rows);
-        }
-        Some((as_of.timestamp_micros(), rows))
-    }
-
-    /// Rewrites the population tables as of the newest event folded.
+    /// Rewrites the population tables as of the newest event folded (see
+    /// [`refit_population`]).
     pub async fn write_population(&mut self) -> Result<(), RunnerError> {
-        let started = std::time::Instant::now();
-        let batch = BatchWrite {
-            checkpoint: self.checkpoint as i64,
-            population: self.refit_population(),
-            ..Default::default()
+        let Some(as_of) = self.watermark else {
+            return Ok(());
         };
-        self.db
-            .commit_batch(self.version, &self.tables, batch)
-            .await?;
-        self.write_secs += started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        refit_population(&self.db, self.version, &self.folds, as_of).await?;
+        self.last_refit = started.elapsed();
+        self.write_secs += self.last_refit.as_secs_f64();
         Ok(())
     }
 
@@ -485,154 +455,87 @@ impl Projector {
                 events.push(event);
             }
         }
-        events.sort_by_key(|e| (e.occurred_at, e.version));
         rows.retain(|r| r.customer_id != customer.as_str());
-        for fold in &mut self.folds {
-            fold.reset(customer);
-        }
-        for event in &events {
-            for fold in &mut self.folds {
-                fold.apply(customer, event, rows);
-            }
-        }
-        let last = events.last().map(|e| e.occurred_at.timestamp_micros());
-        self.cursors
-            .insert(customer.clone(), last.unwrap_or_default());
+        let state = self.folds.fold_history(customer, &mut events, rows);
+        self.cache.put(customer.clone(), state, 0);
         Ok(())
     }
 }
 
-/// A batch being committed on another task.
-struct InFlight {
-    handle: tokio::task::JoinHandle<Result<f64, StorageError>>,
-    checkpoint: u64,
-}
-
-/// Options of a rebuild.
-#[derive(Debug, Clone)]
-pub struct RebuildOptions {
-    /// Events per committed batch.
-    pub batch_events: usize,
-    /// Stop (as if crashed) after this many committed batches; for tests of
-    /// crash recovery.
-    pub stop_after_batches: Option<usize>,
-}
-
-impl Default for RebuildOptions {
-    fn default() -> Self {
-        Self {
-            batch_events: DEFAULT_BATCH_EVENTS,
-            stop_after_batches: None,
-        }
-    }
-}
-
-/// What a rebuild did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RebuildReport {
-    /// The version written.
-    pub model_version: i64,
-    /// Whether it was activated (false when stopped early).
-    pub activated: bool,
-    /// Whether an interrupted rebuild was resumed.
-    pub resumed_from: Option<u64>,
-    /// Events read in this run.
-    pub events: u64,
-    /// Customers in the version.
-    pub customers: usize,
-    /// Last position applied.
-    pub checkpoint: u64,
-    /// Seconds spent decoding and folding.
-    pub fold_secs: f64,
-    /// Seconds spent writing read models.
-    pub write_secs: f64,
-}
-
-/// Rebuilds every read model into a fresh version from the full log, then
-/// activates it. Resumes a building version with the same rules hash.
-/// `progress` receives each committed checkpoint.
-pub async fn rebuild(
-    store: Arc<dyn EventStore>,
+/// Rewrites the population tables of a version as of `as_of`: two
+/// streaming passes over the stored states (see [`super::population`]),
+/// the second writing customer range by customer range, each range in one
+/// transaction (every row carries the instant it is as of; the version's
+/// `population_as_of_us` moves with the last range).
+pub async fn refit_population(
     db: &ReadModelDb,
-    rules: &RuleSet,
-    options: &RebuildOptions,
-    started_at: DateTime<Utc>,
-    mut progress: impl FnMut(u64),
-) -> Result<RebuildReport, RunnerError> {
-    let rules_json = serde_json::to_string(rules).expect("rules serialize");
-    let resumable = db
-        .latest_with_status(VersionStatus::Building)
-        .await?
-        .filter(|v| v.rules_hash == rules.hash && v.rules_json == rules_json);
-    let (version, resumed_from) = match resumable {
-        Some(v) => {
-            let from = v.checkpoint as u64;
-            (v, Some(from))
-        }
-        None => (
-            db.create_version(
-                &rules.rules_id(),
-                &rules.hash,
-                &rules_json,
-                started_at.timestamp_micros(),
-            )
-            .await?,
-            None,
-        ),
-    };
-    let mut projector = Projector::open(store.clone(), db.clone(), &version, rules).await?;
-    let batch_size = options.batch_events.max(1);
-    let mut events =
-        crate::store::read_all(store, projector.checkpoint() + 1, batch_size.min(5_000))
-            .chunks(batch_size);
-    let mut read = 0u64;
-    let mut batches = 0usize;
-    // Fold batch N+1 while batch N commits: commits stay in order, each
-    // with its own checkpoint, so a crash loses at most uncommitted work.
-    let mut inflight: Option<InFlight> = None;
-    while let Some(chunk) = events.next().await {
-        let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-        read += chunk.len() as u64;
-        let batch = projector.fold(&chunk, false).await?;
-        if let Some(previous) = inflight.take() {
-            projector.committed(previous).await?;
-            progress(projector.checkpoint());
-        }
-        batches += 1;
-        if options.stop_after_batches.is_some_and(|n| batches >= n) {
-            projector.commit(batch).await?;
-            progress(projector.checkpoint());
-            return Ok(RebuildReport {
-                model_version: projector.version(),
-                activated: false,
-                resumed_from,
-                events: read,
-                customers: projector.customers(),
-                checkpoint: projector.checkpoint(),
-                fold_secs: projector.fold_secs,
-                write_secs: projector.write_secs,
-            });
-        }
-        inflight = Some(projector.commit_in_background(batch));
+    model_version: i64,
+    folds: &Folds,
+    as_of: DateTime<Utc>,
+) -> Result<(), RunnerError> {
+    let mut inputs = PopulationInputs::new(folds, as_of);
+    let mut states = db.customer_states(model_version);
+    while let Some(row) = states.next().await {
+        let (customer, state) = decode_state_row(&row?)?;
+        inputs.observe(&customer, &state);
     }
-    if let Some(previous) = inflight.take() {
-        projector.committed(previous).await?;
-        progress(projector.checkpoint());
+    drop(states);
+    let customers = inputs.customers();
+    let mut models = off_the_reactor(|| inputs.fit());
+    let writer = BulkWriter::open(db, model_version, &folds.tables()).await?;
+    let outcome = async {
+        // Each chunk of customers replaces their population rows in its own
+        // transaction; the last one also records the instant.
+        let mut work = BulkWork::default();
+        let mut after: Option<String> = None;
+        let mut states = db.customer_states(model_version);
+        while let Some(row) = states.next().await {
+            let (customer, state) = decode_state_row(&row?)?;
+            models.rows(&customer, &state, &mut work.rows)?;
+            if work.rows.len() >= 20_000 {
+                let through = Some(customer.as_str().to_owned());
+                work.clear_population = Some(CustomerRange {
+                    after: after.replace(customer.as_str().to_owned()),
+                    through,
+                });
+                work.commit = true;
+                writer.send(std::mem::take(&mut work)).await?;
+            }
+        }
+        models.finish()?;
+        work.clear_population = Some(CustomerRange {
+            after,
+            through: None,
+        });
+        work.population_as_of = Some(as_of.timestamp_micros());
+        work.commit = true;
+        writer.send(work).await?;
+        Ok::<_, RunnerError>(())
     }
-    projector.write_population().await?;
-    db.activate(projector.version(), started_at.timestamp_micros())
-        .await?;
-    Ok(RebuildReport {
-        model_version: projector.version(),
-        activated: true,
-        resumed_from,
-        events: read,
-        customers: projector.customers(),
-        checkpoint: projector.checkpoint(),
-        fold_secs: projector.fold_secs,
-        write_secs: projector.write_secs,
-    })
+    .await;
+    // On failure the writer rolls back the open transaction when it stops.
+    let written = writer.finish().await;
+    outcome?;
+    written?;
+    tracing::debug!(customers, %as_of, "population refitted");
+    Ok(())
 }
+
+/// Decodes a stored state row.
+pub fn decode_state_row(row: &StateRow) -> Result<(CustomerId, CustomerState), RunnerError> {
+    let customer = CustomerId::parse(&row.customer_id).map_err(|e| RunnerError::Decode {
+        position: 0,
+        stream: row.customer_id.clone(),
+        reason: e.to_string(),
+    })?;
+    let state = CustomerState::decode(&row.state).map_err(|source| RunnerError::State {
+        customer: row.customer_id.clone(),
+        source,
+    })?;
+    Ok((customer, state))
+}
+
+pub use super::rebuild::{rebuild, RebuildOptions, RebuildReport};
 
 /// The active version and its rules.
 pub async fn active(db: &ReadModelDb) -> Result<(VersionInfo, RuleSet), RunnerError> {
@@ -652,22 +555,45 @@ pub async fn catch_up(
     db: &ReadModelDb,
     batch_events: usize,
 ) -> Result<u64, RunnerError> {
+    catch_up_with(store, db, batch_events, ProjectorOptions::default()).await
+}
+
+/// [`catch_up`] with explicit options (clock, cache).
+pub async fn catch_up_with(
+    store: Arc<dyn EventStore>,
+    db: &ReadModelDb,
+    batch_events: usize,
+    options: ProjectorOptions,
+) -> Result<u64, RunnerError> {
     let (version, rules) = active(db).await?;
-    let mut projector = Projector::open(store.clone(), db.clone(), &version, &rules).await?;
-    let batch_size = batch_events.max(1);
-    let mut events =
-        crate::store::read_all(store, projector.checkpoint() + 1, batch_size.min(5_000))
-            .chunks(batch_size);
-    let mut applied = 0u64;
-    while let Some(chunk) = events.next().await {
-        let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-        applied += chunk.len() as u64;
-        projector.process(&chunk, false).await?;
-    }
+    let mut projector =
+        Projector::open(store.clone(), db.clone(), &version, &rules, options).await?;
+    let applied = projector.catch_up(batch_events).await?;
     if applied > 0 {
         projector.write_population().await?;
     }
     Ok(applied)
+}
+
+impl Projector {
+    /// Folds and commits everything after the checkpoint up to the store's
+    /// head, in batches; returns events applied.
+    pub async fn catch_up(&mut self, batch_events: usize) -> Result<u64, RunnerError> {
+        let batch_size = batch_events.max(1);
+        let mut events = crate::store::read_all(
+            self.store.clone(),
+            self.checkpoint + 1,
+            batch_size.min(5_000),
+        )
+        .chunks(batch_size);
+        let mut applied = 0u64;
+        while let Some(chunk) = events.next().await {
+            let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
+            applied += chunk.len() as u64;
+            self.process(&chunk).await?;
+        }
+        Ok(applied)
+    }
 }
 
 /// How often live maintenance rewrites the population tables at most
@@ -696,26 +622,30 @@ pub async fn follow(
     batch_events: usize,
     on_batch: impl FnMut(&Committed),
 ) -> Result<(), RunnerError> {
-    Follower::open(store, db)
+    Follower::open(store, db, ProjectorOptions::default())
         .await?
         .run(batch_events, on_batch)
         .await
 }
 
-/// The live runner between loading the active version's states (which
-/// takes a while on large stores: every customer's fold state is read) and
-/// following the store; [`follow`] in two steps, so a server can wait for
-/// the first before it starts serving.
+/// The live runner on the active version, between opening it and following
+/// the store; [`follow`] in two steps, so a server can report that it is
+/// ready first.
 pub struct Follower {
     store: Arc<dyn EventStore>,
     projector: Projector,
 }
 
 impl Follower {
-    /// Loads the active version's per-customer states.
-    pub async fn open(store: Arc<dyn EventStore>, db: &ReadModelDb) -> Result<Self, RunnerError> {
+    /// Opens the active version (its states load on demand).
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        db: &ReadModelDb,
+        options: ProjectorOptions,
+    ) -> Result<Self, RunnerError> {
         let (version, rules) = active(db).await?;
-        let projector = Projector::open(store.clone(), db.clone(), &version, &rules).await?;
+        let projector =
+            Projector::open(store.clone(), db.clone(), &version, &rules, options).await?;
         Ok(Self { store, projector })
     }
 
@@ -729,12 +659,6 @@ impl Follower {
             store,
             mut projector,
         } = self;
-        let history: HashSet<&'static str> = projector
-            .tables
-            .iter()
-            .filter(|t| t.kind == super::TableKind::History)
-            .map(|t| t.name)
-            .collect();
         let mut events = crate::store::subscribe_all(store, projector.checkpoint() + 1)
             .ready_chunks(batch_events.max(1));
         // Population tables (value tiers, CLV refits) cost O(customers): they
@@ -755,27 +679,19 @@ impl Follower {
             };
             let Some(chunk) = chunk else { break };
             let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-            let with_population = tokio::time::Instant::now() >= population_due;
-            let batch = projector.fold(&chunk, with_population).await?;
-            if with_population {
-                population_stale = false;
-                population_due = projector.next_refit();
-            } else {
-                population_stale = true;
-            }
-            let refolded: HashSet<&str> =
-                batch.reset_customers.iter().map(String::as_str).collect();
-            let new_history: Vec<Row> = batch
-                .rows
-                .iter()
-                .filter(|r| history.contains(r.table) && !refolded.contains(r.customer_id.as_str()))
-                .cloned()
-                .collect();
+            let Folded { batch, new_history } = projector.fold(&chunk).await?;
             projector.commit(batch).await?;
             on_batch(&Committed {
                 checkpoint: projector.checkpoint(),
                 new_history,
             });
+            if tokio::time::Instant::now() >= population_due {
+                projector.write_population().await?;
+                population_stale = false;
+                population_due = projector.next_refit();
+            } else {
+                population_stale = true;
+            }
         }
         Ok(())
     }
@@ -787,7 +703,7 @@ impl Follower {
 /// the worker's other tasks (a server's requests) move to another thread
 /// meanwhile. A current-thread runtime (tests, one-shot commands) has no
 /// other worker to hand them to, so there it simply runs.
-fn off_the_reactor<R>(work: impl FnOnce() -> R) -> R {
+pub(crate) fn off_the_reactor<R>(work: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),

@@ -60,6 +60,16 @@ pub enum StorageError {
     /// The URL names no supported database.
     #[error("read models need a sqlite:// or postgres:// URL, got {0:?}")]
     UnsupportedUrl(String),
+    /// SQLite's C API refused a bulk statement.
+    #[error("read-model database: {0}")]
+    Raw(#[from] crate::store::sqlite_raw::RawError),
+    /// A bulk writer stopped before taking all its work (its own error is
+    /// reported by `finish`).
+    #[error("the read-model writer stopped")]
+    WriterStopped,
+    /// A background writer or worker died.
+    #[error("a read-model task failed: {0}")]
+    Task(String),
     /// A row does not fit its table.
     #[error("table {table}: row has {got} values, the table spec has {expected} columns")]
     RowShape {
@@ -91,14 +101,14 @@ macro_rules! both {
     };
 }
 
-/// Builds a [`StoredState`] from a row of
-/// `SELECT projection, customer_id, last_occurred_us, state` (either backend).
-macro_rules! stored_state {
+/// Builds a [`StateRow`] from a row of
+/// `SELECT customer_id, last_occurred_us, due_us, state` (either backend).
+macro_rules! state_row {
     ($r:expr) => {
-        StoredState {
-            projection: $r.try_get(0)?,
-            customer_id: $r.try_get(1)?,
-            last_occurred_us: $r.try_get(2)?,
+        StateRow {
+            customer_id: $r.try_get(0)?,
+            last_occurred_us: $r.try_get(1)?,
+            due_us: $r.try_get(2)?,
             state: $r.try_get(3)?,
         }
     };
@@ -190,19 +200,37 @@ pub struct VersionInfo {
     pub checkpoint: i64,
     /// Events applied so far.
     pub events_applied: i64,
+    /// Format of the version's fold states ([`super::state::STATE_FORMAT`]
+    /// when this build can maintain it; 0 for versions built before).
+    pub state_format: i64,
+    /// The instant the per-customer tables are as of (the clock of the
+    /// rebuild or of the last live batch).
+    pub clock_us: Option<i64>,
+    /// The newest `occurred_at` folded (the population's "as of").
+    pub watermark_us: Option<i64>,
+    /// The log position the rebuild read through before catching up.
+    pub rebuild_head: Option<i64>,
 }
 
-/// A persisted per-customer fold state.
-#[derive(Debug, Clone)]
-pub struct StoredState {
-    /// Projection name.
-    pub projection: String,
+impl VersionInfo {
+    /// Whether this build can read and maintain the version's states.
+    pub fn maintainable(&self) -> bool {
+        self.state_format == i64::from(super::state::STATE_FORMAT)
+    }
+}
+
+/// A customer's stored fold state ([`super::state::CustomerState`] in its
+/// binary form) with what the runner looks up without decoding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
     /// Customer.
     pub customer_id: String,
     /// `occurred_at` (µs) of the latest event folded.
     pub last_occurred_us: i64,
-    /// The state as JSON.
-    pub state: String,
+    /// The next instant a time rule changes the customer, if any.
+    pub due_us: Option<i64>,
+    /// The state, binary.
+    pub state: Vec<u8>,
 }
 
 /// Everything one batch commits, atomically with its checkpoint.
@@ -215,14 +243,15 @@ pub struct BatchWrite {
     /// New rows (history rows and the touched customers' current rows).
     pub rows: Vec<Row>,
     /// Fold states of touched customers.
-    pub states: Vec<StoredState>,
-    /// When set, every population table is rewritten with these rows,
-    /// computed as of the instant (µs) given with them.
-    pub population: Option<(i64, Vec<Row>)>,
+    pub states: Vec<StateRow>,
     /// Last position applied.
     pub checkpoint: i64,
     /// Events applied in this batch.
     pub events: i64,
+    /// The newest `occurred_at` folded so far (µs).
+    pub watermark_us: Option<i64>,
+    /// The instant the touched customers were advanced to (µs).
+    pub clock_us: Option<i64>,
 }
 
 /// Criteria of [`ReadModelDb::filter_customers`]; `None` means any.
@@ -246,7 +275,8 @@ pub struct CustomerCriteria {
 }
 
 const SELECT_VERSION: &str = "SELECT model_version, status, rules_id, rules_hash, rules_json, \
-                              checkpoint, events_applied FROM projection_versions";
+                              checkpoint, events_applied, state_format, clock_us, watermark_us, \
+                              rebuild_head FROM projection_versions";
 
 impl ReadModelDb {
     /// Opens the database a URL names and applies the migrations.
@@ -320,6 +350,7 @@ impl ReadModelDb {
         rules_hash: &str,
         rules_json: &str,
         started_at_us: i64,
+        clock_us: i64,
     ) -> Result<VersionInfo, StorageError> {
         let version: i64 = both!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -332,13 +363,16 @@ impl ReadModelDb {
                 .try_get(0)?;
             sqlx::query(
                 "INSERT INTO projection_versions (model_version, status, rules_id, rules_hash, rules_json, \
-                 started_at_us, checkpoint, events_applied) VALUES ($1, 'building', $2, $3, $4, $5, 0, 0)",
+                 started_at_us, checkpoint, events_applied, state_format, clock_us) \
+                 VALUES ($1, 'building', $2, $3, $4, $5, 0, 0, $6, $7)",
             )
             .bind(next)
             .bind(rules_id)
             .bind(rules_hash)
             .bind(rules_json)
             .bind(started_at_us)
+            .bind(i32::from(super::state::STATE_FORMAT))
+            .bind(clock_us)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -401,32 +435,67 @@ impl ReadModelDb {
         Ok(())
     }
 
-    /// Hands every stored state of a version (of one projection, when
-    /// `projection` is given) to `f`, streaming: a million customers' states
-    /// are gigabytes, and collecting them first doubled a server's peak
-    /// memory. Stops at the first error `f` returns.
-    pub async fn for_each_state<E>(
+    /// Hands every stored state of a version to `f`, in customer id order,
+    /// streaming (a million customers' states do not fit in memory). Stops
+    /// at the first error `f` returns.
+    pub async fn for_each_customer_state<E>(
         &self,
         model_version: i64,
-        projection: Option<&str>,
-        mut f: impl FnMut(StoredState) -> Result<(), E>,
+        mut f: impl FnMut(StateRow) -> Result<(), E>,
     ) -> Result<Result<(), E>, StorageError> {
-        let sql = format!(
-            "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
-             WHERE model_version = $1{}",
-            if projection.is_some() {
-                " AND projection = $2"
-            } else {
-                ""
-            }
-        );
+        const SQL: &str =
+            "SELECT customer_id, last_occurred_us, due_us, state FROM customer_state \
+                           WHERE model_version = $1 ORDER BY customer_id";
         Ok(both!(self, pool => {
-            let mut q = sqlx::query(&sql).bind(model_version);
-            if let Some(p) = projection {
-                q = q.bind(p.to_owned());
-            }
-            stream_into!(q.fetch(pool), |r| stored_state!(r), f)
+            stream_into!(sqlx::query(SQL).bind(model_version).fetch(pool), |r| state_row!(r), f)
         }))
+    }
+
+    /// Every stored state of a version, in customer id order, streaming.
+    pub fn customer_states(
+        &self,
+        model_version: i64,
+    ) -> futures::stream::BoxStream<'_, Result<StateRow, StorageError>> {
+        use futures::StreamExt;
+        const SQL: &str =
+            "SELECT customer_id, last_occurred_us, due_us, state FROM customer_state \
+                           WHERE model_version = $1 ORDER BY customer_id";
+        both!(self, pool => {
+            sqlx::query(SQL)
+                .bind(model_version)
+                .fetch(pool)
+                .map(|r| {
+                    let r = r?;
+                    Ok(state_row!(r))
+                })
+                .boxed()
+        })
+    }
+
+    /// The stored states of `customers` in a version (those that have one).
+    pub async fn load_states(
+        &self,
+        model_version: i64,
+        customers: &[&str],
+    ) -> Result<Vec<StateRow>, StorageError> {
+        let mut out = Vec::with_capacity(customers.len());
+        for chunk in customers.chunks(500) {
+            both!(self, pool => {
+                let mut q = QueryBuilder::new(
+                    "SELECT customer_id, last_occurred_us, due_us, state FROM customer_state WHERE model_version = ",
+                );
+                q.push_bind(model_version).push(" AND customer_id IN (");
+                let mut sep = q.separated(", ");
+                for c in chunk {
+                    sep.push_bind(c.to_string());
+                }
+                q.push(")");
+                for r in q.build().fetch_all(pool).await? {
+                    out.push(state_row!(r));
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Customer ids of a version matching `criteria`, in id order, after
@@ -482,52 +551,6 @@ impl ReadModelDb {
                 .fetch_optional(pool)
                 .await?
                 .flatten()
-        }))
-    }
-
-    /// One customer's persisted state in a version.
-    pub async fn load_state(
-        &self,
-        model_version: i64,
-        projection: &str,
-        customer_id: &str,
-    ) -> Result<Option<StoredState>, StorageError> {
-        const SQL: &str =
-            "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
-                           WHERE model_version = $1 AND projection = $2 AND customer_id = $3";
-        Ok(both!(self, pool => {
-            let row = sqlx::query(SQL).bind(model_version).bind(projection).bind(customer_id)
-                .fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, sqlx::Error>(stored_state!(r))).transpose()?
-        }))
-    }
-
-    /// The stored states of several projections for one customer, in one
-    /// statement (a customer view needs four; one round trip each was most
-    /// of a query's cost).
-    pub async fn load_customer_states(
-        &self,
-        model_version: i64,
-        customer_id: &str,
-        projections: &[&str],
-    ) -> Result<Vec<StoredState>, StorageError> {
-        let placeholders: Vec<String> = (0..projections.len())
-            .map(|i| format!("${}", i + 3))
-            .collect();
-        let sql = format!(
-            "SELECT projection, customer_id, last_occurred_us, state FROM projection_state \
-             WHERE model_version = $1 AND customer_id = $2 AND projection IN ({})",
-            placeholders.join(", ")
-        );
-        Ok(both!(self, pool => {
-            let mut q = sqlx::query(&sql).bind(model_version).bind(customer_id.to_owned());
-            for p in projections {
-                q = q.bind(p.to_owned());
-            }
-            q.fetch_all(pool).await?
-                .iter()
-                .map(|r| Ok::<_, sqlx::Error>(stored_state!(r)))
-                .collect::<Result<Vec<_>, _>>()?
         }))
     }
 
@@ -691,12 +714,6 @@ impl ReadModelDb {
             }
             by_table.entry(row.table).or_default().push(row);
         }
-        let mut population: HashMap<&'static str, Vec<&Row>> = HashMap::new();
-        if let Some((_, rows)) = &batch.population {
-            for row in rows {
-                population.entry(row.table).or_default().push(row);
-            }
-        }
         both!(self, pool => {
             let mut tx = pool.begin().await?;
             // 1. Deletions.
@@ -709,7 +726,7 @@ impl ReadModelDb {
                     .filter(|t| t.kind == TableKind::Current || (all_tables && t.kind == TableKind::History))
                     .map(|t| t.name)
                     .collect();
-                targets.push("projection_state");
+                targets.push("customer_state");
                 for table in targets {
                     for chunk in customers.chunks(500) {
                         let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
@@ -723,33 +740,22 @@ impl ReadModelDb {
                     }
                 }
             }
-            if let Some((as_of_us, _)) = &batch.population {
-                sqlx::query("UPDATE projection_versions SET population_as_of_us = $1 WHERE model_version = $2")
-                    .bind(*as_of_us)
-                    .bind(model_version)
-                    .execute(&mut *tx)
-                    .await?;
-                for t in tables.iter().filter(|t| t.kind == TableKind::Population) {
-                    sqlx::query(&format!("DELETE FROM {} WHERE model_version = $1", t.name))
-                        .bind(model_version)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
             // 2. Rows.
-            let groups = by_table.iter().chain(population.iter());
-            for (table, rows) in groups {
+            for (table, rows) in &by_table {
                 tx.insert_rows(model_version, specs[table], rows).await?;
             }
             // 3. States (the touched customers' old states were deleted in 1).
             tx.insert_states(model_version, &batch.states).await?;
             // 4. Checkpoint.
             sqlx::query(
-                "UPDATE projection_versions SET checkpoint = $1, events_applied = events_applied + $2 \
-                 WHERE model_version = $3",
+                "UPDATE projection_versions SET checkpoint = $1, events_applied = events_applied + $2, \
+                 watermark_us = CASE WHEN watermark_us IS NULL OR watermark_us < $3 THEN $3 ELSE watermark_us END, \
+                 clock_us = COALESCE($4, clock_us) WHERE model_version = $5",
             )
             .bind(batch.checkpoint)
             .bind(batch.events)
+            .bind(batch.watermark_us)
+            .bind(batch.clock_us)
             .bind(model_version)
             .execute(&mut *tx)
             .await?;
@@ -774,7 +780,7 @@ trait BulkInsert {
     fn insert_states(
         &mut self,
         model_version: i64,
-        states: &[StoredState],
+        states: &[StateRow],
     ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
@@ -807,74 +813,23 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn insert_states(
         &mut self,
         model_version: i64,
-        states: &[StoredState],
+        states: &[StateRow],
     ) -> Result<(), sqlx::Error> {
         for chunk in states.chunks(2_000) {
             let mut q = QueryBuilder::new(
-                "INSERT INTO projection_state (model_version, projection, customer_id, last_occurred_us, state) ",
+                "INSERT INTO customer_state (model_version, customer_id, last_occurred_us, due_us, state) ",
             );
             q.push_values(chunk, |mut sep, s| {
                 sep.push_bind(model_version);
-                sep.push_bind(s.projection.clone());
                 sep.push_bind(s.customer_id.clone());
                 sep.push_bind(s.last_occurred_us);
+                sep.push_bind(s.due_us);
                 sep.push_bind(s.state.clone());
             });
             q.build().execute(&mut **self).await?;
         }
         Ok(())
     }
-}
-
-/// Appends one field in PostgreSQL's COPY text format.
-fn copy_field(buf: &mut String, field: Option<&str>) {
-    match field {
-        None => buf.push_str("\\N"),
-        Some(text) => {
-            for c in text.chars() {
-                match c {
-                    '\\' => buf.push_str("\\\\"),
-                    '\t' => buf.push_str("\\t"),
-                    '\n' => buf.push_str("\\n"),
-                    '\r' => buf.push_str("\\r"),
-                    c => buf.push(c),
-                }
-            }
-        }
-    }
-}
-
-fn copy_value(buf: &mut String, value: &Value) {
-    use std::fmt::Write as _;
-    match value {
-        Value::Int(v) => {
-            let _ = write!(buf, "{v}");
-        }
-        Value::Real(v) if v.is_nan() => buf.push_str("NaN"),
-        Value::Real(v) if v.is_infinite() => {
-            buf.push_str(if *v > 0.0 { "Infinity" } else { "-Infinity" })
-        }
-        Value::Real(v) => {
-            let _ = write!(buf, "{v:?}");
-        }
-        Value::Text(v) => copy_field(buf, Some(v)),
-        Value::NullInt | Value::NullReal | Value::NullText => copy_field(buf, None),
-    }
-}
-
-/// Streams `lines` (already in COPY text format) into `table (columns)`.
-async fn copy_in(
-    conn: &mut sqlx::PgConnection,
-    table: &str,
-    columns: &str,
-    data: String,
-) -> Result<(), sqlx::Error> {
-    let mut copy = conn
-        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
-        .await?;
-    copy.send(data.into_bytes()).await?;
-    copy.finish().await?;
-    Ok(())
 }
 
 impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
@@ -887,45 +842,43 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut data = String::with_capacity(rows.len() * 64);
+        let mut copy = super::bulk::BinaryCopy::new(spec.columns.len() + 2);
         for row in rows {
-            use std::fmt::Write as _;
-            let _ = write!(data, "{model_version}\t");
-            copy_field(&mut data, Some(&row.customer_id));
+            copy.row();
+            copy.int(model_version);
+            copy.text(&row.customer_id);
             for v in &row.values {
-                data.push('\t');
-                copy_value(&mut data, v);
+                copy.value(v);
             }
-            data.push('\n');
         }
-        let columns = format!("model_version, customer_id, {}", spec.columns.join(", "));
-        copy_in(self, spec.name, &columns, data).await
+        let columns = format!(
+            "{} (model_version, customer_id, {})",
+            spec.name,
+            spec.columns.join(", ")
+        );
+        copy.send(self, &columns).await
     }
 
     async fn insert_states(
         &mut self,
         model_version: i64,
-        states: &[StoredState],
+        states: &[StateRow],
     ) -> Result<(), sqlx::Error> {
         if states.is_empty() {
             return Ok(());
         }
-        let mut data = String::with_capacity(states.iter().map(|s| s.state.len() + 64).sum());
+        let mut copy = super::bulk::BinaryCopy::new(5);
         for s in states {
-            use std::fmt::Write as _;
-            let _ = write!(data, "{model_version}\t");
-            copy_field(&mut data, Some(&s.projection));
-            data.push('\t');
-            copy_field(&mut data, Some(&s.customer_id));
-            let _ = write!(data, "\t{}\t", s.last_occurred_us);
-            copy_field(&mut data, Some(&s.state));
-            data.push('\n');
+            copy.row();
+            copy.int(model_version);
+            copy.text(&s.customer_id);
+            copy.int(s.last_occurred_us);
+            copy.opt_int(s.due_us);
+            copy.bytes(&s.state);
         }
-        copy_in(
+        copy.send(
             self,
-            "projection_state",
-            "model_version, projection, customer_id, last_occurred_us, state",
-            data,
+            "customer_state (model_version, customer_id, last_occurred_us, due_us, state)",
         )
         .await
     }
@@ -935,6 +888,8 @@ fn version_info<R: sqlx::Row>(r: &R) -> Result<VersionInfo, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+    i32: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+    Option<i64>: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
     String: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
 {
     Ok(VersionInfo {
@@ -945,25 +900,11 @@ where
         rules_json: r.try_get(4)?,
         checkpoint: r.try_get(5)?,
         events_applied: r.try_get(6)?,
+        state_format: r
+            .try_get::<i64, _>(7)
+            .or_else(|_| r.try_get::<i32, _>(7).map(i64::from))?,
+        clock_us: r.try_get(8)?,
+        watermark_us: r.try_get(9)?,
+        rebuild_head: r.try_get(10)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_format_escapes_separators_and_marks_nulls() {
-        let mut buf = String::new();
-        copy_field(&mut buf, Some("a\tb\nc\\d\re"));
-        buf.push('|');
-        copy_field(&mut buf, None);
-        buf.push('|');
-        copy_value(&mut buf, &Value::Real(f64::INFINITY));
-        buf.push('|');
-        copy_value(&mut buf, &Value::Real(0.1));
-        buf.push('|');
-        copy_value(&mut buf, &Value::NullReal);
-        assert_eq!(buf, "a\\tb\\nc\\\\d\\re|\\N|Infinity|0.1|\\N");
-    }
 }

@@ -32,12 +32,16 @@ pub struct ValueState {
     /// Totals by currency code.
     pub by_currency: BTreeMap<Currency, CurrencyTotals>,
     /// First order instant.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub first_order_at: Option<DateTime<Utc>>,
     /// Last order instant.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub last_order_at: Option<DateTime<Utc>>,
     /// Registration instant (tenure starts here, else at the first order).
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub registered_at: Option<DateTime<Utc>>,
     /// Distinct purchase days, in order (for inter-purchase times).
+    #[serde(with = "crate::projections::compact::day_list")]
     pub purchase_days: Vec<NaiveDate>,
     /// Acquisition cost, when the registration carried one.
     pub acquisition_cost: Option<Money>,
@@ -87,8 +91,10 @@ pub struct ValueSnapshot {
     /// Average order value per currency, minor units, rounded half away from zero.
     pub average_order_value_minor: BTreeMap<Currency, i64>,
     /// First order.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub first_order_at: Option<DateTime<Utc>>,
     /// Last order.
+    #[serde(with = "crate::projections::compact::instant_opt")]
     pub last_order_at: Option<DateTime<Utc>>,
     /// Days from registration (or first order) to the as-of instant.
     pub tenure_days: Option<i64>,

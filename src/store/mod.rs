@@ -9,6 +9,7 @@ pub mod error;
 pub mod esdb;
 pub mod postgres;
 pub mod sqlite;
+pub mod sqlite_raw;
 pub mod subscription;
 
 use std::sync::Arc;

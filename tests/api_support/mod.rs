@@ -71,6 +71,7 @@ impl TestServer {
                 writer,
                 &RuleSet::shipped_defaults(),
                 state.live.clone(),
+                Default::default(),
             )
             .await
             .expect("projections start");

@@ -1,0 +1,553 @@
+//! The bulk write path of rebuilds and population refits: whole customers'
+//! rows and states, millions of them, each unit of work one transaction.
+//!
+//! - **SQLite** has one writer per file, so one thread owns a dedicated
+//!   connection and steps prepared `INSERT`s on it through the C API
+//!   ([`crate::store::sqlite_raw`]): about a microsecond a row, where
+//!   multi-row `INSERT`s through sqlx cost several. Workers hand it work
+//!   through a bounded channel (back-pressure: a fast fold waits for the
+//!   disk instead of filling memory).
+//! - **PostgreSQL** takes concurrent writers, so each worker gets its own
+//!   writer task and connection, and rows go in with binary `COPY` (no
+//!   number formatting or parsing on either side).
+//!
+//! A unit of work ([`BulkWork`]) carries its bookkeeping (a partition's
+//! progress, the population instant) so it commits atomically with its
+//! rows: a crash loses at most the work in flight, and resuming redoes
+//! exactly that.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions;
+use tokio::sync::mpsc;
+
+use super::storage::{ReadModelDb, StateRow, StorageError};
+use super::{Row, TableKind, TableSpec, Value};
+use crate::store::sqlite_raw::{Bind, RawConnection, RawError};
+
+/// A partition's progress, committed with its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The partition.
+    pub partition_no: i64,
+    /// The last customer stream whose rows and state are in this work.
+    pub done_through: Option<String>,
+    /// Whether the partition is complete with this work.
+    pub finished: bool,
+}
+
+/// A range of customers, `after < customer_id <= through` (unbounded where
+/// `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerRange {
+    /// Exclusive lower bound.
+    pub after: Option<String>,
+    /// Inclusive upper bound.
+    pub through: Option<String>,
+}
+
+/// One transaction's worth of bulk writes.
+#[derive(Debug, Default)]
+pub struct BulkWork {
+    /// Delete the population tables' rows of these customers first (a
+    /// refit rewrites the population range by range, so no transaction
+    /// holds SQLite's write lock for long; each row says what instant it
+    /// is as of).
+    pub clear_population: Option<CustomerRange>,
+    /// Rows of any of the version's tables.
+    pub rows: Vec<Row>,
+    /// Customer states (none may exist yet in the version).
+    pub states: Vec<StateRow>,
+    /// Events folded into this work (added to the version's count).
+    pub events: i64,
+    /// The newest `occurred_at` folded in this work (µs): the version's
+    /// watermark moves up to it.
+    pub watermark_us: Option<i64>,
+    /// A partition's progress.
+    pub partition: Option<PartitionProgress>,
+    /// Marks the population tables as computed as of this instant (µs).
+    pub population_as_of: Option<i64>,
+    /// Commit after this work; `false` keeps the transaction open so the
+    /// next work joins it (a population rewrite readers see all at once).
+    pub commit: bool,
+}
+
+/// What a writer did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteStats {
+    /// Rows written (states included).
+    pub rows: u64,
+    /// Seconds spent writing (inside the database calls).
+    pub secs: f64,
+}
+
+impl std::ops::AddAssign for WriteStats {
+    fn add_assign(&mut self, other: Self) {
+        self.rows += other.rows;
+        self.secs += other.secs;
+    }
+}
+
+/// A bulk writer for one version: send work, then [`BulkWriter::finish`].
+pub struct BulkWriter {
+    sender: Option<mpsc::Sender<BulkWork>>,
+    done: tokio::task::JoinHandle<Result<WriteStats, StorageError>>,
+}
+
+/// Units of work queued per writer before senders wait.
+const QUEUE: usize = 4;
+
+impl BulkWriter {
+    /// Starts a writer for `model_version` of `db`.
+    pub async fn open(
+        db: &ReadModelDb,
+        model_version: i64,
+        tables: &[TableSpec],
+    ) -> Result<Self, StorageError> {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let tables: Arc<[TableSpec]> = tables.into();
+        let done = match db {
+            ReadModelDb::Sqlite(pool) => {
+                let options: SqliteConnectOptions = (*pool.connect_options()).clone();
+                let conn = options.connect().await?;
+                tokio::task::spawn_blocking(move || {
+                    sqlite_writer(conn, model_version, &tables, receiver)
+                })
+            }
+            ReadModelDb::Postgres(pool) => {
+                let conn = pool.acquire().await?.detach();
+                tokio::spawn(postgres_writer(conn, model_version, tables, receiver))
+            }
+        };
+        Ok(Self {
+            sender: Some(sender),
+            done,
+        })
+    }
+
+    /// A handle to send work from other tasks or threads.
+    pub fn sender(&self) -> mpsc::Sender<BulkWork> {
+        self.sender.clone().expect("open until finished")
+    }
+
+    /// Sends work from async code.
+    pub async fn send(&self, work: BulkWork) -> Result<(), StorageError> {
+        if self.sender().send(work).await.is_err() {
+            return Err(StorageError::WriterStopped);
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent is written; an open transaction (work
+    /// sent with `commit: false` and nothing after) is rolled back.
+    pub async fn finish(mut self) -> Result<WriteStats, StorageError> {
+        self.sender = None;
+        self.done
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+}
+
+/// Sends work from a blocking thread; `false` when the writer has stopped
+/// (its error comes from [`BulkWriter::finish`]).
+pub fn send_blocking(sender: &mpsc::Sender<BulkWork>, work: BulkWork) -> bool {
+    sender.blocking_send(work).is_ok()
+}
+
+fn raw(e: RawError) -> StorageError {
+    StorageError::Raw(e)
+}
+
+fn bind_value(value: &Value) -> Bind<'_> {
+    match value {
+        Value::Int(v) => Bind::Int(*v),
+        Value::Real(v) => Bind::Real(*v),
+        Value::Text(v) => Bind::Text(v),
+        Value::NullInt | Value::NullReal | Value::NullText => Bind::Null,
+    }
+}
+
+/// The SQLite writer thread: one connection, prepared statements, one
+/// transaction per committed unit of work.
+fn sqlite_writer(
+    mut conn: sqlx::SqliteConnection,
+    model_version: i64,
+    tables: &[TableSpec],
+    mut receiver: mpsc::Receiver<BulkWork>,
+) -> Result<WriteStats, StorageError> {
+    let raw_conn = RawConnection::lock(&mut conn)?;
+    let mut inserts = HashMap::new();
+    for spec in tables {
+        let placeholders: Vec<String> = (1..=spec.columns.len() + 2)
+            .map(|i| format!("?{i}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} (model_version, customer_id, {}) VALUES ({})",
+            spec.name,
+            spec.columns.join(", "),
+            placeholders.join(", ")
+        );
+        inserts.insert(spec.name, (raw_conn.prepare(&sql).map_err(raw)?, spec));
+    }
+    let mut insert_state = raw_conn
+        .prepare(
+            "INSERT INTO customer_state (model_version, customer_id, last_occurred_us, due_us, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(raw)?;
+    let mut progress = raw_conn
+        .prepare(
+            "UPDATE projection_partitions SET done_through = COALESCE(?1, done_through), finished = ?2 \
+             WHERE model_version = ?3 AND partition_no = ?4",
+        )
+        .map_err(raw)?;
+    let mut count_events = raw_conn
+        .prepare(
+            "UPDATE projection_versions SET events_applied = events_applied + ?1, \
+             watermark_us = CASE WHEN ?2 IS NOT NULL AND (watermark_us IS NULL OR watermark_us < ?2) \
+             THEN ?2 ELSE watermark_us END WHERE model_version = ?3",
+        )
+        .map_err(raw)?;
+    let mut population_as_of = raw_conn
+        .prepare("UPDATE projection_versions SET population_as_of_us = ?1 WHERE model_version = ?2")
+        .map_err(raw)?;
+    let mut clear: Vec<_> = tables
+        .iter()
+        .filter(|t| t.kind == TableKind::Population)
+        .map(|t| {
+            raw_conn.prepare(&format!(
+                "DELETE FROM {} WHERE model_version = ?1 AND (?2 IS NULL OR customer_id > ?2) \
+                 AND (?3 IS NULL OR customer_id <= ?3)",
+                t.name
+            ))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(raw)?;
+
+    let mut stats = WriteStats::default();
+    let mut in_transaction = false;
+    let outcome = (|| {
+        while let Some(work) = receiver.blocking_recv() {
+            let started = std::time::Instant::now();
+            if !in_transaction {
+                raw_conn.execute("BEGIN IMMEDIATE").map_err(raw)?;
+                in_transaction = true;
+            }
+            if let Some(range) = &work.clear_population {
+                for statement in &mut clear {
+                    statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+                    statement
+                        .bind(2, range.after.as_deref().map_or(Bind::Null, Bind::Text))
+                        .map_err(raw)?;
+                    statement
+                        .bind(3, range.through.as_deref().map_or(Bind::Null, Bind::Text))
+                        .map_err(raw)?;
+                    statement.execute().map_err(raw)?;
+                }
+            }
+            for row in &work.rows {
+                let (statement, spec) =
+                    inserts
+                        .get_mut(row.table)
+                        .ok_or_else(|| StorageError::RowShape {
+                            table: row.table.to_owned(),
+                            expected: 0,
+                            got: row.values.len(),
+                        })?;
+                if row.values.len() != spec.columns.len() {
+                    return Err(StorageError::RowShape {
+                        table: row.table.to_owned(),
+                        expected: spec.columns.len(),
+                        got: row.values.len(),
+                    });
+                }
+                statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+                statement
+                    .bind(2, Bind::Text(&row.customer_id))
+                    .map_err(raw)?;
+                for (i, value) in row.values.iter().enumerate() {
+                    statement.bind(i + 3, bind_value(value)).map_err(raw)?;
+                }
+                statement.execute().map_err(raw)?;
+            }
+            for state in &work.states {
+                insert_state
+                    .bind(1, Bind::Int(model_version))
+                    .map_err(raw)?;
+                insert_state
+                    .bind(2, Bind::Text(&state.customer_id))
+                    .map_err(raw)?;
+                insert_state
+                    .bind(3, Bind::Int(state.last_occurred_us))
+                    .map_err(raw)?;
+                insert_state
+                    .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
+                    .map_err(raw)?;
+                insert_state
+                    .bind(5, Bind::Blob(&state.state))
+                    .map_err(raw)?;
+                insert_state.execute().map_err(raw)?;
+            }
+            if work.events > 0 || work.watermark_us.is_some() {
+                count_events.bind(1, Bind::Int(work.events)).map_err(raw)?;
+                count_events
+                    .bind(2, work.watermark_us.map_or(Bind::Null, Bind::Int))
+                    .map_err(raw)?;
+                count_events
+                    .bind(3, Bind::Int(model_version))
+                    .map_err(raw)?;
+                count_events.execute().map_err(raw)?;
+            }
+            if let Some(p) = &work.partition {
+                progress
+                    .bind(1, p.done_through.as_deref().map_or(Bind::Null, Bind::Text))
+                    .map_err(raw)?;
+                progress
+                    .bind(2, Bind::Int(i64::from(p.finished)))
+                    .map_err(raw)?;
+                progress.bind(3, Bind::Int(model_version)).map_err(raw)?;
+                progress.bind(4, Bind::Int(p.partition_no)).map_err(raw)?;
+                progress.execute().map_err(raw)?;
+            }
+            if let Some(as_of) = work.population_as_of {
+                population_as_of.bind(1, Bind::Int(as_of)).map_err(raw)?;
+                population_as_of
+                    .bind(2, Bind::Int(model_version))
+                    .map_err(raw)?;
+                population_as_of.execute().map_err(raw)?;
+            }
+            if work.commit {
+                raw_conn.execute("COMMIT").map_err(raw)?;
+                in_transaction = false;
+            }
+            stats.rows += (work.rows.len() + work.states.len()) as u64;
+            stats.secs += started.elapsed().as_secs_f64();
+        }
+        Ok(())
+    })();
+    if in_transaction {
+        let _ = raw_conn.execute("ROLLBACK");
+    }
+    outcome.map(|()| stats)
+}
+
+/// The PostgreSQL writer task: one connection, binary `COPY` per table.
+async fn postgres_writer(
+    mut conn: PgConnection,
+    model_version: i64,
+    tables: Arc<[TableSpec]>,
+    mut receiver: mpsc::Receiver<BulkWork>,
+) -> Result<WriteStats, StorageError> {
+    let specs: HashMap<&str, &TableSpec> = tables.iter().map(|t| (t.name, t)).collect();
+    let mut stats = WriteStats::default();
+    let mut open = false;
+    let tx = &mut conn;
+    while let Some(work) = receiver.recv().await {
+        let started = std::time::Instant::now();
+        if !open {
+            sqlx::query("BEGIN").execute(&mut *tx).await?;
+            open = true;
+        }
+        if let Some(range) = &work.clear_population {
+            for t in tables.iter().filter(|t| t.kind == TableKind::Population) {
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE model_version = $1 AND ($2::text IS NULL OR customer_id > $2) \
+                     AND ($3::text IS NULL OR customer_id <= $3)",
+                    t.name
+                ))
+                .bind(model_version)
+                .bind(range.after.as_deref())
+                .bind(range.through.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let mut by_table: HashMap<&str, BinaryCopy> = HashMap::new();
+        for row in &work.rows {
+            let spec = specs.get(row.table).ok_or_else(|| StorageError::RowShape {
+                table: row.table.to_owned(),
+                expected: 0,
+                got: row.values.len(),
+            })?;
+            if row.values.len() != spec.columns.len() {
+                return Err(StorageError::RowShape {
+                    table: row.table.to_owned(),
+                    expected: spec.columns.len(),
+                    got: row.values.len(),
+                });
+            }
+            let copy = by_table
+                .entry(spec.name)
+                .or_insert_with(|| BinaryCopy::new(spec.columns.len() + 2));
+            copy.row();
+            copy.int(model_version);
+            copy.text(&row.customer_id);
+            for value in &row.values {
+                copy.value(value);
+            }
+        }
+        let mut names: Vec<&str> = by_table.keys().copied().collect();
+        names.sort_unstable();
+        for name in names {
+            let spec = specs[name];
+            let target = format!(
+                "{} (model_version, customer_id, {})",
+                spec.name,
+                spec.columns.join(", ")
+            );
+            let copy = by_table.remove(name).expect("listed");
+            copy.send(&mut *tx, &target).await?;
+        }
+        if !work.states.is_empty() {
+            let mut copy = BinaryCopy::new(5);
+            for s in &work.states {
+                copy.row();
+                copy.int(model_version);
+                copy.text(&s.customer_id);
+                copy.int(s.last_occurred_us);
+                copy.opt_int(s.due_us);
+                copy.bytes(&s.state);
+            }
+            copy.send(
+                &mut *tx,
+                "customer_state (model_version, customer_id, last_occurred_us, due_us, state)",
+            )
+            .await?;
+        }
+        if work.events > 0 || work.watermark_us.is_some() {
+            sqlx::query(
+                "UPDATE projection_versions SET events_applied = events_applied + $1, \
+                 watermark_us = CASE WHEN $2::bigint IS NOT NULL AND (watermark_us IS NULL OR watermark_us < $2) \
+                 THEN $2 ELSE watermark_us END WHERE model_version = $3",
+            )
+            .bind(work.events)
+            .bind(work.watermark_us)
+            .bind(model_version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(p) = &work.partition {
+            sqlx::query(
+                "UPDATE projection_partitions SET done_through = COALESCE($1, done_through), finished = $2 \
+                 WHERE model_version = $3 AND partition_no = $4",
+            )
+            .bind(p.done_through.as_deref())
+            .bind(i32::from(p.finished))
+            .bind(model_version)
+            .bind(p.partition_no as i32)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(as_of) = work.population_as_of {
+            sqlx::query(
+                "UPDATE projection_versions SET population_as_of_us = $1 WHERE model_version = $2",
+            )
+            .bind(as_of)
+            .bind(model_version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if work.commit {
+            sqlx::query("COMMIT").execute(&mut *tx).await?;
+            open = false;
+        }
+        stats.rows += (work.rows.len() + work.states.len()) as u64;
+        stats.secs += started.elapsed().as_secs_f64();
+    }
+    if open {
+        sqlx::query("ROLLBACK").execute(&mut *tx).await?;
+    }
+    Ok(stats)
+}
+
+/// Rows in PostgreSQL's binary `COPY` format: every integer column is
+/// `BIGINT`, every real `DOUBLE PRECISION`, text `TEXT`, bytes `BYTEA`.
+pub struct BinaryCopy {
+    buf: Vec<u8>,
+    fields: i16,
+    rows: usize,
+}
+
+impl BinaryCopy {
+    /// An empty copy of rows with `fields` columns.
+    pub fn new(fields: usize) -> Self {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        Self {
+            buf,
+            fields: fields as i16,
+            rows: 0,
+        }
+    }
+
+    /// Starts a row.
+    pub fn row(&mut self) {
+        self.buf.extend_from_slice(&self.fields.to_be_bytes());
+        self.rows += 1;
+    }
+
+    /// A `BIGINT` field.
+    pub fn int(&mut self, v: i64) {
+        self.buf.extend_from_slice(&8i32.to_be_bytes());
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// A nullable `BIGINT` field.
+    pub fn opt_int(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => self.int(v),
+            None => self.null(),
+        }
+    }
+
+    /// A `DOUBLE PRECISION` field.
+    pub fn real(&mut self, v: f64) {
+        self.buf.extend_from_slice(&8i32.to_be_bytes());
+        self.buf.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+
+    /// A `TEXT` field.
+    pub fn text(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+
+    /// A `BYTEA` (or text) field.
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        self.buf.extend_from_slice(v);
+    }
+
+    /// A NULL field.
+    pub fn null(&mut self) {
+        self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// A read-model value.
+    pub fn value(&mut self, value: &Value) {
+        match value {
+            Value::Int(v) => self.int(*v),
+            Value::Real(v) => self.real(*v),
+            Value::Text(v) => self.text(v),
+            Value::NullInt | Value::NullReal | Value::NullText => self.null(),
+        }
+    }
+
+    /// Streams the rows into `target` (`table (columns)`).
+    pub async fn send(mut self, conn: &mut PgConnection, target: &str) -> Result<(), sqlx::Error> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary)"))
+            .await?;
+        copy.send(self.buf).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
