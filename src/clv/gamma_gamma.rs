@@ -137,6 +137,14 @@ impl SpendGroups {
         Ok(())
     }
 
+    /// Adds every group of `other` (same scale).
+    pub fn absorb(&mut self, other: SpendGroups) {
+        for (key, weight) in other.counts {
+            *self.counts.entry(key).or_insert(0.0) += weight;
+        }
+        self.skipped += other.skipped;
+    }
+
     /// The grouped data, sorted by (frequency, spend).
     pub fn finish(self) -> GammaGammaData {
         let mut rows: Vec<_> = self.counts.into_iter().collect();

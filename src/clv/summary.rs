@@ -276,13 +276,25 @@ pub struct HistoryGroups {
 impl HistoryGroups {
     /// Adds one customer's (x, tₓ, T).
     pub fn add(&mut self, x: f64, tx: f64, t: f64) {
+        self.add_weighted(x, tx, t, 1.0);
+    }
+
+    /// Adds `weight` customers with the same (x, tₓ, T).
+    pub fn add_weighted(&mut self, x: f64, tx: f64, t: f64, weight: f64) {
         // Normalise -0.0 so it merges with 0.0.
         let key = (
             (x + 0.0).to_bits(),
             (tx + 0.0).to_bits(),
             (t + 0.0).to_bits(),
         );
-        *self.counts.entry(key).or_insert(0.0) += 1.0;
+        *self.counts.entry(key).or_insert(0.0) += weight;
+    }
+
+    /// Adds every group of `other`.
+    pub fn absorb(&mut self, other: HistoryGroups) {
+        for (key, weight) in other.counts {
+            *self.counts.entry(key).or_insert(0.0) += weight;
+        }
     }
 
     /// The groups, sorted by (x, tₓ, T) so the result is deterministic.

@@ -26,7 +26,7 @@ use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
 use crate::projections::rules_error::{RulesError, RulesFile};
 use crate::projections::view::EventView;
-use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
+use crate::projections::{FoldEvent, Row, TableKind, TableSpec, Value};
 
 /// The shipped default rules file, embedded so a fresh install works.
 pub const DEFAULT_RULES_TOML: &str = include_str!("../../projections/alerts.toml");
@@ -673,14 +673,13 @@ pub struct Alerts {
     pub lifecycle: crate::projections::rules::LifecycleRules,
 }
 
-/// Per-customer state of [`Alerts`]: the alert fold and the customer's
-/// lifecycle (folded again here so the two projections stay independent).
+/// Per-customer state of [`Alerts`]: the alert fold, and what the
+/// high-value rule needs from the customer's lifecycle (which the runner
+/// folds first and passes in: see [`Alerts::apply_after_lifecycle`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertsFoldState {
     /// Alert windows, cooldowns and fired alerts.
     pub alerts: AlertState,
-    /// The customer's lifecycle.
-    pub stage: crate::projections::lifecycle::LifecycleState,
     /// The latest fall into the high-value rule's stage: instant and cause.
     #[serde(with = "crate::projections::compact::instant_pair_opt")]
     pub entered: Option<(DateTime<Utc>, String)>,
@@ -753,50 +752,46 @@ impl Alerts {
     }
 }
 
-impl CustomerFold for Alerts {
-    type State = AlertsFoldState;
-
-    fn name(&self) -> &'static str {
+impl Alerts {
+    /// The fold's name (its state is part of every customer's state).
+    pub fn name(&self) -> &'static str {
         "alerts"
     }
 
-    fn tables(&self) -> &'static [TableSpec] {
+    /// The tables the fold writes.
+    pub fn tables(&self) -> &'static [TableSpec] {
         TABLES
     }
 
-    fn apply(
+    /// Folds one event, after the lifecycle fold has folded it into
+    /// `stage_changes` (the high-value rule watches falls into a stage).
+    pub fn apply_after_lifecycle(
         &self,
         customer: &CustomerId,
         state: &mut AlertsFoldState,
         event: &FoldEvent,
+        stage_changes: &[crate::projections::lifecycle::Transition],
         out: &mut Vec<Row>,
     ) {
-        let mut transitions = Vec::new();
-        state.stage.apply(&self.lifecycle, event, &mut transitions);
-        self.note_entries(state, &transitions);
+        self.note_entries(state, stage_changes);
         apply(&mut state.alerts, &self.rules, &event.view());
         Self::history_rows(customer, state, out);
     }
 
-    fn advance_to(
+    /// Advances to `at`, after the lifecycle fold has advanced with
+    /// `stage_changes`.
+    pub fn advance_after_lifecycle(
         &self,
         customer: &CustomerId,
         state: &mut AlertsFoldState,
         at: DateTime<Utc>,
+        stage_changes: &[crate::projections::lifecycle::Transition],
         out: &mut Vec<Row>,
     ) {
-        let mut transitions = Vec::new();
-        if state.stage.stage.is_some() {
-            state
-                .stage
-                .advance_to(&self.lifecycle, at.timestamp_micros(), &mut transitions);
-        }
-        self.note_entries(state, &transitions);
+        self.note_entries(state, stage_changes);
         state.alerts.run_thresholds(&self.rules, plus(at, micro()));
         Self::history_rows(customer, state, out);
     }
-
-    fn current_rows(&self, _: &CustomerId, _: &AlertsFoldState, _: &mut Vec<Row>) {}
 }
 
 impl Alerts {
@@ -808,6 +803,7 @@ impl Alerts {
         &self,
         customer: &CustomerId,
         state: &AlertsFoldState,
+        lifecycle: &crate::projections::lifecycle::LifecycleState,
         tier: &str,
         as_of: DateTime<Utc>,
     ) -> Option<Row> {
@@ -816,19 +812,17 @@ impl Alerts {
             return None;
         }
         let t = as_of.timestamp_micros();
-        let mut advanced = state.clone();
+        let mut stage = lifecycle.clone();
         let mut transitions = Vec::new();
-        if advanced.stage.stage.is_some() {
-            advanced
-                .stage
-                .advance_to(&self.lifecycle, t, &mut transitions);
+        if stage.stage.is_some() {
+            stage.advance_to(&self.lifecycle, t, &mut transitions);
         }
-        self.note_entries(&mut advanced, &transitions);
-        let in_stage = advanced
-            .stage
-            .stage
-            .is_some_and(|s| s.as_str() == rule.stage);
-        let (at, cause) = advanced.entered.filter(|_| in_stage)?;
+        let mut entered = state.entered.clone();
+        for change in transitions.iter().filter(|c| c.to.as_str() == rule.stage) {
+            entered = Some((change.at, change.cause.clone()));
+        }
+        let in_stage = stage.stage.is_some_and(|s| s.as_str() == rule.stage);
+        let (at, cause) = entered.filter(|_| in_stage)?;
         Some(Row {
             table: "churn_value_alerts",
             customer_id: customer.as_str().to_owned(),

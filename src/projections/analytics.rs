@@ -154,7 +154,8 @@ pub async fn stage_distribution(
 }
 
 /// Stage distribution at the end of each month and the transitions in it,
-/// from the first transition through the month of the newest event.
+/// from the first transition through the month of the population snapshot
+/// (the last month as of the snapshot instant).
 pub async fn stage_table(db: &ReadModelDb) -> Result<StageTable, RunnerError> {
     let (version, rules) = active(db).await?;
     let v = version.model_version;
@@ -174,6 +175,11 @@ pub async fn stage_table(db: &ReadModelDb) -> Result<StageTable, RunnerError> {
         let (Some(customer), Some(to), Some(at)) = (&row[0], &row[3], at) else {
             continue;
         };
+        // Customers' tables run to their clock or their last event, which
+        // may be later than the snapshot: the last month ends at it.
+        if at > snapshot {
+            continue;
+        }
         flows.record(&StageTransitionFact {
             customer: customer.clone(),
             from: row[2].clone(),

@@ -24,8 +24,11 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
 use tokio::sync::mpsc;
 
+use super::runner::RunnerError;
+use super::state::CustomerState;
 use super::storage::{ReadModelDb, StateRow, StorageError};
 use super::{Row, TableKind, TableSpec, Value};
+use crate::domain::CustomerId;
 use crate::store::sqlite_raw::{Bind, RawConnection, RawError};
 
 /// A partition's progress, committed with its rows.
@@ -151,6 +154,130 @@ impl BulkWriter {
     }
 }
 
+/// Customers per chunk of [`scan_states`].
+const STATE_CHUNK: usize = 2_000;
+
+/// One customer's stored state, decoded.
+pub type DecodedState = (CustomerId, CustomerState);
+
+/// Streams every stored state of a version, decoded, in customer id order,
+/// in chunks: through SQLite's C API on a read connection of its own (sqlx
+/// costs about 13 µs per state row here, the C API under 1 µs), or through
+/// sqlx on PostgreSQL. Memory: a few chunks.
+pub fn scan_states(
+    db: &ReadModelDb,
+    model_version: i64,
+) -> mpsc::Receiver<Result<Vec<DecodedState>, RunnerError>> {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    match db {
+        ReadModelDb::Sqlite(pool) => {
+            let options: SqliteConnectOptions = (*pool.connect_options()).clone();
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let outcome = scan_sqlite_states(&options, model_version, &sender, &handle);
+                if let Err(e) = outcome {
+                    let _ = sender.blocking_send(Err(e));
+                }
+            });
+        }
+        ReadModelDb::Postgres(pool) => {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let outcome = scan_postgres_states(&pool, model_version, &sender).await;
+                if let Err(e) = outcome {
+                    let _ = sender.send(Err(e)).await;
+                }
+            });
+        }
+    }
+    receiver
+}
+
+fn decode_state(customer_id: &str, state: &[u8]) -> Result<DecodedState, RunnerError> {
+    let customer = CustomerId::parse(customer_id).map_err(|e| RunnerError::Decode {
+        position: 0,
+        stream: customer_id.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let state = CustomerState::decode(state).map_err(|source| RunnerError::State {
+        customer: customer_id.to_owned(),
+        source,
+    })?;
+    Ok((customer, state))
+}
+
+fn scan_sqlite_states(
+    options: &SqliteConnectOptions,
+    model_version: i64,
+    sender: &mpsc::Sender<Result<Vec<DecodedState>, RunnerError>>,
+    handle: &tokio::runtime::Handle,
+) -> Result<(), RunnerError> {
+    let options = options
+        .clone()
+        .read_only(true)
+        .pragma("mmap_size", "17179869184");
+    let mut conn = handle
+        .block_on(options.connect())
+        .map_err(StorageError::from)?;
+    let raw_conn = RawConnection::lock(&mut conn).map_err(StorageError::from)?;
+    let mut statement = raw_conn
+        .prepare(
+            "SELECT customer_id, state FROM customer_state WHERE model_version = ?1 ORDER BY customer_id",
+        )
+        .map_err(raw)?;
+    statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+    let mut chunk = Vec::with_capacity(STATE_CHUNK);
+    while let Some(row) = statement.next_row().map_err(raw)? {
+        let customer = row.text(0).map_err(|e| RunnerError::Decode {
+            position: 0,
+            stream: String::new(),
+            reason: e.to_string(),
+        })?;
+        chunk.push(decode_state(customer, row.bytes(1))?);
+        if chunk.len() == STATE_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(STATE_CHUNK));
+            if sender.blocking_send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = sender.blocking_send(Ok(chunk));
+    }
+    Ok(())
+}
+
+async fn scan_postgres_states(
+    pool: &sqlx::PgPool,
+    model_version: i64,
+    sender: &mpsc::Sender<Result<Vec<DecodedState>, RunnerError>>,
+) -> Result<(), RunnerError> {
+    use futures::StreamExt;
+    use sqlx::Row as _;
+    let mut rows = sqlx::query(
+        "SELECT customer_id, state FROM customer_state WHERE model_version = $1 ORDER BY customer_id",
+    )
+    .bind(model_version)
+    .fetch(pool);
+    let mut chunk = Vec::with_capacity(STATE_CHUNK);
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(StorageError::from)?;
+        let customer: &str = row.try_get(0).map_err(StorageError::from)?;
+        let state: &[u8] = row.try_get(1).map_err(StorageError::from)?;
+        chunk.push(decode_state(customer, state)?);
+        if chunk.len() == STATE_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(STATE_CHUNK));
+            if sender.send(Ok(full)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = sender.send(Ok(chunk)).await;
+    }
+    Ok(())
+}
+
 /// Sends work from a blocking thread; `false` when the writer has stopped
 /// (its error comes from [`BulkWriter::finish`]).
 pub fn send_blocking(sender: &mpsc::Sender<BulkWork>, work: BulkWork) -> bool {
@@ -170,6 +297,66 @@ fn bind_value(value: &Value) -> Bind<'_> {
     }
 }
 
+/// Rows per multi-row `INSERT` of the SQLite writer: stepping one statement
+/// for 16 rows costs about 25 % less than 16 single-row statements (the
+/// per-statement work is shared; the B-tree work per row stays).
+const ROWS_PER_INSERT: usize = 16;
+
+/// One table's prepared inserts.
+struct TableInserts<'c> {
+    many: crate::store::sqlite_raw::Statement<'c>,
+    one: crate::store::sqlite_raw::Statement<'c>,
+    spec: &'c TableSpec,
+}
+
+impl TableInserts<'_> {
+    /// Inserts rows of this table, [`ROWS_PER_INSERT`] per statement.
+    fn insert(&mut self, model_version: i64, rows: &[&Row]) -> Result<(), StorageError> {
+        let width = self.spec.columns.len() + 2;
+        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+        for chunk in chunks.by_ref() {
+            for (r, row) in chunk.iter().enumerate() {
+                bind_row(&mut self.many, r * width, model_version, self.spec, row)?;
+            }
+            self.many.execute().map_err(raw)?;
+        }
+        for row in chunks.remainder() {
+            bind_row(&mut self.one, 0, model_version, self.spec, row)?;
+            self.one.execute().map_err(raw)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds one row's values from parameter `offset + 1` on.
+fn bind_row(
+    statement: &mut crate::store::sqlite_raw::Statement<'_>,
+    offset: usize,
+    model_version: i64,
+    spec: &TableSpec,
+    row: &Row,
+) -> Result<(), StorageError> {
+    if row.values.len() != spec.columns.len() {
+        return Err(StorageError::RowShape {
+            table: row.table.to_owned(),
+            expected: spec.columns.len(),
+            got: row.values.len(),
+        });
+    }
+    statement
+        .bind(offset + 1, Bind::Int(model_version))
+        .map_err(raw)?;
+    statement
+        .bind(offset + 2, Bind::Text(&row.customer_id))
+        .map_err(raw)?;
+    for (i, value) in row.values.iter().enumerate() {
+        statement
+            .bind(offset + i + 3, bind_value(value))
+            .map_err(raw)?;
+    }
+    Ok(())
+}
+
 /// The SQLite writer thread: one connection, prepared statements, one
 /// transaction per committed unit of work.
 fn sqlite_writer(
@@ -181,16 +368,28 @@ fn sqlite_writer(
     let raw_conn = RawConnection::lock(&mut conn)?;
     let mut inserts = HashMap::new();
     for spec in tables {
-        let placeholders: Vec<String> = (1..=spec.columns.len() + 2)
-            .map(|i| format!("?{i}"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO {} (model_version, customer_id, {}) VALUES ({})",
-            spec.name,
-            spec.columns.join(", "),
-            placeholders.join(", ")
-        );
-        inserts.insert(spec.name, (raw_conn.prepare(&sql).map_err(raw)?, spec));
+        let width = spec.columns.len() + 2;
+        let prepare = |rows: usize| {
+            let tuples: Vec<String> = (0..rows)
+                .map(|r| {
+                    let marks: Vec<String> =
+                        (1..=width).map(|i| format!("?{}", r * width + i)).collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect();
+            raw_conn.prepare(&format!(
+                "INSERT INTO {} (model_version, customer_id, {}) VALUES {}",
+                spec.name,
+                spec.columns.join(", "),
+                tuples.join(", ")
+            ))
+        };
+        let statements = TableInserts {
+            many: prepare(ROWS_PER_INSERT).map_err(raw)?,
+            one: prepare(1).map_err(raw)?,
+            spec,
+        };
+        inserts.insert(spec.name, statements);
     }
     let mut insert_state = raw_conn
         .prepare(
@@ -248,30 +447,20 @@ fn sqlite_writer(
                     statement.execute().map_err(raw)?;
                 }
             }
-            for row in &work.rows {
-                let (statement, spec) =
-                    inserts
-                        .get_mut(row.table)
-                        .ok_or_else(|| StorageError::RowShape {
-                            table: row.table.to_owned(),
-                            expected: 0,
-                            got: row.values.len(),
-                        })?;
-                if row.values.len() != spec.columns.len() {
-                    return Err(StorageError::RowShape {
-                        table: row.table.to_owned(),
-                        expected: spec.columns.len(),
-                        got: row.values.len(),
-                    });
-                }
-                statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
-                statement
-                    .bind(2, Bind::Text(&row.customer_id))
-                    .map_err(raw)?;
-                for (i, value) in row.values.iter().enumerate() {
-                    statement.bind(i + 3, bind_value(value)).map_err(raw)?;
-                }
-                statement.execute().map_err(raw)?;
+            // Rows come customer by customer; insert them table by table
+            // (in customer order within each), several per statement.
+            let mut by_table: Vec<&Row> = work.rows.iter().collect();
+            by_table.sort_by_key(|r| r.table);
+            for group in by_table.chunk_by(|a, b| a.table == b.table) {
+                let table = group[0].table;
+                let statements = inserts
+                    .get_mut(table)
+                    .ok_or_else(|| StorageError::RowShape {
+                        table: table.to_owned(),
+                        expected: 0,
+                        got: group[0].values.len(),
+                    })?;
+                statements.insert(model_version, group)?;
             }
             for state in &work.states {
                 insert_state

@@ -16,7 +16,9 @@
 //! for a fit (a fresh store) the model columns stay NULL and RFM is still
 //! written; the reason is logged, never guessed around.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
@@ -96,6 +98,10 @@ pub struct ClvFacts {
     pub purchase_days: u32,
     /// Total spend, minor units.
     pub total_minor: i64,
+    /// The first purchase day.
+    pub first_day: NaiveDate,
+    /// The last purchase day.
+    pub last_day: NaiveDate,
 }
 
 impl ClvHistory {
@@ -142,19 +148,29 @@ impl ClvHistory {
             days_since_last: (end_day - last_day).num_days() as f64,
             purchase_days: days,
             total_minor: total,
+            first_day,
+            last_day,
         })
     }
 }
 
 /// The first pass of a refit: what the models need from every customer,
 /// grouped (histories, spends) or as sorted keys (RFM), never per customer
-/// id.
+/// id. Everything here is in calendar days, independent of the instant the
+/// models are fitted as of (a rebuild collects it while folding, before it
+/// knows the newest event), and converted when fitting.
 #[derive(Debug)]
 pub struct ClvPopulation {
-    histories: HistoryGroups,
+    /// (repeat days, first-to-last days, first day) → customers.
+    histories: HashMap<(u32, i64, i32), f64>,
     spends: Option<SpendGroups>,
     spend_error: Option<String>,
+    /// RFM: last purchase day (days since the epoch), purchase days, spend.
     keys: [Vec<f64>; 3],
+}
+
+fn day_number(day: NaiveDate) -> i32 {
+    day.num_days_from_ce()
 }
 
 impl ClvPopulation {
@@ -162,7 +178,7 @@ impl ClvPopulation {
     pub fn new(rules: &ClvRules) -> Self {
         let scale = 10u32.pow(u32::from(rules.currency.minor_digits()));
         Self {
-            histories: HistoryGroups::default(),
+            histories: HashMap::new(),
             spends: SpendGroups::new(scale).ok(),
             spend_error: None,
             keys: Default::default(),
@@ -171,29 +187,68 @@ impl ClvPopulation {
 
     /// Adds one customer.
     pub fn observe(&mut self, customer: &str, facts: &ClvFacts) {
-        self.histories
-            .add(f64::from(facts.frequency), facts.recency, facts.t);
+        let key = (
+            facts.frequency,
+            (facts.last_day - facts.first_day).num_days(),
+            day_number(facts.first_day),
+        );
+        *self.histories.entry(key).or_insert(0.0) += 1.0;
         if let Some(spends) = &mut self.spends {
             if let Err(e) = spends.add(customer, facts.frequency, facts.monetary_minor_avg) {
                 self.spend_error = Some(e.to_string());
                 self.spends = None;
             }
         }
-        for (keys, key) in self.keys.iter_mut().zip(rfm_keys(facts)) {
-            keys.push(key);
+        let keys = [
+            f64::from(day_number(facts.last_day)),
+            f64::from(facts.purchase_days),
+            facts.total_minor as f64,
+        ];
+        for (list, key) in self.keys.iter_mut().zip(keys) {
+            list.push(key);
         }
     }
 
-    /// Fits the purchase and spend models and sorts the RFM keys. Without a
-    /// purchase model (too little data) nobody gets model figures, and the
-    /// reason is logged; without a spend model (Gamma-Gamma did not fit)
-    /// customers keep P(alive) and expected purchases, and CLV stays empty.
-    pub fn fit(self, rules: &ClvRules) -> ClvModels {
+    /// Adds another part of the population (order does not matter).
+    pub fn absorb(&mut self, other: ClvPopulation) {
+        for (key, weight) in other.histories {
+            *self.histories.entry(key).or_insert(0.0) += weight;
+        }
+        match (&mut self.spends, other.spends) {
+            (Some(mine), Some(theirs)) => mine.absorb(theirs),
+            (_, None) => self.spends = None,
+            (None, Some(_)) => {}
+        }
+        if other.spend_error.is_some() {
+            self.spend_error = other.spend_error;
+        }
+        for (mine, theirs) in self.keys.iter_mut().zip(other.keys) {
+            mine.extend(theirs);
+        }
+    }
+
+    /// Fits the purchase and spend models as of `as_of` (T runs to its
+    /// day) and sorts the RFM keys. Without a purchase model (too little
+    /// data) nobody gets model figures, and the reason is logged; without a
+    /// spend model (Gamma-Gamma did not fit) customers keep P(alive) and
+    /// expected purchases, and CLV stays empty.
+    pub fn fit(self, rules: &ClvRules, as_of: DateTime<Utc>) -> ClvModels {
         let customers = self.keys[0].len();
+        let unit = rules.model.time_unit.days();
+        let end = day_number(as_of.date_naive());
+        let mut groups = HistoryGroups::default();
+        for ((x, recency_days, first_day), weight) in self.histories {
+            groups.add_weighted(
+                f64::from(x),
+                recency_days as f64 / unit,
+                f64::from(end - first_day) / unit,
+                weight,
+            );
+        }
         let purchase = if customers == 0 {
             None
         } else {
-            fit_purchase_model_on(&self.histories.finish(), rules.model.purchase_model)
+            fit_purchase_model_on(&groups.finish(), rules.model.purchase_model)
                 .map_err(|e| tracing::warn!(customers, "CLV models not fitted: {e}"))
                 .ok()
         };
@@ -220,6 +275,10 @@ impl ClvPopulation {
             }
         };
         let mut keys = self.keys;
+        // Recency: days since the last purchase, negated (later is better).
+        for last in &mut keys[0] {
+            *last -= f64::from(end);
+        }
         for k in &mut keys {
             k.sort_unstable_by(f64::total_cmp);
         }
@@ -437,7 +496,7 @@ mod tests {
             population.observe(customer, &facts);
             all.push(facts);
         }
-        (population.fit(&rules), all)
+        (population.fit(&rules, end()), all)
     }
 
     #[test]

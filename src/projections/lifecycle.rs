@@ -398,14 +398,44 @@ pub const TABLES: &[TableSpec] = &[
 ];
 
 impl Lifecycle {
+    /// [`CustomerFold::apply`] that also hands the stage changes to
+    /// `changes` (the alerts fold watches them).
+    pub fn apply_noting(
+        &self,
+        customer: &CustomerId,
+        state: &mut LifecycleState,
+        event: &FoldEvent,
+        out: &mut Vec<Row>,
+        changes: &mut Vec<Transition>,
+    ) {
+        changes.clear();
+        state.apply(&self.rules, event, changes);
+        Self::history_rows(customer, state, changes, out);
+    }
+
+    /// [`CustomerFold::advance_to`] that also hands the stage changes to
+    /// `changes`.
+    pub fn advance_noting(
+        &self,
+        customer: &CustomerId,
+        state: &mut LifecycleState,
+        at: DateTime<Utc>,
+        out: &mut Vec<Row>,
+        changes: &mut Vec<Transition>,
+    ) {
+        changes.clear();
+        state.advance_to(&self.rules, to_us(at), changes);
+        Self::history_rows(customer, state, changes, out);
+    }
+
     fn history_rows(
         customer: &CustomerId,
         state: &LifecycleState,
-        transitions: Vec<Transition>,
+        transitions: &[Transition],
         out: &mut Vec<Row>,
     ) {
         let first_seq = state.transitions - transitions.len() as i64;
-        for (i, t) in transitions.into_iter().enumerate() {
+        for (i, t) in transitions.iter().enumerate() {
             out.push(Row {
                 table: "lifecycle_transitions",
                 customer_id: customer.as_str().to_owned(),
@@ -414,7 +444,7 @@ impl Lifecycle {
                     t.from.map(|s| s.as_str()).into(),
                     t.to.as_str().into(),
                     Value::Int(to_us(t.at)),
-                    t.cause.into(),
+                    t.cause.as_str().into(),
                 ],
             });
         }
@@ -439,9 +469,7 @@ impl CustomerFold for Lifecycle {
         event: &FoldEvent,
         out: &mut Vec<Row>,
     ) {
-        let mut transitions = Vec::new();
-        state.apply(&self.rules, event, &mut transitions);
-        Self::history_rows(customer, state, transitions, out);
+        self.apply_noting(customer, state, event, out, &mut Vec::new());
     }
 
     fn advance_to(
@@ -451,9 +479,7 @@ impl CustomerFold for Lifecycle {
         at: DateTime<Utc>,
         out: &mut Vec<Row>,
     ) {
-        let mut transitions = Vec::new();
-        state.advance_to(&self.rules, to_us(at), &mut transitions);
-        Self::history_rows(customer, state, transitions, out);
+        self.advance_noting(customer, state, at, out, &mut Vec::new());
     }
 
     fn current_rows(&self, customer: &CustomerId, state: &LifecycleState, out: &mut Vec<Row>) {

@@ -449,8 +449,6 @@ pub struct TierChange {
 /// What the fold remembers about an order, for clawbacks and spend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPoints {
-    /// The order event id.
-    pub event_id: Uuid,
     /// Order id.
     pub order_id: String,
     /// When placed.
@@ -554,7 +552,6 @@ pub fn apply(state: &mut LoyaltyState, rules: &LoyaltyRules, view: &EventView<'_
                 });
             }
             state.orders.push(OrderPoints {
-                event_id: view.event_id,
                 order_id: order.order_id.clone(),
                 placed_at: at,
                 amount: order.amount,
@@ -596,7 +593,8 @@ pub fn apply(state: &mut LoyaltyState, rules: &LoyaltyRules, view: &EventView<'_
             };
             let claw = target - order.clawed_back;
             order.clawed_back = target;
-            let own_lot = order.event_id;
+            // The order's own lot: earned by this order id at its instant.
+            let own_lot = (order.order_id.clone(), order.placed_at);
             if claw > 0 {
                 state.consume(
                     view.event_id,
@@ -770,20 +768,26 @@ impl LoyaltyState {
         self.lots.insert(index, lot);
     }
 
-    /// Takes `points` from the lots (the lot created by `preferred` first,
-    /// then oldest first); records a conflict when there are not enough.
+    /// Takes `points` from the lots (the lot `preferred` names, by order id
+    /// and earning instant, first, then oldest first); records a conflict
+    /// when there are not enough.
     fn consume(
         &mut self,
         event_id: Uuid,
         at: DateTime<Utc>,
         kind: ConflictKind,
         points: i64,
-        preferred: Option<Uuid>,
+        preferred: Option<(String, DateTime<Utc>)>,
     ) {
         let available: i64 = self.lots.iter().map(|l| l.remaining).sum();
         let mut left = points;
-        if let Some(lot) = preferred.and_then(|id| self.lots.iter_mut().find(|l| l.event_id == id))
-        {
+        let own = preferred.and_then(|(order_id, earned_at)| {
+            self.lots.iter_mut().find(|l| {
+                l.earned_at == earned_at
+                    && matches!(&l.source, LotSource::Order { order_id: id } if *id == order_id)
+            })
+        });
+        if let Some(lot) = own {
             let take = left.min(lot.remaining);
             lot.remaining -= take;
             left -= take;

@@ -19,30 +19,46 @@ use super::Row;
 use crate::domain::CustomerId;
 
 /// The first pass: what the population models need from each customer.
-pub struct PopulationInputs<'f> {
-    folds: &'f Folds,
+/// A rebuild's workers each collect the inputs of their partitions while
+/// folding, and [`PopulationInputs::absorb`] joins them in partition order,
+/// so the first pass costs nothing extra there.
+///
+/// Inputs count the orders up to the instant they are collected as of; the
+/// models are fitted as of that instant or an earlier one after every order
+/// (the newest event), see [`PopulationInputs::fit`].
+pub struct PopulationInputs {
     as_of: DateTime<Utc>,
     revenues: Vec<i64>,
     clv: ClvPopulation,
 }
 
-impl<'f> PopulationInputs<'f> {
+impl PopulationInputs {
     /// An empty first pass as of `as_of`.
-    pub fn new(folds: &'f Folds, as_of: DateTime<Utc>) -> Self {
+    pub fn new(folds: &Folds, as_of: DateTime<Utc>) -> Self {
         Self {
-            folds,
             as_of,
             revenues: Vec::new(),
             clv: ClvPopulation::new(&folds.clv.rules),
         }
     }
 
+    /// The instant the inputs count orders up to.
+    pub fn as_of(&self) -> DateTime<Utc> {
+        self.as_of
+    }
+
     /// Adds the next customer (customers come in id order).
-    pub fn observe(&mut self, customer: &CustomerId, state: &CustomerState) {
+    pub fn observe(&mut self, folds: &Folds, customer: &CustomerId, state: &CustomerState) {
         self.revenues.push(state.lifecycle.revenue_minor);
-        if let Some(facts) = state.clv.facts(self.as_of, &self.folds.clv.rules) {
+        if let Some(facts) = state.clv.facts(self.as_of, &folds.clv.rules) {
             self.clv.observe(customer.as_str(), &facts);
         }
+    }
+
+    /// Appends the inputs of customers that come after these in id order.
+    pub fn absorb(&mut self, later: PopulationInputs) {
+        self.revenues.extend(later.revenues);
+        self.clv.absorb(later.clv);
     }
 
     /// Customers observed.
@@ -50,14 +66,15 @@ impl<'f> PopulationInputs<'f> {
         self.revenues.len()
     }
 
-    /// Ranks the value tiers and fits the CLV models.
-    pub fn fit(self) -> PopulationModels<'f> {
-        let tiers = value_tiers_in_order(&self.folds.lifecycle.rules, &self.revenues);
+    /// Ranks the value tiers and fits the CLV models as of `as_of`: the
+    /// collection instant, or an earlier one no earlier than every order.
+    pub fn fit(self, folds: &Folds, as_of: DateTime<Utc>) -> PopulationModels<'_> {
+        let tiers = value_tiers_in_order(&folds.lifecycle.rules, &self.revenues);
         PopulationModels {
-            folds: self.folds,
-            as_of: self.as_of,
+            folds,
+            as_of,
             tiers,
-            clv: self.clv.fit(&self.folds.clv.rules),
+            clv: self.clv.fit(&folds.clv.rules, as_of),
             next: 0,
         }
     }
@@ -110,6 +127,7 @@ impl PopulationModels<'_> {
         out.extend(folds.alerts.value_alert_row(
             customer,
             &state.alerts,
+            &state.lifecycle,
             tier.as_str(),
             self.as_of,
         ));

@@ -38,6 +38,7 @@ use uuid::Uuid;
 
 use super::bulk::{send_blocking, BulkWork, BulkWriter, PartitionProgress, WriteStats};
 use super::clock::Clock;
+use super::population::PopulationInputs;
 use super::rules::RuleSet;
 use super::runner::{refit_population, Projector, ProjectorOptions, RunnerError};
 use super::state::Folds;
@@ -188,6 +189,8 @@ pub async fn rebuild(
     progress(done_before);
 
     let pass = PartitionPass {
+        collect_inputs: resumed_from.is_none(),
+        inputs: Mutex::new(std::collections::BTreeMap::new()),
         folds: folds.clone(),
         clock,
         head,
@@ -203,8 +206,9 @@ pub async fn rebuild(
         },
     };
     let source = source_for(&store, db, head).await?;
+    let pass = Arc::new(pass);
     let (fold_secs, mut write_stats, events) = run_partitions(
-        Arc::new(pass),
+        pass.clone(),
         source,
         db,
         version.model_version,
@@ -257,11 +261,29 @@ pub async fn rebuild(
         .expect("the version exists");
 
     let population_started = Instant::now();
-    if let Some(as_of) = current
+    if let Some(watermark) = current
         .watermark_us
         .and_then(DateTime::from_timestamp_micros)
     {
-        refit_population(db, version.model_version, &folds, as_of).await?;
+        // As of the clock, or the newest event when that is earlier (a
+        // historical ledger's models are fitted as of its end).
+        let as_of = clock.min(watermark);
+        // The first pass was made while folding, unless this run resumed
+        // (earlier partitions' inputs are gone) or the catch-up changed
+        // customers since.
+        let inputs = if pass.collect_inputs && caught_up == 0 {
+            let mut parts =
+                std::mem::take(&mut *pass.inputs.lock().expect("not poisoned")).into_values();
+            parts.next().map(|mut all| {
+                for part in parts {
+                    all.absorb(part);
+                }
+                all
+            })
+        } else {
+            None
+        };
+        refit_population(db, version.model_version, &folds, as_of, inputs).await?;
     }
     let population_secs = population_started.elapsed().as_secs_f64();
     db.activate(version.model_version, Utc::now().timestamp_micros())
@@ -347,6 +369,10 @@ async fn source_for(
 
 /// The shared state of the workers of one partition pass.
 struct PartitionPass {
+    /// Whether workers collect the population's first pass as they fold.
+    collect_inputs: bool,
+    /// The collected first pass, per partition.
+    inputs: Mutex<std::collections::BTreeMap<i64, PopulationInputs>>,
     folds: Folds,
     clock: DateTime<Utc>,
     head: u64,
@@ -388,14 +414,19 @@ struct Chunk {
     work: BulkWork,
     last_stream: Option<String>,
     fold_secs: f64,
+    /// The partition's population inputs, when collected.
+    inputs: Option<PopulationInputs>,
 }
 
 impl Chunk {
-    fn new() -> Self {
+    fn new(pass: &PartitionPass) -> Self {
         Self {
             work: BulkWork::default(),
             last_stream: None,
             fold_secs: 0.0,
+            inputs: pass
+                .collect_inputs
+                .then(|| PopulationInputs::new(&pass.folds, pass.clock)),
         }
     }
 
@@ -407,6 +438,9 @@ impl Chunk {
         let mut state = folds.fold_history(&customer, &mut events, rows);
         folds.advance_to(&customer, &mut state, pass.clock, rows);
         folds.current_rows(&customer, &state, rows);
+        if let Some(inputs) = &mut self.inputs {
+            inputs.observe(folds, &customer, &state);
+        }
         self.work.states.push(StateRow {
             customer_id: customer.as_str().to_owned(),
             last_occurred_us: state.last_occurred_us,
@@ -520,7 +554,7 @@ fn worker(
 ) -> Result<f64, RunnerError> {
     let mut fold_secs = 0.0;
     while let Some(partition) = pass.next_partition() {
-        let mut chunk = Chunk::new();
+        let mut chunk = Chunk::new(pass);
         let outcome = match source {
             Source::Sqlite(options) => {
                 scan_sqlite(pass, options, &partition, &mut chunk, &sender, handle)
@@ -537,6 +571,12 @@ fn worker(
             Ok(()) => {}
             Err(RunnerError::Task(reason)) if reason == STOPPED => return Ok(fold_secs),
             Err(e) => return Err(e),
+        }
+        if let Some(inputs) = chunk.inputs.take() {
+            pass.inputs
+                .lock()
+                .expect("not poisoned")
+                .insert(partition.no, inputs);
         }
         let work = chunk.take(&partition, true);
         let events = work.events as u64;

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use thiserror::Error;
 
-use super::bulk::{BulkWork, BulkWriter, CustomerRange};
+use super::bulk::{scan_states, BulkWork, BulkWriter, CustomerRange};
 use super::cache::StateCache;
 use super::clock::Clock;
 use super::population::{PopulationChanged, PopulationInputs};
@@ -423,14 +423,17 @@ impl Projector {
         tokio::time::Instant::now() + POPULATION_EVERY.max(self.last_refit * 4)
     }
 
-    /// Rewrites the population tables as of the newest event folded (see
-    /// [`refit_population`]).
+    /// Rewrites the population tables (see [`refit_population`]) as of the
+    /// clock's now, or the newest event folded when that is earlier (a
+    /// quiet or historical ledger: the models are fitted as of its end);
+    /// nothing before the first event.
     pub async fn write_population(&mut self) -> Result<(), RunnerError> {
-        let Some(as_of) = self.watermark else {
+        let Some(watermark) = self.watermark else {
             return Ok(());
         };
+        let as_of = self.clock.now().min(watermark);
         let started = std::time::Instant::now();
-        refit_population(&self.db, self.version, &self.folds, as_of).await?;
+        refit_population(&self.db, self.version, &self.folds, as_of, None).await?;
         self.last_refit = started.elapsed();
         self.write_secs += self.last_refit.as_secs_f64();
         Ok(())
@@ -466,37 +469,51 @@ impl Projector {
 /// streaming passes over the stored states (see [`super::population`]),
 /// the second writing customer range by customer range, each range in one
 /// transaction (every row carries the instant it is as of; the version's
-/// `population_as_of_us` moves with the last range).
+/// `population_as_of_us` moves with the last range). `inputs`, when given,
+/// are the first pass already made (a rebuild collects them while folding).
 pub async fn refit_population(
     db: &ReadModelDb,
     model_version: i64,
     folds: &Folds,
     as_of: DateTime<Utc>,
+    inputs: Option<PopulationInputs>,
 ) -> Result<(), RunnerError> {
-    let mut inputs = PopulationInputs::new(folds, as_of);
-    let mut states = db.customer_states(model_version);
-    while let Some(row) = states.next().await {
-        let (customer, state) = decode_state_row(&row?)?;
-        inputs.observe(&customer, &state);
-    }
-    drop(states);
+    let started = std::time::Instant::now();
+    let inputs = match inputs {
+        Some(inputs) => inputs,
+        None => {
+            let mut inputs = PopulationInputs::new(folds, as_of);
+            let mut states = scan_states(db, model_version);
+            while let Some(chunk) = states.recv().await {
+                for (customer, state) in chunk? {
+                    inputs.observe(folds, &customer, &state);
+                }
+            }
+            inputs
+        }
+    };
+    debug_assert!(inputs.as_of() >= as_of);
     let customers = inputs.customers();
-    let mut models = off_the_reactor(|| inputs.fit());
+    let observed = started.elapsed();
+    let mut models = off_the_reactor(|| inputs.fit(folds, as_of));
+    let fitted = started.elapsed();
     let writer = BulkWriter::open(db, model_version, &folds.tables()).await?;
     let outcome = async {
         // Each chunk of customers replaces their population rows in its own
         // transaction; the last one also records the instant.
         let mut work = BulkWork::default();
         let mut after: Option<String> = None;
-        let mut states = db.customer_states(model_version);
-        while let Some(row) = states.next().await {
-            let (customer, state) = decode_state_row(&row?)?;
-            models.rows(&customer, &state, &mut work.rows)?;
+        let mut states = scan_states(db, model_version);
+        while let Some(chunk) = states.recv().await {
+            let chunk = chunk?;
+            for (customer, state) in &chunk {
+                models.rows(customer, state, &mut work.rows)?;
+            }
             if work.rows.len() >= 20_000 {
-                let through = Some(customer.as_str().to_owned());
+                let last = chunk.last().map(|(c, _)| c.as_str().to_owned());
                 work.clear_population = Some(CustomerRange {
-                    after: after.replace(customer.as_str().to_owned()),
-                    through,
+                    after: std::mem::replace(&mut after, last.clone()),
+                    through: last,
                 });
                 work.commit = true;
                 writer.send(std::mem::take(&mut work)).await?;
@@ -517,7 +534,14 @@ pub async fn refit_population(
     let written = writer.finish().await;
     outcome?;
     written?;
-    tracing::debug!(customers, %as_of, "population refitted");
+    tracing::info!(
+        customers,
+        %as_of,
+        first_pass_secs = observed.as_secs_f64(),
+        fit_secs = (fitted - observed).as_secs_f64(),
+        second_pass_secs = (started.elapsed() - fitted).as_secs_f64(),
+        "population refitted"
+    );
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::domain::CustomerId;
 
 /// The binary state format this build writes and reads. Bump it whenever
 /// [`CustomerState`] or a fold state changes shape.
-pub const STATE_FORMAT: u8 = 1;
+pub const STATE_FORMAT: u8 = 2;
 
 /// Why a stored state could not be read.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -184,10 +184,12 @@ impl Folds {
         event: &FoldEvent,
         out: &mut Vec<Row>,
     ) {
+        let mut changes = Vec::new();
         self.lifecycle
-            .apply(customer, &mut state.lifecycle, event, out);
+            .apply_noting(customer, &mut state.lifecycle, event, out, &mut changes);
         self.loyalty.apply(customer, &mut state.loyalty, event, out);
-        self.alerts.apply(customer, &mut state.alerts, event, out);
+        self.alerts
+            .apply_after_lifecycle(customer, &mut state.alerts, event, &changes, out);
         self.value.apply(customer, &mut state.value, event, out);
         self.cohorts.apply(customer, &mut state.cohorts, event, out);
         self.clv.apply(customer, &mut state.clv, event, out);
@@ -213,11 +215,13 @@ impl Folds {
             return;
         }
         state.advanced_to_us = Some(at_us);
+        let mut changes = Vec::new();
         self.lifecycle
-            .advance_to(customer, &mut state.lifecycle, at, out);
+            .advance_noting(customer, &mut state.lifecycle, at, out, &mut changes);
         self.loyalty
             .advance_to(customer, &mut state.loyalty, at, out);
-        self.alerts.advance_to(customer, &mut state.alerts, at, out);
+        self.alerts
+            .advance_after_lifecycle(customer, &mut state.alerts, at, &changes, out);
         self.value.advance_to(customer, &mut state.value, at, out);
         self.cohorts
             .advance_to(customer, &mut state.cohorts, at, out);
@@ -228,7 +232,6 @@ impl Folds {
     pub fn current_rows(&self, customer: &CustomerId, state: &CustomerState, out: &mut Vec<Row>) {
         self.lifecycle.current_rows(customer, &state.lifecycle, out);
         self.loyalty.current_rows(customer, &state.loyalty, out);
-        self.alerts.current_rows(customer, &state.alerts, out);
         self.value.current_rows(customer, &state.value, out);
         self.cohorts.current_rows(customer, &state.cohorts, out);
         self.clv.current_rows(customer, &state.clv, out);
