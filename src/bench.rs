@@ -8,14 +8,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use sqlx::{Executor, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::events::{
-    CustomerRegistered, DomainEvent, OrderPlaced, Profile, SessionRecorded,
+    CampaignTouched, CartAbandoned, ComplaintFiled, CustomerRegistered, DomainEvent, OrderPlaced,
+    OrderRefunded, PointsRedeemed, Profile, RefundKind, SessionRecorded, SubscriptionCancelled,
 };
 use crate::domain::{Currency, CustomerId, EventMetadata, Money, NewEvent};
 use crate::store::postgres::PostgresStore;
@@ -156,6 +157,167 @@ pub fn synthetic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
         }
         events.push(NewEvent::from_domain(Uuid::new_v4(), at, &metadata, &event).expect("valid"));
     }
+    (id, events)
+}
+
+/// Which synthetic histories benchmarks generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generator {
+    /// Customers as varied as real ones: order counts from one to dozens,
+    /// each with their own pace and lifetime, sessions and abandoned carts,
+    /// refunds, complaints, campaign touches, redemptions and cancelled
+    /// subscriptions; about ten events per customer on average.
+    #[default]
+    Realistic,
+    /// Every customer: a registration, five sessions and four orders (the
+    /// earlier benchmarks' histories, kept for comparison).
+    Fixed,
+}
+
+impl Generator {
+    /// One customer's history.
+    pub fn history(self, run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>) {
+        match self {
+            Generator::Realistic => realistic_history(run, customer),
+            Generator::Fixed => synthetic_history(run, customer),
+        }
+    }
+}
+
+/// A varied customer history (see [`Generator::Realistic`]). Deterministic
+/// per customer; every event lies in the past (2019 to 2025).
+pub fn realistic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>) {
+    let id = CustomerId::parse(&format!("bench-{run}-{customer}")).expect("valid id");
+    let mut random = SplitMix(customer.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xC0FFEE);
+    let metadata = EventMetadata {
+        actor: Some("bench".into()),
+        source: Some("synthetic".into()),
+        ..Default::default()
+    };
+    let start = Utc.with_ymd_and_hms(2019, 1, 1, 0, 0, 0).unwrap()
+        + Duration::minutes((random.unit() * 2.5 * 365.0 * 24.0 * 60.0) as i64);
+    // Heterogeneous like CDNOW: most customers buy once or twice, a few
+    // dozens of times; each has a pace and a lifetime after which they stop.
+    let orders = (1.0 + (-random.unit().max(1e-9).ln()) * 4.0).min(60.0) as u32;
+    let pace_days = 4.0 + 120.0 * random.unit() * random.unit();
+    let spend_cents = 800.0 + 25_000.0 * random.unit() * random.unit();
+    let channel = ["web", "app", "referral", "paid_search", "store"][(customer % 5) as usize];
+    let mut events: Vec<(DateTime<Utc>, DomainEvent)> = Vec::new();
+    events.push((
+        start,
+        DomainEvent::CustomerRegistered(CustomerRegistered {
+            channel: channel.into(),
+            acquisition_cost: Some(Money::new(500 + (customer % 4_000) as i64, Currency::USD)),
+            profile: Profile::default(),
+        }),
+    ));
+    let mut at = start + Duration::hours(1 + (random.unit() * 72.0) as i64);
+    let mut points_hint = 0i64;
+    for n in 0..orders {
+        // Sessions before the order, sometimes a cart left behind.
+        let sessions = 1 + (random.unit() * 2.2) as u32;
+        for k in 0..sessions {
+            let session_at = at - Duration::minutes(10 + 40 * i64::from(k));
+            events.push((
+                session_at,
+                DomainEvent::SessionRecorded(SessionRecorded {
+                    session_id: format!("s{n}-{k}"),
+                    channel: "web".into(),
+                    duration_secs: Some(30 + (random.unit() * 900.0) as u32),
+                }),
+            ));
+            if random.unit() < 0.12 {
+                events.push((
+                    session_at + Duration::minutes(5),
+                    DomainEvent::CartAbandoned(CartAbandoned {
+                        cart_id: format!("c{n}-{k}"),
+                        value: Money::new(
+                            (spend_cents * random.unit()) as i64 + 100,
+                            Currency::USD,
+                        ),
+                        item_count: 1 + (random.unit() * 4.0) as u32,
+                    }),
+                ));
+            }
+        }
+        let amount = (spend_cents * (0.4 + 1.2 * random.unit())).round() as i64;
+        points_hint += amount / 100;
+        let order_id = format!("o{n}");
+        events.push((
+            at,
+            DomainEvent::OrderPlaced(OrderPlaced {
+                order_id: order_id.clone(),
+                amount: Money::new(amount, Currency::USD),
+                item_count: 1 + (random.unit() * 5.0) as u32,
+            }),
+        ));
+        if random.unit() < 0.06 {
+            let full = random.unit() < 0.5;
+            events.push((
+                at + Duration::days(3 + (random.unit() * 20.0) as i64),
+                DomainEvent::OrderRefunded(OrderRefunded {
+                    order_id,
+                    refund_id: format!("r{n}"),
+                    amount: Money::new(if full { amount } else { amount / 3 }, Currency::USD),
+                    kind: if full {
+                        RefundKind::Full
+                    } else {
+                        RefundKind::Partial
+                    },
+                    reason: None,
+                }),
+            ));
+        }
+        if random.unit() < 0.04 {
+            events.push((
+                at + Duration::days(2 + (random.unit() * 10.0) as i64),
+                DomainEvent::ComplaintFiled(ComplaintFiled {
+                    complaint_id: format!("k{n}"),
+                    category: "delivery".into(),
+                    description: None,
+                }),
+            ));
+        }
+        if random.unit() < 0.05 {
+            events.push((
+                at - Duration::days(1 + (random.unit() * 5.0) as i64),
+                DomainEvent::CampaignTouched(CampaignTouched {
+                    campaign_id: "spring-double-points".into(),
+                    channel: "email".into(),
+                }),
+            ));
+        }
+        if points_hint > 300 && random.unit() < 0.15 {
+            events.push((
+                at + Duration::days(1),
+                DomainEvent::PointsRedeemed(PointsRedeemed {
+                    redemption_id: format!("p{n}"),
+                    points: 100 + (random.unit() * 200.0) as i64,
+                    reward: None,
+                }),
+            ));
+            points_hint = 0;
+        }
+        let gap_days = pace_days * (-random.unit().max(1e-9).ln());
+        at += Duration::minutes((gap_days * 24.0 * 60.0).max(60.0) as i64);
+    }
+    if random.unit() < 0.03 {
+        events.push((
+            at,
+            DomainEvent::SubscriptionCancelled(SubscriptionCancelled {
+                subscription_id: "membership".into(),
+                reason: None,
+            }),
+        ));
+    }
+    let latest = Utc.with_ymd_and_hms(2025, 12, 31, 0, 0, 0).unwrap();
+    events.retain(|(t, _)| *t <= latest && *t >= start);
+    events.sort_by_key(|(t, _)| *t);
+    let events = events
+        .into_iter()
+        .map(|(t, e)| NewEvent::from_domain(Uuid::new_v4(), t, &metadata, &e).expect("valid"))
+        .collect();
     (id, events)
 }
 

@@ -185,6 +185,8 @@ fn options(batch: usize) -> RebuildOptions {
     RebuildOptions {
         batch_events: batch,
         clock: Clock::Fixed(now()),
+        // These tests compare versions: keep them all.
+        keep_versions: None,
         ..RebuildOptions::default()
     }
 }
@@ -765,6 +767,72 @@ async fn population_queries_agree_with_per_customer_answers(env: Env) {
     env.finish().await;
 }
 
+/// Rebuilds keep the active version and the previous one: older versions
+/// go with every row and state, and the space they held is reused.
+async fn rebuilds_keep_two_versions_and_drop_the_rest(env: Env) {
+    let rules = RuleSet::shipped_defaults();
+    seed(&env.store, 60).await;
+    let keep_two = RebuildOptions {
+        keep_versions: Some(2),
+        ..options(40)
+    };
+    let mut built = Vec::new();
+    let mut sizes = Vec::new();
+    for _ in 0..4 {
+        let report = runner::rebuild(
+            env.store.clone(),
+            &env.db,
+            &rules,
+            &keep_two,
+            day(0),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        built.push(report.model_version);
+        sizes.push(env.db.version_sizes(&folds_for(&rules)).await.unwrap());
+        if let ReadModelDb::Sqlite(pool) = &env.db {
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            sizes.last_mut().unwrap()[0].bytes = pages;
+        }
+    }
+    let versions = env.db.versions().await.unwrap();
+    let numbers: Vec<i64> = versions.iter().map(|v| v.model_version).collect();
+    assert_eq!(numbers, [built[3], built[2]]);
+    assert_eq!(versions[0].status, "active");
+    assert_eq!(versions[1].status, "retired");
+    // Nothing of the dropped versions is left in any table.
+    for table in all_tables(&folds_for(&rules)) {
+        for dropped in &built[..2] {
+            assert!(
+                env.db
+                    .dump(&table, *dropped, None)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{} keeps rows of version {dropped}",
+                table.name
+            );
+        }
+    }
+    let listed = env.db.version_sizes(&folds_for(&rules)).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].rows, listed[1].rows, "identical versions");
+    assert!(
+        listed[0].customers == 60 && listed[0].rows > 60 * 5,
+        "{listed:?}"
+    );
+    // SQLite reuses the pages of dropped versions: the file stops growing.
+    if matches!(env.db, ReadModelDb::Sqlite(_)) {
+        let (third, fourth) = (sizes[2][0].bytes, sizes[3][0].bytes);
+        assert!(fourth <= third + third / 10, "pages {third} then {fourth}");
+    }
+    env.finish().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -794,4 +862,5 @@ on_both!(
     cdnow_sample_gives_a_consistent_stage_history,
     alerts_and_conflicts_are_stored_with_their_events,
     population_queries_agree_with_per_customer_answers,
+    rebuilds_keep_two_versions_and_drop_the_rest,
 );

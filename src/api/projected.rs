@@ -509,6 +509,7 @@ impl ProjectionControl {
             &RebuildOptions {
                 clock: self.options.clock,
                 cache_bytes: self.options.cache_bytes,
+                keep_versions: Some(self.options.keep_versions),
                 ..RebuildOptions::default()
             },
             now(),

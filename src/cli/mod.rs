@@ -143,8 +143,14 @@ pub enum Command {
     ///   journey customer 00003 --as-of 1998-06-30T00:00:00Z --known-at 2026-11-01T00:00:00Z
     #[command(verbatim_doc_comment)]
     Customer(projections::CustomerArgs),
-    /// List the read-model versions (building, active, retired) as JSON lines.
-    Versions(projections::ReadModelArgs),
+    /// List the read-model versions (building, active, retired) as JSON
+    /// lines, with their customers, rows and estimated bytes.
+    ///
+    /// Rebuilds keep the active version and the previous one
+    /// (`[projections] keep_versions`) and drop older ones; --prune drops
+    /// them now (--keep N to keep another number).
+    #[command(verbatim_doc_comment)]
+    Versions(projections::VersionsArgs),
 }
 
 impl Command {
@@ -205,6 +211,7 @@ pub fn projector_options(
     Ok(journey_ledger::projections::runner::ProjectorOptions {
         clock,
         cache_bytes: config.projections.state_cache_mb.max(1) << 20,
+        keep_versions: config.projections.keep_versions.max(1),
     })
 }
 

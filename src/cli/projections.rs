@@ -86,6 +86,19 @@ pub struct CustomerArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// Drop the versions beyond --keep (older retired and abandoned ones).
+    #[arg(long)]
+    pub prune: bool,
+    /// Versions to keep, the active one included (default: the config's
+    /// `keep_versions`, 2).
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportAnalyticsArgs {
     /// Write the CSV here (default: standard output).
     #[arg(long, value_name = "FILE")]
@@ -99,6 +112,12 @@ pub struct BenchRebuildArgs {
     /// First append synthetic events until the store holds this many.
     #[arg(long)]
     pub events: Option<u64>,
+    /// The synthetic histories appended for --events.
+    #[arg(long, value_enum, default_value_t)]
+    pub generator: journey_ledger::bench::Generator,
+    /// Folding workers (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// Events per committed batch.
     #[arg(long, default_value_t = DEFAULT_BATCH_EVENTS)]
     pub batch: usize,
@@ -154,6 +173,7 @@ pub async fn rebuild(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
             batch_events: args.batch,
             clock: options.clock,
             cache_bytes: options.cache_bytes,
+            keep_versions: Some(options.keep_versions),
             ..RebuildOptions::default()
         },
         Utc::now(),
@@ -238,18 +258,36 @@ pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-pub async fn versions(config: &Config, args: ReadModelArgs) -> anyhow::Result<()> {
-    let db = open_db(config, &args).await?;
-    for v in db.versions().await? {
+pub async fn versions(config: &Config, args: VersionsArgs) -> anyhow::Result<()> {
+    let db = open_db(config, &args.read_models).await?;
+    let folds = runner::folds_for(&RuleSet::shipped_defaults());
+    if args.prune {
+        let keep = args.keep.unwrap_or(config.projections.keep_versions).max(1);
+        let pruned = journey_ledger::projections::versions::prune(&db, &folds, keep).await?;
+        eprintln!("{}", serde_json::to_string(&pruned)?);
+    }
+    let by_number: std::collections::HashMap<i64, _> = db
+        .versions()
+        .await?
+        .into_iter()
+        .map(|v| (v.model_version, v))
+        .collect();
+    for size in db.version_sizes(&folds).await? {
+        let v = &by_number[&size.model_version];
         println!(
             "{}",
             serde_json::json!({
-                "model_version": v.model_version,
-                "status": v.status,
-                "rules_id": v.rules_id,
+                "model_version": size.model_version,
+                "status": size.status,
+                "rules_id": size.rules_id,
                 "rules_hash": v.rules_hash,
-                "checkpoint": v.checkpoint,
+                "checkpoint": size.checkpoint,
                 "events_applied": v.events_applied,
+                "customers": size.customers,
+                "rows": size.rows,
+                "bytes": size.bytes,
+                "clock": v.clock_us.and_then(DateTime::from_timestamp_micros),
+                "state_format": v.state_format,
             })
         );
     }
@@ -260,7 +298,22 @@ pub async fn bench_rebuild(config: &Config, args: BenchRebuildArgs) -> anyhow::R
     let rules = load_rules(config, args.rules.as_ref())?;
     let store = open_store(config).await?;
     let db = open_db(config, &args.read_models).await?;
-    let report = bench::rebuild_bench(store, &db, &rules, args.events, args.batch).await?;
+    let options = projector_options(config)?;
+    let report = bench::rebuild_bench(
+        store,
+        &db,
+        &rules,
+        args.events,
+        args.generator,
+        RebuildOptions {
+            batch_events: args.batch,
+            clock: options.clock,
+            workers: args.workers,
+            keep_versions: Some(options.keep_versions),
+            ..RebuildOptions::default()
+        },
+    )
+    .await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

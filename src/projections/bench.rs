@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::rules::RuleSet;
 use super::runner::{rebuild, RebuildOptions, RunnerError};
 use super::storage::ReadModelDb;
-use crate::bench::synthetic_history;
+use crate::bench::Generator;
 use crate::store::{EventStore, ExpectedVersion, StreamWrite};
 
 /// Figures of `bench rebuild`.
@@ -25,18 +25,28 @@ pub struct RebuildBenchReport {
     pub customers: u64,
     /// Events appended first to reach `--events`.
     pub appended_first: u64,
-    /// Rebuild rate, events per second.
+    /// The generator of those events.
+    pub generator: Generator,
+    /// Rebuild rate, events per second (dropping old versions afterwards is
+    /// not counted: see `prune_secs`).
     pub events_per_sec: f64,
-    /// Seconds spent in the rebuild.
+    /// Seconds spent in the rebuild, to the switch.
     pub rebuild_secs: f64,
-    /// Of which: decoding and folding (CPU in this process).
+    /// Of which, summed over workers: decoding and folding.
     pub fold_secs: f64,
-    /// Of which: writing read models and checkpoints.
+    /// Summed over writers: writing read models and states.
     pub write_secs: f64,
-    /// Bare ordered scan of `events` parsing each payload, rows per second.
+    /// Computing and writing the population tables.
+    pub population_secs: f64,
+    /// Dropping versions beyond `keep_versions` after the switch.
+    pub prune_secs: f64,
+    /// Bare ordered scan of `events` parsing each payload, rows per second,
+    /// measured in the same run.
     pub bare_scan_rows_per_sec: f64,
     /// `events_per_sec / bare_scan_rows_per_sec`.
     pub ratio_to_bare_scan: f64,
+    /// Average stored state per customer, bytes.
+    pub state_bytes_per_customer: f64,
     /// Peak resident memory of the process (VmHWM), bytes.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -51,7 +61,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// Appends synthetic customer histories until the store holds `target`
 /// events; returns how many were appended.
-pub async fn fill_to(store: &Arc<dyn EventStore>, target: u64) -> Result<u64, RunnerError> {
+pub async fn fill_to(
+    store: &Arc<dyn EventStore>,
+    target: u64,
+    generator: Generator,
+) -> Result<u64, RunnerError> {
     let head = store.stats().await?.events;
     if head >= target {
         return Ok(0);
@@ -62,7 +76,7 @@ pub async fn fill_to(store: &Arc<dyn EventStore>, target: u64) -> Result<u64, Ru
     while head + appended < target {
         let mut writes = Vec::with_capacity(100);
         for _ in 0..100 {
-            let (id, events) = synthetic_history(&run, customer);
+            let (id, events) = generator.history(&run, customer);
             customer += 1;
             appended += events.len() as u64;
             writes.push(StreamWrite {
@@ -79,16 +93,19 @@ pub async fn fill_to(store: &Arc<dyn EventStore>, target: u64) -> Result<u64, Ru
     Ok(appended)
 }
 
-/// Runs `bench rebuild` on the store and read models given.
+/// Runs `bench rebuild` on the store and read models given: fills the store
+/// to `events` with `generator`'s histories if asked, measures a bare
+/// ordered scan, then rebuilds into a fresh version.
 pub async fn rebuild_bench(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
     rules: &RuleSet,
     events: Option<u64>,
-    batch_events: usize,
+    generator: Generator,
+    options: RebuildOptions,
 ) -> Result<RebuildBenchReport, RunnerError> {
     let appended_first = match events {
-        Some(n) => fill_to(&store, n).await?,
+        Some(n) => fill_to(&store, n, generator).await?,
         None => 0,
     };
     let scan = bare_scan(db).await?;
@@ -97,31 +114,25 @@ pub async fn rebuild_bench(
     let mut rules = rules.clone();
     rules.hash = format!("{}-bench-{}", rules.hash, uuid::Uuid::new_v4().simple());
     let started = Instant::now();
-    let report = rebuild(
-        store.clone(),
-        db,
-        &rules,
-        &RebuildOptions {
-            batch_events,
-            ..RebuildOptions::default()
-        },
-        Utc::now(),
-        |_| {},
-    )
-    .await?;
-    let secs = started.elapsed().as_secs_f64();
+    let report = rebuild(store.clone(), db, &rules, &options, Utc::now(), |_| {}).await?;
+    let secs = started.elapsed().as_secs_f64() - report.prune_secs;
     let rate = report.events as f64 / secs;
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(RebuildBenchReport {
         backend: store.backend(),
         events: report.events,
         customers: report.customers,
         appended_first,
+        generator,
         events_per_sec: rate.round(),
-        rebuild_secs: (secs * 1000.0).round() / 1000.0,
-        fold_secs: (report.fold_secs * 1000.0).round() / 1000.0,
-        write_secs: (report.write_secs * 1000.0).round() / 1000.0,
+        rebuild_secs: round(secs),
+        fold_secs: round(report.fold_secs),
+        write_secs: round(report.write_secs),
+        population_secs: round(report.population_secs),
+        prune_secs: round(report.prune_secs),
         bare_scan_rows_per_sec: scan.round(),
         ratio_to_bare_scan: (rate / scan * 100.0).round() / 100.0,
+        state_bytes_per_customer: db.average_state_bytes(report.model_version).await?.round(),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

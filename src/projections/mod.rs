@@ -73,6 +73,7 @@ pub mod runner;
 pub mod state;
 pub mod storage;
 pub mod value;
+pub mod versions;
 pub mod view;
 
 use chrono::{DateTime, Utc};

@@ -49,8 +49,11 @@ use crate::domain::{CustomerId, DomainEvent};
 use crate::store::sqlite_raw::{Bind, RawConnection};
 use crate::store::{EventStore, ReadStream};
 
+/// Versions kept after a rebuild: the new one and the previous.
+pub const DEFAULT_KEEP_VERSIONS: usize = 2;
+
 /// Events per committed chunk unless told otherwise.
-pub const DEFAULT_BATCH_EVENTS: usize = 20_000;
+pub const DEFAULT_BATCH_EVENTS: usize = 10_000;
 
 /// The first stream id after every customer stream (`customer.` sorts
 /// right after `customer-` and every id character).
@@ -70,6 +73,9 @@ pub struct RebuildOptions {
     pub workers: usize,
     /// State cache of the catch-up after the partitions, bytes.
     pub cache_bytes: usize,
+    /// After the switch, keep this many versions (the new one included)
+    /// and drop older ones ([`super::versions::prune`]); `None` keeps all.
+    pub keep_versions: Option<usize>,
 }
 
 impl Default for RebuildOptions {
@@ -80,6 +86,7 @@ impl Default for RebuildOptions {
             clock: Clock::Wall,
             workers: 0,
             cache_bytes: ProjectorOptions::default().cache_bytes,
+            keep_versions: Some(DEFAULT_KEEP_VERSIONS),
         }
     }
 }
@@ -108,6 +115,10 @@ pub struct RebuildReport {
     pub write_secs: f64,
     /// Seconds computing the population tables.
     pub population_secs: f64,
+    /// Versions dropped after the switch.
+    pub pruned_versions: Vec<i64>,
+    /// Seconds spent dropping them.
+    pub prune_secs: f64,
 }
 
 /// A rebuild's unit of parallel work: customer streams in
@@ -228,6 +239,8 @@ pub async fn rebuild(
             fold_secs,
             write_secs: write.secs,
             population_secs,
+            pruned_versions: Vec::new(),
+            prune_secs: 0.0,
         };
     if !db.partitions_finished(version.model_version).await? {
         return Ok(report(false, 0, &write_stats, 0.0));
@@ -248,6 +261,7 @@ pub async fn rebuild(
         ProjectorOptions {
             clock: options.clock,
             cache_bytes: options.cache_bytes,
+            ..ProjectorOptions::default()
         },
     )
     .await?;
@@ -291,6 +305,11 @@ pub async fn rebuild(
     let mut done = report(true, checkpoint, &write_stats, population_secs);
     done.events += caught_up;
     done.customers = db.count_customers(version.model_version).await?;
+    if let Some(keep) = options.keep_versions {
+        let started = Instant::now();
+        done.pruned_versions = super::versions::prune(db, &folds, keep).await?.versions;
+        done.prune_secs = started.elapsed().as_secs_f64();
+    }
     Ok(done)
 }
 
@@ -649,10 +668,12 @@ fn scan_sqlite(
     sender: &mpsc::Sender<BulkWork>,
     handle: &tokio::runtime::Handle,
 ) -> Result<(), RunnerError> {
+    // No memory map: mapped pages of the whole log would count as the
+    // process's memory; the page cache serves the reads as well.
     let options = options
         .clone()
         .read_only(true)
-        .pragma("mmap_size", "17179869184")
+        .pragma("mmap_size", "0")
         .pragma("cache_size", "-16384");
     let mut conn = handle
         .block_on(options.connect())

@@ -131,6 +131,9 @@ pub struct ProjectorOptions {
     pub clock: Clock,
     /// Budget of the state cache, bytes.
     pub cache_bytes: usize,
+    /// Versions kept after a rebuild this runner's owner starts
+    /// (`[projections] keep_versions`).
+    pub keep_versions: usize,
 }
 
 /// The default state cache budget: `[projections] state_cache_mb`.
@@ -141,6 +144,7 @@ impl Default for ProjectorOptions {
         Self {
             clock: Clock::Wall,
             cache_bytes: DEFAULT_STATE_CACHE_MB << 20,
+            keep_versions: super::rebuild::DEFAULT_KEEP_VERSIONS,
         }
     }
 }
