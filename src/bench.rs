@@ -197,9 +197,15 @@ pub fn realistic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
     };
     let start = Utc.with_ymd_and_hms(2019, 1, 1, 0, 0, 0).unwrap()
         + Duration::minutes((random.unit() * 2.5 * 365.0 * 24.0 * 60.0) as i64);
-    // Heterogeneous like CDNOW: most customers buy once or twice, a few
-    // dozens of times; each has a pace and a lifetime after which they stop.
-    let orders = (1.0 + (-random.unit().max(1e-9).ln()) * 4.0).min(60.0) as u32;
+    // Heterogeneous like CDNOW: each customer stops after any purchase with
+    // their own probability (most buy once to three times, a few dozens of
+    // times) and buys at their own pace, so the purchase models have
+    // heterogeneity to fit; about ten events per customer in all.
+    let dropout = 0.13 + 0.55 * random.unit();
+    let mut orders = 1u32;
+    while orders < 60 && random.unit() > dropout {
+        orders += 1;
+    }
     let pace_days = 4.0 + 120.0 * random.unit() * random.unit();
     let spend_cents = 800.0 + 25_000.0 * random.unit() * random.unit();
     let channel = ["web", "app", "referral", "paid_search", "store"][(customer % 5) as usize];
@@ -216,7 +222,7 @@ pub fn realistic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
     let mut points_hint = 0i64;
     for n in 0..orders {
         // Sessions before the order, sometimes a cart left behind.
-        let sessions = 1 + (random.unit() * 2.2) as u32;
+        let sessions = 1 + (random.unit() * 2.0) as u32;
         for k in 0..sessions {
             let session_at = at - Duration::minutes(10 + 40 * i64::from(k));
             events.push((
@@ -627,4 +633,46 @@ async fn bare_scan(backend: &Backend) -> Result<Option<f64>, BenchError> {
         Backend::Postgres(s) => Some(bare_scan_postgres(s.pool()).await?),
         Backend::Other(_) => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realistic_histories_vary_like_customers_do() {
+        let mut events = 0usize;
+        let mut orders: Vec<usize> = Vec::new();
+        let mut types = std::collections::BTreeSet::new();
+        for c in 0..5_000 {
+            let (_, history) = realistic_history("t", c);
+            events += history.len();
+            orders.push(
+                history
+                    .iter()
+                    .filter(|e| e.event_type() == "OrderPlaced")
+                    .count(),
+            );
+            types.extend(history.iter().map(|e| e.event_type().to_owned()));
+            assert!(history
+                .windows(2)
+                .all(|w| w[0].occurred_at() <= w[1].occurred_at()));
+        }
+        let mean = events as f64 / 5_000.0;
+        assert!((8.0..=12.0).contains(&mean), "{mean} events per customer");
+        let once = orders.iter().filter(|n| **n == 1).count();
+        let many = orders.iter().filter(|n| **n >= 10).count();
+        assert!(
+            once > 1_000 && many > 20,
+            "{once} buy once, {many} ten times or more"
+        );
+        for t in [
+            "OrderRefunded",
+            "ComplaintFiled",
+            "CartAbandoned",
+            "PointsRedeemed",
+        ] {
+            assert!(types.contains(t), "no {t}");
+        }
+    }
 }

@@ -48,6 +48,10 @@ fn edited_rules(edits: &[(&str, &str, &str)]) -> (tempfile::TempDir, RuleSet) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("projections");
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let path = entry.unwrap().path();
+        // The rules files, not the presets/ directory beside them.
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
         let mut text = std::fs::read_to_string(&path).unwrap();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         for (file, from, to) in edits {

@@ -77,7 +77,7 @@ async fn check(steps: Vec<Step>, batch: usize) {
     let clock = Clock::Fixed(start + Duration::days(950));
     let opts = RebuildOptions {
         batch_events: batch,
-        clock,
+        clock: clock.clone(),
         ..RebuildOptions::default()
     };
     let live = ProjectorOptions {
@@ -102,12 +102,12 @@ async fn check(steps: Vec<Step>, batch: usize) {
             .await
             .unwrap();
         if step.catch_up {
-            runner::catch_up_with(store.clone(), &db, batch, live)
+            runner::catch_up_with(store.clone(), &db, batch, live.clone())
                 .await
                 .unwrap();
         }
     }
-    runner::catch_up_with(store.clone(), &db, batch, live)
+    runner::catch_up_with(store.clone(), &db, batch, live.clone())
         .await
         .unwrap();
     let mut fresh = rules.clone();

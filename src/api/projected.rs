@@ -437,7 +437,8 @@ impl ProjectionControl {
 
     /// Starts following the active version (its states load on demand).
     async fn start_follower(&self) -> Result<(), RunnerError> {
-        let follower = runner::Follower::open(self.store.clone(), &self.db, self.options).await?;
+        let follower =
+            runner::Follower::open(self.store.clone(), &self.db, self.options.clone()).await?;
         tracing::info!("following the store");
         let live = self.live.clone();
         let task = tokio::spawn(async move {
@@ -507,7 +508,7 @@ impl ProjectionControl {
             &self.db,
             &self.rules,
             &RebuildOptions {
-                clock: self.options.clock,
+                clock: self.options.clock.clone(),
                 cache_bytes: self.options.cache_bytes,
                 keep_versions: Some(self.options.keep_versions),
                 ..RebuildOptions::default()

@@ -78,6 +78,13 @@ pub enum BenchCommand {
     /// with `events_per_sec`, `peak_rss_bytes` and a bare ordered-scan rate.
     /// With --events N, first appends synthetic events up to N.
     Rebuild(super::projections::BenchRebuildArgs),
+    /// Time one deadline tick of the active read models: the clock is set
+    /// to the instant --due customers are due, and the runner advances them
+    /// (stage changes, expiries, alerts, rows and states in one
+    /// transaction). Prints `tick_secs`. Advances those customers for good:
+    /// use a scratch store (e.g. after `bench rebuild --events ...`).
+    #[command(verbatim_doc_comment)]
+    Deadlines(super::projections::BenchDeadlinesArgs),
 }
 
 /// Opens the configured store.
@@ -87,7 +94,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
         .with_context(|| format!("opening store {}", config.store))
 }
 
-/// A byte- or count-based progress bar on stderr (hidden when not a TTY).
 /// A bar counting items (`unit`) with their rate and the time left.
 pub fn rate_bar(total: u64, what: &str, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
@@ -204,6 +210,9 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Rebuild(args) => {
             return super::projections::bench_rebuild(config, args).await
+        }
+        BenchCommand::Deadlines(args) => {
+            return super::projections::bench_deadlines(config, args).await
         }
     };
     println!("{line}");

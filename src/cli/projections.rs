@@ -128,6 +128,15 @@ pub struct BenchRebuildArgs {
     pub read_models: ReadModelArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchDeadlinesArgs {
+    /// Customers due in the measured tick.
+    #[arg(long, default_value_t = 10_000)]
+    pub due: u64,
+    #[command(flatten)]
+    pub read_models: ReadModelArgs,
+}
+
 async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadModelDb> {
     let url = args.read_models.as_deref().unwrap_or(&config.store);
     ReadModelDb::open(url).await.with_context(|| {
@@ -314,6 +323,14 @@ pub async fn bench_rebuild(config: &Config, args: BenchRebuildArgs) -> anyhow::R
         },
     )
     .await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+pub async fn bench_deadlines(config: &Config, args: BenchDeadlinesArgs) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let db = open_db(config, &args.read_models).await?;
+    let report = bench::deadlines_bench(store, &db, args.due).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -293,16 +293,22 @@ pub fn fit_purchase_model(
     summaries: &[CustomerSummary],
     model: ModelChoice,
 ) -> Result<PurchaseModel, ClvError> {
-    fit_purchase_model_on(&CompressedData::from_summaries(summaries), model)
+    fit_purchase_model_on(
+        &CompressedData::from_summaries(summaries),
+        model,
+        &FitOptions::point_estimates(),
+    )
 }
 
-/// [`fit_purchase_model`] on histories already grouped by (x, tₓ, T).
+/// [`fit_purchase_model`] on histories already grouped by (x, tₓ, T), with
+/// the given fit options.
 pub fn fit_purchase_model_on(
     data: &CompressedData,
     model: ModelChoice,
+    opts: &FitOptions,
 ) -> Result<PurchaseModel, ClvError> {
     let data = data.clone();
-    let opts = FitOptions::point_estimates();
+    let opts = *opts;
     Ok(match model {
         ModelChoice::Bgnbd => PurchaseModel::BgNbd(BgNbdParams::fit(&data, &opts)?.params),
         ModelChoice::Paretonbd => {

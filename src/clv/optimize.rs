@@ -46,6 +46,18 @@ impl FitOptions {
             ..Self::default()
         }
     }
+
+    /// [`FitOptions::point_estimates`] with a bounded number of iterations,
+    /// for the read models' population refits, which run again and again
+    /// on a live ledger: a population whose likelihood has no finite
+    /// maximum (no heterogeneity to fit) gives up after this many instead
+    /// of 10,000 (minutes at a million customers).
+    pub fn refit() -> Self {
+        Self {
+            max_iterations: 3_000,
+            ..Self::point_estimates()
+        }
+    }
 }
 
 /// Outcome of [`nelder_mead`]; `x` is the best point seen.

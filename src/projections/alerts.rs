@@ -449,6 +449,38 @@ pub fn as_of(state: &AlertState, rules: &AlertRules, instant: DateTime<Utc>) -> 
 }
 
 impl AlertState {
+    /// The next instant a time threshold must be evaluated (a window closing
+    /// after an order or session, an outage reaching its limit): the
+    /// earliest check not evaluated yet.
+    pub fn next_check(&self, rules: &AlertRules) -> Option<DateTime<Utc>> {
+        let from = self.thresholds_before;
+        let pending = |t: &DateTime<Utc>| from.is_none_or(|f| *t >= f);
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut consider = |t: DateTime<Utc>| {
+            if pending(&t) && t < DateTime::<Utc>::MAX_UTC {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if rules.frequency_drop.enabled {
+            let exit = days(rules.frequency_drop.window_days) + micro();
+            self.orders
+                .iter()
+                .for_each(|(t, _)| consider(plus(*t, exit)));
+        }
+        if rules.cart_abandonment.enabled {
+            let exit = days(rules.cart_abandonment.window_days) + micro();
+            self.sessions
+                .iter()
+                .for_each(|(t, _)| consider(plus(*t, exit)));
+        }
+        let limit = Duration::hours(rules.outage.max_hours as i64) + micro();
+        self.open_outages
+            .iter()
+            .filter(|o| !o.checked)
+            .for_each(|o| consider(plus(o.started_at, limit)));
+        next
+    }
+
     /// Evaluates every time threshold at an instant before `until`, in time
     /// order, once.
     fn run_thresholds(&mut self, rules: &AlertRules, until: DateTime<Utc>) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::rules::RuleSet;
@@ -145,4 +145,75 @@ async fn bare_scan(db: &ReadModelDb) -> Result<f64, RunnerError> {
         ReadModelDb::Postgres(pool) => crate::bench::bare_scan_postgres(pool).await,
     };
     Ok(rate.map_err(super::storage::StorageError::from)?)
+}
+
+/// Figures of `bench deadlines`.
+#[derive(Debug, Serialize)]
+pub struct DeadlinesBenchReport {
+    /// Backend of the read models.
+    pub backend: &'static str,
+    /// Customers in the active version.
+    pub customers: u64,
+    /// Customers due and advanced in the tick.
+    pub due: u64,
+    /// The instant the clock was set to.
+    pub now: DateTime<Utc>,
+    /// The whole tick: finding, loading, advancing, committing.
+    pub tick_secs: f64,
+    /// Of which committing (rows, states, deadlines).
+    pub commit_secs: f64,
+    /// History rows the tick added (stage changes, alerts).
+    pub history_rows: u64,
+}
+
+/// Runs `bench deadlines`: one tick of `due` customers on the active
+/// version, timed.
+pub async fn deadlines_bench(
+    store: Arc<dyn EventStore>,
+    db: &ReadModelDb,
+    due: u64,
+) -> Result<DeadlinesBenchReport, RunnerError> {
+    let (version, rules) = super::runner::active(db).await?;
+    let customers = db.count_customers(version.model_version).await?;
+    let now = db
+        .nth_deadline(version.model_version, due.max(1))
+        .await?
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or(RunnerError::Task(format!(
+            "fewer than {due} customers have a deadline in version {}",
+            version.model_version
+        )))?;
+    let mut projector = super::runner::Projector::open(
+        store.clone(),
+        db.clone(),
+        &version,
+        &rules,
+        super::runner::ProjectorOptions {
+            clock: super::clock::Clock::Fixed(now),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let folded = projector
+        .tick(due as usize)
+        .await?
+        .ok_or(RunnerError::Task("nobody was due".into()))?;
+    let advanced = folded.batch.states.len() as u64;
+    let history_rows = folded.new_history.len() as u64;
+    let committing = Instant::now();
+    projector.commit(folded.batch).await?;
+    let commit_secs = committing.elapsed().as_secs_f64();
+    Ok(DeadlinesBenchReport {
+        backend: match db {
+            ReadModelDb::Sqlite(_) => "sqlite",
+            ReadModelDb::Postgres(_) => "postgres",
+        },
+        customers,
+        due: advanced,
+        now,
+        tick_secs: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        commit_secs: (commit_secs * 1000.0).round() / 1000.0,
+        history_rows,
+    })
 }

@@ -27,7 +27,9 @@ use crate::clv::ledger::fit_purchase_model_on;
 use crate::clv::rfm::{quintile_score, total_and_segment};
 use crate::clv::rules::ClvRules;
 use crate::clv::summary::HistoryGroups;
-use crate::clv::{discounted_clv, ClvOptions, FitOptions, GammaGammaParams, PurchaseModel};
+use crate::clv::{
+    discounted_clv, ClvOptions, CompressedData, FitOptions, GammaGammaParams, PurchaseModel,
+};
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
 
@@ -169,6 +171,60 @@ pub struct ClvPopulation {
     keys: [Vec<f64>; 3],
 }
 
+/// Distinct histories the purchase model is fitted on exactly. Each
+/// likelihood evaluation costs one pass over the groups, and a fit takes
+/// hundreds: a million customers' histories spread over years of days are
+/// nearly all distinct (a minute or more per refit here). Beyond this many,
+/// tₓ and T are rounded to a coarser grid of days for the fit only (whole
+/// weeks, then two weeks, ...), a shift of at most half the grid in either;
+/// every customer is still scored with their exact history.
+pub const MAX_FIT_GROUPS: usize = 50_000;
+
+/// The (x, tₓ, T) groups the purchase model is fitted on, in model units:
+/// exact while there are at most [`MAX_FIT_GROUPS`] distinct histories,
+/// else on the finest grid of days that brings them under it.
+fn fit_groups(histories: &HashMap<(u32, i64, i32), f64>, end: i32, unit: f64) -> CompressedData {
+    let mut grid: i64 = 1;
+    loop {
+        let mut coarse: HashMap<(u32, i64, i64), f64> = HashMap::new();
+        for ((x, recency_days, first_day), weight) in histories {
+            // The middle of the grid cell, so rounding does not bias; zero
+            // stays zero (no repeat purchase).
+            let snap = |days: i64| {
+                if grid == 1 || days == 0 {
+                    days
+                } else {
+                    (days.div_euclid(grid) * grid) + grid / 2
+                }
+            };
+            let age = snap(i64::from(end - first_day));
+            let recency = snap(*recency_days).min(age);
+            *coarse.entry((*x, recency, age)).or_insert(0.0) += weight;
+        }
+        if coarse.len() <= MAX_FIT_GROUPS || grid >= 364 {
+            if grid > 1 {
+                tracing::info!(
+                    histories = histories.len(),
+                    groups = coarse.len(),
+                    grid_days = grid,
+                    "purchase model fitted on histories rounded to a grid of days"
+                );
+            }
+            let mut groups = HistoryGroups::default();
+            for ((x, recency, age), weight) in coarse {
+                groups.add_weighted(
+                    f64::from(x),
+                    recency as f64 / unit,
+                    age as f64 / unit,
+                    weight,
+                );
+            }
+            return groups.finish();
+        }
+        grid = if grid == 1 { 7 } else { grid * 2 };
+    }
+}
+
 fn day_number(day: NaiveDate) -> i32 {
     day.num_days_from_ce()
 }
@@ -236,19 +292,11 @@ impl ClvPopulation {
         let customers = self.keys[0].len();
         let unit = rules.model.time_unit.days();
         let end = day_number(as_of.date_naive());
-        let mut groups = HistoryGroups::default();
-        for ((x, recency_days, first_day), weight) in self.histories {
-            groups.add_weighted(
-                f64::from(x),
-                recency_days as f64 / unit,
-                f64::from(end - first_day) / unit,
-                weight,
-            );
-        }
+        let groups = fit_groups(&self.histories, end, unit);
         let purchase = if customers == 0 {
             None
         } else {
-            fit_purchase_model_on(&groups.finish(), rules.model.purchase_model)
+            fit_purchase_model_on(&groups, rules.model.purchase_model, &FitOptions::refit())
                 .map_err(|e| tracing::warn!(customers, "CLV models not fitted: {e}"))
                 .ok()
         };
@@ -263,7 +311,7 @@ impl ClvPopulation {
             }
             (Some(_), None, None) => None,
             (Some(_), Some(spends), None) => {
-                GammaGammaParams::fit(&spends.finish(), &FitOptions::point_estimates())
+                GammaGammaParams::fit(&spends.finish(), &FitOptions::refit())
                     .map(|fit| fit.params)
                     .map_err(|e| {
                         tracing::warn!(
@@ -549,6 +597,29 @@ mod tests {
         assert_eq!(facts.purchase_days, 3);
         assert_eq!(facts.total_minor, 2_700);
         assert!(history.facts(day(1, 8), &rules).is_none());
+    }
+
+    #[test]
+    fn many_distinct_histories_are_fitted_on_a_coarser_grid_with_every_customer() {
+        let mut histories = HashMap::new();
+        let end = 800_000;
+        for i in 0..60_000i64 {
+            let x = (i % 7) as u32;
+            let recency = if x == 0 { 0 } else { 1 + i % 500 };
+            let first = end - 500 - (i % 900) as i32;
+            *histories.entry((x, recency, first)).or_insert(0.0) += 1.0;
+        }
+        let exact = fit_groups(&histories, end, 7.0);
+        assert!(exact.len() <= MAX_FIT_GROUPS, "{} groups", exact.len());
+        assert_eq!(exact.n_customers(), 60_000.0);
+        exact.validate().unwrap();
+        let few: HashMap<_, _> = histories.into_iter().take(1_000).collect();
+        let data = fit_groups(&few, end, 7.0);
+        assert_eq!(
+            data.len(),
+            1_000,
+            "under the limit every history is its own group"
+        );
     }
 
     /// Gamma-Gamma has nothing to fit when no repeat purchase has positive

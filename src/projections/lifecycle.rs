@@ -186,8 +186,10 @@ impl LifecycleState {
         Some(Stage::Active)
     }
 
-    /// The next instant after the cursor at which `stage_at` may change.
-    fn next_boundary(&self, rules: &LifecycleRules) -> Option<i64> {
+    /// The next instant after the cursor at which `stage_at` may change
+    /// without an event (a threshold the runner must advance the customer
+    /// to: see [`crate::projections::state::Folds::deadline`]).
+    pub fn next_boundary(&self, rules: &LifecycleRules) -> Option<i64> {
         let s = &rules.stages;
         let c = self.cursor_us;
         let mut candidates: Vec<i64> = Vec::with_capacity(8);

@@ -710,6 +710,19 @@ impl LoyaltyState {
         instant
     }
 
+    /// The next instant time alone changes the account: a lot expiring or
+    /// an order leaving the spend window.
+    pub fn next_change(&self, rules: &LoyaltyRules) -> Option<DateTime<Utc>> {
+        let expiry = self.lots.iter().map(|l| l.expires_at).min();
+        let rolloff = self
+            .orders
+            .get(self.in_window_from)
+            .map(|o| add_months(o.placed_at, rules.tiers.window_months));
+        let next = expiry.into_iter().chain(rolloff).min()?;
+        // Nothing happens at the end of time.
+        (next < DateTime::<Utc>::MAX_UTC).then_some(next)
+    }
+
     fn qualifying_spend(&self, rules: &LoyaltyRules, at: DateTime<Utc>) -> i64 {
         let currency = Currency::parse(&rules.tiers.spend_currency).ok();
         self.orders[self.in_window_from.min(self.orders.len())..]

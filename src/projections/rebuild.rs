@@ -259,7 +259,7 @@ pub async fn rebuild(
         &current,
         rules,
         ProjectorOptions {
-            clock: options.clock,
+            clock: options.clock.clone(),
             cache_bytes: options.cache_bytes,
             ..ProjectorOptions::default()
         },
@@ -463,7 +463,7 @@ impl Chunk {
         self.work.states.push(StateRow {
             customer_id: customer.as_str().to_owned(),
             last_occurred_us: state.last_occurred_us,
-            due_us: None,
+            due_us: folds.deadline(&state),
             state: state.encode(),
         });
         self.work.events += events.len() as i64;

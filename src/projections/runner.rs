@@ -125,7 +125,7 @@ pub fn fold_event(event: &RecordedEvent) -> Result<Option<(CustomerId, FoldEvent
 }
 
 /// Settings of a [`Projector`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProjectorOptions {
     /// Where "now" comes from.
     pub clock: Clock,
@@ -380,7 +380,7 @@ impl Projector {
             batch.states.push(StateRow {
                 customer_id: customer.as_str().to_owned(),
                 last_occurred_us: state.last_occurred_us,
-                due_us: None,
+                due_us: self.folds.deadline(state),
                 state: bytes,
             });
             let len = batch.states.last().map_or(0, |s| s.state.len());
@@ -404,6 +404,67 @@ impl Projector {
         batch.rows = rows;
         self.fold_secs += started.elapsed().as_secs_f64();
         Ok(Folded { batch, new_history })
+    }
+
+    /// Advances the customers whose deadline has passed (at most `limit`,
+    /// earliest first) to the clock's now, without an event: their stage
+    /// transitions, alerts and expiries, current rows and next deadlines,
+    /// to commit like a batch (the checkpoint does not move). `None` when
+    /// nobody is due.
+    pub async fn tick(&mut self, limit: usize) -> Result<Option<Folded>, RunnerError> {
+        let started = std::time::Instant::now();
+        let now = self.clock.now();
+        let due = self
+            .db
+            .due_states(self.version, now.timestamp_micros(), limit as i64)
+            .await?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let mut rows = Vec::new();
+        let mut batch = BatchWrite {
+            checkpoint: self.checkpoint as i64,
+            clock_us: Some(now.timestamp_micros()),
+            ..Default::default()
+        };
+        for row in due {
+            let (customer, stored) = decode_state_row(&row)?;
+            // The cache holds what was last committed, like the table.
+            if !self.cache.contains(&customer) {
+                self.cache.put(customer.clone(), stored, row.state.len());
+            }
+            let state = self.cache.get_mut(&customer).expect("cached above");
+            self.folds.advance_to(&customer, state, now, &mut rows);
+            self.folds.current_rows(&customer, state, &mut rows);
+            batch.states.push(StateRow {
+                customer_id: customer.as_str().to_owned(),
+                last_occurred_us: state.last_occurred_us,
+                due_us: self.folds.deadline(state),
+                state: state.encode(),
+            });
+            let len = batch.states.last().map_or(0, |s| s.state.len());
+            self.cache.resize(&customer, len);
+            batch.replace_customers.push(customer.as_str().to_owned());
+        }
+        let new_history = rows
+            .iter()
+            .filter(|r| self.history_tables.contains_key(r.table))
+            .cloned()
+            .collect();
+        batch.rows = rows;
+        self.fold_secs += started.elapsed().as_secs_f64();
+        Ok(Some(Folded { batch, new_history }))
+    }
+
+    /// Ticks until nobody is due, committing each tick; returns the history
+    /// rows the ticks added.
+    pub async fn tick_all(&mut self, limit: usize) -> Result<Vec<Row>, RunnerError> {
+        let mut added = Vec::new();
+        while let Some(Folded { batch, new_history }) = self.tick(limit).await? {
+            self.commit(batch).await?;
+            added.extend(new_history);
+        }
+        Ok(added)
     }
 
     /// Commits a folded batch (rows, states and checkpoint in one
@@ -624,6 +685,14 @@ impl Projector {
     }
 }
 
+/// How often the live runner looks for customers whose deadline passed:
+/// a silent customer's stage change or alert reaches the tables and the
+/// subscriptions within this long of its instant.
+pub const TICK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Customers advanced per tick transaction at most.
+pub const TICK_CUSTOMERS: usize = 10_000;
+
 /// How often live maintenance rewrites the population tables at most
 /// (slow refits are spaced further apart: see `Projector::next_refit`).
 pub const POPULATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -695,9 +764,25 @@ impl Follower {
         // every small live batch.
         let mut population_due = tokio::time::Instant::now();
         let mut population_stale = false;
+        let mut next_tick = tokio::time::Instant::now();
         loop {
             let chunk = tokio::select! {
                 chunk = events.next() => chunk,
+                _ = tokio::time::sleep_until(next_tick) => {
+                    // Customers whose deadline passed, without an event.
+                    while let Some(Folded { batch, new_history }) =
+                        projector.tick(TICK_CUSTOMERS).await?
+                    {
+                        projector.commit(batch).await?;
+                        population_stale = true;
+                        on_batch(&Committed {
+                            checkpoint: projector.checkpoint(),
+                            new_history,
+                        });
+                    }
+                    next_tick = tokio::time::Instant::now() + TICK_EVERY;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(population_due), if population_stale => {
                     projector.write_population().await?;
                     population_stale = false;

@@ -228,6 +228,28 @@ impl Folds {
         self.clv.advance_to(customer, &mut state.clv, at, out);
     }
 
+    /// The next instant a time rule changes the customer's read models
+    /// without a new event (a stage threshold, a lot expiring, an order
+    /// leaving the spend window, an alert window closing): the runner
+    /// advances the customer to it then ("deadlines"). `None` when no time
+    /// rule will change anything (a churned customer with no points left).
+    pub fn deadline(&self, state: &CustomerState) -> Option<i64> {
+        if !state.is_known() {
+            return None;
+        }
+        let lifecycle = state.lifecycle.next_boundary(&self.lifecycle.rules);
+        let loyalty = state
+            .loyalty
+            .next_change(&self.loyalty.rules)
+            .map(|t| t.timestamp_micros());
+        let alerts = state
+            .alerts
+            .alerts
+            .next_check(&self.alerts.rules)
+            .map(|t| t.timestamp_micros());
+        [lifecycle, loyalty, alerts].into_iter().flatten().min()
+    }
+
     /// The customer's current rows of every read model.
     pub fn current_rows(&self, customer: &CustomerId, state: &CustomerState, out: &mut Vec<Row>) {
         self.lifecycle.current_rows(customer, &state.lifecycle, out);
@@ -257,6 +279,78 @@ impl Folds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::{CustomerRegistered, DomainEvent, OrderPlaced, Profile};
+    use crate::domain::{Currency, Money};
+
+    fn event(at: &str, version: u64, event: DomainEvent) -> FoldEvent {
+        FoldEvent {
+            event_id: uuid::Uuid::new_v4(),
+            position: version,
+            version,
+            occurred_at: DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .with_timezone(&Utc),
+            event,
+        }
+    }
+
+    fn order(at: &str, version: u64) -> FoldEvent {
+        event(
+            at,
+            version,
+            DomainEvent::OrderPlaced(OrderPlaced {
+                order_id: format!("o{version}"),
+                amount: Money::new(2_500, Currency::USD),
+                item_count: 1,
+            }),
+        )
+    }
+
+    #[test]
+    fn the_deadline_is_the_next_instant_time_alone_changes_something() {
+        let folds = Folds::new(&RuleSet::shipped_defaults());
+        let customer = CustomerId::parse("quiet").unwrap();
+        let mut events = vec![
+            event(
+                "2024-01-01T10:00:00Z",
+                1,
+                DomainEvent::CustomerRegistered(CustomerRegistered {
+                    channel: "web".into(),
+                    acquisition_cost: None,
+                    profile: Profile::default(),
+                }),
+            ),
+            order("2024-01-02T10:00:00Z", 2),
+            order("2024-01-20T10:00:00Z", 3),
+            order("2024-02-10T10:00:00Z", 4),
+        ];
+        let mut rows = Vec::new();
+        let mut state = folds.fold_history(&customer, &mut events, &mut rows);
+        let now = DateTime::parse_from_rfc3339("2024-02-11T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        folds.advance_to(&customer, &mut state, now, &mut rows);
+        // "new" ends 90 days after the first order.
+        let new_ends = DateTime::parse_from_rfc3339("2024-04-01T10:00:00Z").unwrap();
+        assert_eq!(folds.deadline(&state), Some(new_ends.timestamp_micros()));
+        // Advancing to it changes the stage, and the next deadline follows:
+        // the frequency check a microsecond later.
+        let mut changes = Vec::new();
+        folds.advance_to(
+            &customer,
+            &mut state,
+            new_ends.with_timezone(&Utc),
+            &mut changes,
+        );
+        assert_eq!(
+            state.lifecycle.stage,
+            Some(crate::projections::lifecycle::Stage::Active)
+        );
+        assert_eq!(
+            folds.deadline(&state),
+            Some(new_ends.timestamp_micros() + 1)
+        );
+    }
 
     #[test]
     fn another_format_is_refused_with_the_fix() {

@@ -472,6 +472,48 @@ impl ReadModelDb {
         })
     }
 
+    /// The stored states whose deadline is at or before `now_us`, earliest
+    /// first, at most `limit` (an index on `(model_version, due_us)`).
+    pub async fn due_states(
+        &self,
+        model_version: i64,
+        now_us: i64,
+        limit: i64,
+    ) -> Result<Vec<StateRow>, StorageError> {
+        const SQL: &str =
+            "SELECT customer_id, last_occurred_us, due_us, state FROM customer_state \
+                           WHERE model_version = $1 AND due_us IS NOT NULL AND due_us <= $2 \
+                           ORDER BY due_us LIMIT $3";
+        Ok(both!(self, pool => {
+            sqlx::query(SQL)
+                .bind(model_version)
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok::<_, sqlx::Error>(state_row!(r)))
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// The `n`-th earliest deadline of a version (µs), if that many are set.
+    pub async fn nth_deadline(
+        &self,
+        model_version: i64,
+        n: u64,
+    ) -> Result<Option<i64>, StorageError> {
+        const SQL: &str = "SELECT due_us FROM customer_state WHERE model_version = $1 \
+                           AND due_us IS NOT NULL ORDER BY due_us LIMIT 1 OFFSET $2";
+        Ok(both!(self, pool => {
+            sqlx::query_scalar::<_, i64>(SQL)
+                .bind(model_version)
+                .bind(n.saturating_sub(1) as i64)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
     /// The stored states of `customers` in a version (those that have one).
     pub async fn load_states(
         &self,

@@ -7,10 +7,11 @@ pub mod ws;
 use std::sync::Arc;
 
 use journey_ledger::api::auth::{ApiKeys, Role};
-use journey_ledger::api::projected::{start_projections, ProjectedReadModels};
+use journey_ledger::api::projected::{start_projections, ProjectedReadModels, ProjectionControl};
 use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve, ApiState};
 use journey_ledger::projections::rules::RuleSet;
+use journey_ledger::projections::runner::ProjectorOptions;
 use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::store::{self, EventStore};
 use serde_json::{json, Value};
@@ -28,7 +29,8 @@ pub struct TestServer {
     pub state: ApiState,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    control: Option<Arc<ProjectionControl>>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -44,6 +46,42 @@ impl TestServer {
 
     async fn start_with(projected: bool) -> Self {
         let (dir, url) = journey_ledger::testing::temp_sqlite();
+        Self::start_on(dir, url, projected.then(ProjectorOptions::default)).await
+    }
+
+    /// A projected server whose runner has `options` (its clock).
+    pub async fn start_projected_with(options: ProjectorOptions) -> Self {
+        let (dir, url) = journey_ledger::testing::temp_sqlite();
+        Self::start_on(dir, url, Some(options)).await
+    }
+
+    /// Stops the server and its projection runner, keeping the store's
+    /// files for [`TestServer::restart`].
+    pub async fn stop(mut self) -> (tempfile::TempDir, String) {
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let dir = self.dir.take().expect("kept until stopped");
+        (dir, self.url.clone())
+    }
+
+    /// A projected server on the files of a stopped one.
+    pub async fn restart(
+        (dir, url): (tempfile::TempDir, String),
+        options: ProjectorOptions,
+    ) -> Self {
+        Self::start_on(dir, url, Some(options)).await
+    }
+
+    async fn start_on(
+        dir: tempfile::TempDir,
+        url: String,
+        projection: Option<ProjectorOptions>,
+    ) -> Self {
+        let projected = projection.is_some();
         let store = store::open(&url).await.expect("store");
         let vault = journey_ledger::privacy::Vault::open(&url)
             .await
@@ -65,17 +103,19 @@ impl TestServer {
             Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone()))
         };
         let state = ApiState::new(store.clone(), read_models, keys, vault);
-        if projected {
-            let control = start_projections(
+        let mut control = None;
+        if let Some(options) = projection {
+            let started = start_projections(
                 store.clone(),
                 writer,
                 &RuleSet::shipped_defaults(),
                 state.live.clone(),
-                Default::default(),
+                options,
             )
             .await
             .expect("projections start");
-            state.attach_projections(control);
+            state.attach_projections(started.clone());
+            control = Some(started);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -90,7 +130,8 @@ impl TestServer {
             state,
             client: reqwest::Client::new(),
             stop: Some(stop),
-            _dir: dir,
+            control,
+            dir: Some(dir),
         }
     }
 
@@ -149,6 +190,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
