@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 use super::seal::{self, CustomerKey, ERASED};
 use super::PrivacyError;
@@ -95,14 +95,17 @@ impl Vault {
                 .busy_timeout(Duration::from_secs(10))
                 // Deleted keys are overwritten with zeros, not just unlinked.
                 .pragma("secure_delete", "ON");
-            let pool = SqlitePoolOptions::new()
+            let pool = crate::store::pool_options::<sqlx::Sqlite>()
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
             crate::store::sqlite::MIGRATOR.run(&pool).await?;
             Ok(Self::from_sqlite_pool(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
+            let pool = crate::store::pool_options::<sqlx::Postgres>()
+                .max_connections(4)
+                .connect(url)
+                .await?;
             crate::store::postgres::MIGRATOR.run(&pool).await?;
             Ok(Self::from_postgres_pool(pool))
         } else {

@@ -9,31 +9,37 @@
 //! is one module implementing the trait plus its tables:
 //!
 //! 1. write `src/projections/<name>.rs` with a `State` (what you must remember
-//!    per customer; `serde` so the runner can persist it for resume) and
-//!    `impl CustomerFold`;
+//!    per customer; `serde` so the runner can store it: keep it small — it
+//!    is written with every change of the customer — and write instants
+//!    with [`compact`]'s helpers) and `impl CustomerFold`;
 //! 2. add its tables to a migration in `schema/sqlite/` **and**
-//!    `schema/postgres/` (range 0010–0019). Every table starts with
-//!    `model_version` and `customer_id` (the runner fills both; your rows
-//!    hold the remaining columns, in [`TableSpec::columns`] order);
+//!    `schema/postgres/`. Every table starts with `model_version` and
+//!    `customer_id` (the runner fills both; your rows hold the remaining
+//!    columns, in [`TableSpec::columns`] order);
 //! 3. add its rules (if any) to [`rules::RuleSet`] and a TOML file in
 //!    `projections/`;
-//! 4. register it in [`runner::folds_for`].
+//! 4. add the fold to [`state::Folds`] and its state to
+//!    [`state::CustomerState`], bump [`state::STATE_FORMAT`], and say in
+//!    [`state::Folds::deadline`] when time alone next changes it.
 //!
 //! # The semantics every fold must keep
 //!
 //! - **Order.** A customer's events are folded in `(occurred_at, version)`
 //!   order (business time, stream order for ties). The runner guarantees it:
 //!   when a *late* event arrives (its `occurred_at` is earlier than one
-//!   already applied to that customer), the runner resets the customer
-//!   (deletes their rows in this version) and refolds their stream up to
-//!   that event's position, in that order.
-//! - **Time without clocks.** There are no clock events and no `Utc::now()`
+//!   already applied to that customer, or not after the instant the runner
+//!   advanced them to), the runner resets the customer (deletes their rows
+//!   in this version) and refolds their stream up to that event's position,
+//!   in that order.
+//! - **Time from outside.** There are no clock events and no `Utc::now()`
 //!   in a fold. Time-based changes (a stage after 90 days without orders,
-//!   points expiring) are materialized lazily: [`CustomerFold::apply`] first
-//!   advances the state to the event's `occurred_at` (emitting every
-//!   threshold crossing in `(previous, t]` at the exact crossing instant),
-//!   then applies the event. The state "as of" `T` is: fold the events with
-//!   `occurred_at <= T`, then [`CustomerFold::advance_to`]`(T)`.
+//!   points expiring) happen when the fold is advanced to an instant:
+//!   [`CustomerFold::apply`] first advances the state to the event's
+//!   `occurred_at` (emitting every threshold crossing in `(previous, t]` at
+//!   the exact crossing instant), then applies the event; the runner
+//!   advances customers to its [`clock::Clock`] after their events and
+//!   when their next deadline passes. The state "as of" `T` is: fold the
+//!   events with `occurred_at <= T`, then [`CustomerFold::advance_to`]`(T)`.
 //! - **Determinism.** Output depends only on the events, the rules and the
 //!   explicit instant. Iterate `HashMap`s only where order cannot leak into
 //!   output.
@@ -47,9 +53,8 @@
 //!   `advance_to` (e.g. stage transitions). Give them a per-customer
 //!   sequence number kept in the state so refolds reproduce them exactly.
 //! - [`TableKind::Population`]: rows that depend on every customer (value
-//!   tiers, cohorts), rewritten wholesale by
-//!   [`CustomerFold::population_rows`] when a rebuild completes and after
-//!   each live catch-up.
+//!   tiers, CLV), rewritten from the stored states in two streaming passes
+//!   ([`population`]) when a rebuild completes and by the live runner.
 
 pub mod alerts;
 pub mod analytics;
@@ -195,8 +200,9 @@ pub struct Row {
 /// A pure per-customer fold: the one trait a read model implements.
 ///
 /// Implementations hold only rules (immutable); all per-customer memory is
-/// in `State`, which the runner keeps in a `HashMap` and persists as JSON
-/// (so memory grows with customers, never with events).
+/// in `State`, which the runner stores in binary with the customer's other
+/// states ([`state::CustomerState`]) and loads only for the customers a
+/// batch touches.
 pub trait CustomerFold: Send + Sync + 'static {
     /// What the fold remembers about one customer.
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;

@@ -11,10 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row as _};
 use thiserror::Error;
 
@@ -288,14 +286,14 @@ impl ReadModelDb {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536");
-            let pool = SqlitePoolOptions::new()
+            let pool = crate::store::pool_options::<sqlx::Sqlite>()
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
             crate::store::sqlite::MIGRATOR.run(&pool).await?;
             Ok(ReadModelDb::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
+            let pool = crate::store::pool_options::<sqlx::Postgres>()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect(url)
@@ -320,13 +318,13 @@ impl ReadModelDb {
                 // Map the file: point lookups then read pages without a
                 // syscall each (SQLite caps this at its compiled maximum).
                 .pragma("mmap_size", "17179869184");
-            let pool = SqlitePoolOptions::new()
+            let pool = crate::store::pool_options::<sqlx::Sqlite>()
                 .max_connections(connections.max(1))
                 .connect_with(options)
                 .await?;
             Ok(ReadModelDb::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
+            let pool = crate::store::pool_options::<sqlx::Postgres>()
                 .max_connections(connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect(url)

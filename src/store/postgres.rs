@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects to the database a `postgres://` URL names and migrates it.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
+        let pool = crate::store::pool_options::<sqlx::Postgres>()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)

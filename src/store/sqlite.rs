@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::watch;
@@ -59,12 +58,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536");
-        let writer = SqlitePoolOptions::new()
+        let writer = crate::store::pool_options::<sqlx::Sqlite>()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
+        let reader = crate::store::pool_options::<sqlx::Sqlite>()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;

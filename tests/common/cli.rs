@@ -14,7 +14,10 @@ pub fn journey_binary() -> Command {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("JOURNEY_STORE")
         .env_remove("JOURNEY_CONFIG")
-        .env_remove("JOURNEY_PSEUDONYM_KEY");
+        .env_remove("JOURNEY_PSEUDONYM_KEY")
+        .env_remove("JOURNEY_NOW")
+        .env_remove("JOURNEY_STATE_CACHE_MB")
+        .env_remove("JOURNEY_KEEP_VERSIONS");
     cmd
 }
 
