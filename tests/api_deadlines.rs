@@ -37,22 +37,7 @@ async fn order(server: &TestServer, when: &str, id: &str) {
 }
 
 async fn subscribe(server: &TestServer) -> (ws::Socket, ws::Socket) {
-    let init = json!({"headers": {"Authorization": format!("Bearer {}", key(Role::App))}});
-    let (mut stages, _) = ws::connect(&server.ws_url(), init.clone()).await;
-    ws::subscribe(
-        &mut stages,
-        "s",
-        "subscription { stageChanged { customerId from to at } }",
-    )
-    .await;
-    let (mut alerts, _) = ws::connect(&server.ws_url(), init).await;
-    ws::subscribe(
-        &mut alerts,
-        "a",
-        "subscription { alertRaised { customerId kind raisedAt } }",
-    )
-    .await;
-    (stages, alerts)
+    ws::stage_and_alert_feeds(&server.ws_url(), &key(Role::App)).await
 }
 
 /// Moves the clock to `to` and returns the next message of `socket` and

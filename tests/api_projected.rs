@@ -61,21 +61,8 @@ async fn caught_up(server: &TestServer) {
 #[tokio::test]
 async fn mutations_reach_stage_and_alert_subscriptions_through_the_runner() {
     let server = TestServer::start_projected().await;
-    let init = json!({"headers": {"Authorization": format!("Bearer {}", key(Role::App))}});
-    let (mut stages, _) = ws::connect(&server.ws_url(), init.clone()).await;
-    ws::subscribe(
-        &mut stages,
-        "s",
-        "subscription { stageChanged { customerId from to at } }",
-    )
-    .await;
-    let (mut alerts, _) = ws::connect(&server.ws_url(), init).await;
-    ws::subscribe(
-        &mut alerts,
-        "a",
-        "subscription { alertRaised { customerId kind raisedAt } }",
-    )
-    .await;
+    let (mut stages, mut alerts) =
+        ws::stage_and_alert_feeds(&server.ws_url(), &key(Role::App)).await;
 
     register(&server, "sub", "2024-03-01T10:00:00Z").await;
     let first = ws::next_json(&mut stages).await;

@@ -179,8 +179,9 @@ pub async fn deadlines_bench(
         .nth_deadline(version.model_version, due.max(1))
         .await?
         .and_then(DateTime::from_timestamp_micros)
-        .ok_or(RunnerError::Task(format!(
-            "fewer than {due} customers have a deadline in version {}",
+        .ok_or(RunnerError::Unavailable(format!(
+            "fewer than {due} customers of version {} have a deadline; rebuild with an earlier \
+             clock (--now) so more customers are mid-way",
             version.model_version
         )))?;
     let mut projector = super::runner::Projector::open(
@@ -198,7 +199,7 @@ pub async fn deadlines_bench(
     let folded = projector
         .tick(due as usize)
         .await?
-        .ok_or(RunnerError::Task("nobody was due".into()))?;
+        .ok_or(RunnerError::Unavailable("nobody was due".into()))?;
     let advanced = folded.batch.states.len() as u64;
     let history_rows = folded.new_history.len() as u64;
     let committing = Instant::now();

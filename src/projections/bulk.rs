@@ -24,7 +24,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
 use tokio::sync::mpsc;
 
-use super::runner::RunnerError;
+use super::runner::{decode_customer_state, RunnerError};
 use super::state::CustomerState;
 use super::storage::{ReadModelDb, StateRow, StorageError};
 use super::{Row, TableKind, TableSpec, Value};
@@ -50,6 +50,23 @@ pub struct CustomerRange {
     pub after: Option<String>,
     /// Inclusive upper bound.
     pub through: Option<String>,
+}
+
+/// Below every customer id (ids are never empty).
+pub const BEFORE_ALL_CUSTOMERS: &str = "";
+/// Above every customer id: `~` sorts after every character an id may hold.
+pub const AFTER_ALL_CUSTOMERS: &str = "~";
+
+impl CustomerRange {
+    /// Both bounds as text, sentinels where unbounded: a bound that may be
+    /// NULL in SQL (`?2 IS NULL OR …`) keeps the planner from using the
+    /// index, and every range would then scan the whole version.
+    pub fn bounds(&self) -> (&str, &str) {
+        (
+            self.after.as_deref().unwrap_or(BEFORE_ALL_CUSTOMERS),
+            self.through.as_deref().unwrap_or(AFTER_ALL_CUSTOMERS),
+        )
+    }
 }
 
 /// One transaction's worth of bulk writes.
@@ -194,17 +211,19 @@ pub fn scan_states(
     receiver
 }
 
-fn decode_state(customer_id: &str, state: &[u8]) -> Result<DecodedState, RunnerError> {
-    let customer = CustomerId::parse(customer_id).map_err(|e| RunnerError::Decode {
-        position: 0,
-        stream: customer_id.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let state = CustomerState::decode(state).map_err(|source| RunnerError::State {
-        customer: customer_id.to_owned(),
-        source,
-    })?;
-    Ok((customer, state))
+/// A read-only connection of its own for a bulk scan through the C API.
+/// No memory map: mapped pages of the whole file would count as the
+/// process's memory, and the page cache serves the reads as well.
+pub(crate) fn open_bulk_reader(
+    options: &SqliteConnectOptions,
+    handle: &tokio::runtime::Handle,
+) -> Result<sqlx::SqliteConnection, StorageError> {
+    let options = options
+        .clone()
+        .read_only(true)
+        .pragma("mmap_size", "0")
+        .pragma("cache_size", "-16384");
+    Ok(handle.block_on(options.connect())?)
 }
 
 fn scan_sqlite_states(
@@ -213,14 +232,7 @@ fn scan_sqlite_states(
     sender: &mpsc::Sender<Result<Vec<DecodedState>, RunnerError>>,
     handle: &tokio::runtime::Handle,
 ) -> Result<(), RunnerError> {
-    let options = options
-        .clone()
-        .read_only(true)
-        .pragma("mmap_size", "0")
-        .pragma("cache_size", "-16384");
-    let mut conn = handle
-        .block_on(options.connect())
-        .map_err(StorageError::from)?;
+    let mut conn = open_bulk_reader(options, handle)?;
     let raw_conn = RawConnection::lock(&mut conn).map_err(StorageError::from)?;
     let mut statement = raw_conn
         .prepare(
@@ -235,7 +247,7 @@ fn scan_sqlite_states(
             stream: String::new(),
             reason: e.to_string(),
         })?;
-        chunk.push(decode_state(customer, row.bytes(1))?);
+        chunk.push(decode_customer_state(customer, row.bytes(1))?);
         if chunk.len() == STATE_CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(STATE_CHUNK));
             if sender.blocking_send(Ok(full)).is_err() {
@@ -266,7 +278,7 @@ async fn scan_postgres_states(
         let row = row.map_err(StorageError::from)?;
         let customer: &str = row.try_get(0).map_err(StorageError::from)?;
         let state: &[u8] = row.try_get(1).map_err(StorageError::from)?;
-        chunk.push(decode_state(customer, state)?);
+        chunk.push(decode_customer_state(customer, state)?);
         if chunk.len() == STATE_CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(STATE_CHUNK));
             if sender.send(Ok(full)).await.is_err() {
@@ -426,8 +438,7 @@ fn sqlite_writer(
         .filter(|t| t.kind == TableKind::Population)
         .map(|t| {
             raw_conn.prepare(&format!(
-                "DELETE FROM {} WHERE model_version = ?1 AND (?2 IS NULL OR customer_id > ?2) \
-                 AND (?3 IS NULL OR customer_id <= ?3)",
+                "DELETE FROM {} WHERE model_version = ?1 AND customer_id > ?2 AND customer_id <= ?3",
                 t.name
             ))
         })
@@ -444,14 +455,11 @@ fn sqlite_writer(
                 in_transaction = true;
             }
             if let Some(range) = &work.clear_population {
+                let (after, through) = range.bounds();
                 for statement in &mut clear {
                     statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
-                    statement
-                        .bind(2, range.after.as_deref().map_or(Bind::Null, Bind::Text))
-                        .map_err(raw)?;
-                    statement
-                        .bind(3, range.through.as_deref().map_or(Bind::Null, Bind::Text))
-                        .map_err(raw)?;
+                    statement.bind(2, Bind::Text(after)).map_err(raw)?;
+                    statement.bind(3, Bind::Text(through)).map_err(raw)?;
                     statement.execute().map_err(raw)?;
                 }
             }
@@ -549,15 +557,15 @@ async fn postgres_writer(
             open = true;
         }
         if let Some(range) = &work.clear_population {
+            let (after, through) = range.bounds();
             for t in tables.iter().filter(|t| t.kind == TableKind::Population) {
                 sqlx::query(&format!(
-                    "DELETE FROM {} WHERE model_version = $1 AND ($2::text IS NULL OR customer_id > $2) \
-                     AND ($3::text IS NULL OR customer_id <= $3)",
+                    "DELETE FROM {} WHERE model_version = $1 AND customer_id > $2 AND customer_id <= $3",
                     t.name
                 ))
                 .bind(model_version)
-                .bind(range.after.as_deref())
-                .bind(range.through.as_deref())
+                .bind(after)
+                .bind(through)
                 .execute(&mut *tx)
                 .await?;
             }

@@ -503,6 +503,12 @@ pub struct LoyaltyState {
     /// The latest instant the time rules have been applied through.
     #[serde(with = "crate::projections::compact::instant_opt")]
     pub reached: Option<DateTime<Utc>>,
+    /// The instant the account last changed: an order, refund, redemption
+    /// or adjustment, a lot expiring, an order leaving the spend window (or
+    /// its first event). `loyalty_accounts.as_of_us` shows it, so advancing
+    /// the clock alone does not rewrite an account nothing happened to.
+    #[serde(with = "crate::projections::compact::instant_opt")]
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// The loyalty state as of an instant, for queries and diffs.
@@ -534,6 +540,16 @@ pub struct LoyaltySnapshot {
 /// that do not concern loyalty only advance time.
 pub fn apply(state: &mut LoyaltyState, rules: &LoyaltyRules, view: &EventView<'_>) {
     let at = state.advance_to(rules, view.occurred_at);
+    let changes_account = matches!(
+        view.event,
+        DomainEvent::OrderPlaced(_)
+            | DomainEvent::OrderRefunded(_)
+            | DomainEvent::PointsRedeemed(_)
+            | DomainEvent::PointsAdjusted(_)
+    );
+    if changes_account || state.changed_at.is_none() {
+        state.changed(at);
+    }
     match view.event {
         DomainEvent::OrderPlaced(order) => {
             let multiplier = state.multiplier_at(rules, at);
@@ -694,20 +710,31 @@ impl LoyaltyState {
             let order_id = order.order_id.clone();
             self.in_window_from += 1;
             self.update_tier(rules, rolloff, TierCause::SpendWindow { order_id });
+            self.changed(rolloff);
         }
         // Lot expiry.
         let mut expired = 0;
+        let mut last_expiry = None;
         self.lots.retain(|lot| {
             if lot.expires_at <= instant {
                 expired += lot.remaining;
+                last_expiry = last_expiry.max(Some(lot.expires_at));
                 false
             } else {
                 true
             }
         });
         self.totals.expired += expired;
+        if let Some(at) = last_expiry {
+            self.changed(at);
+        }
         self.reached = Some(instant);
         instant
+    }
+
+    /// Notes that the account changed at `at`.
+    fn changed(&mut self, at: DateTime<Utc>) {
+        self.changed_at = self.changed_at.max(Some(at));
     }
 
     /// The next instant time alone changes the account: a lot expiring or
@@ -935,6 +962,7 @@ impl CustomerFold for Loyalty {
 
     fn current_rows(&self, customer: &CustomerId, state: &LoyaltyState, out: &mut Vec<Row>) {
         let Some(reached) = state.reached else { return };
+        let changed_at = state.changed_at.unwrap_or(reached);
         let row = |table: &'static str, values: Vec<Value>| Row {
             table,
             customer_id: customer.as_str().to_owned(),
@@ -951,7 +979,7 @@ impl CustomerFold for Loyalty {
                 Value::Int(state.totals.expired),
                 Value::Int(state.qualifying_spend(&self.rules, reached)),
                 Value::Int(state.conflicts.len() as i64),
-                us(reached),
+                us(changed_at),
             ],
         ));
         for lot in &state.lots {

@@ -32,17 +32,19 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Row as _};
+use sqlx::Row as _;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::bulk::{send_blocking, BulkWork, BulkWriter, PartitionProgress, WriteStats};
+use super::bulk::{
+    open_bulk_reader, send_blocking, BulkWork, BulkWriter, PartitionProgress, WriteStats,
+};
 use super::clock::Clock;
 use super::population::PopulationInputs;
 use super::rules::RuleSet;
 use super::runner::{refit_population, Projector, ProjectorOptions, RunnerError};
 use super::state::Folds;
-use super::storage::{ReadModelDb, StateRow, StorageError, VersionStatus};
+use super::storage::{both, ReadModelDb, StateRow, StorageError, VersionStatus};
 use super::FoldEvent;
 use crate::domain::customer::CUSTOMER_STREAM_PREFIX;
 use crate::domain::{CustomerId, DomainEvent};
@@ -668,16 +670,7 @@ fn scan_sqlite(
     sender: &mpsc::Sender<BulkWork>,
     handle: &tokio::runtime::Handle,
 ) -> Result<(), RunnerError> {
-    // No memory map: mapped pages of the whole log would count as the
-    // process's memory; the page cache serves the reads as well.
-    let options = options
-        .clone()
-        .read_only(true)
-        .pragma("mmap_size", "0")
-        .pragma("cache_size", "-16384");
-    let mut conn = handle
-        .block_on(options.connect())
-        .map_err(StorageError::from)?;
+    let mut conn = open_bulk_reader(options, handle)?;
     let raw = RawConnection::lock(&mut conn).map_err(StorageError::from)?;
     let columns =
         "position, stream_id, event_id, version, event_type, schema_version, occurred_at, payload";
@@ -905,23 +898,17 @@ async fn scan_store(
 
 impl ReadModelDb {
     /// Customer streams in the store's `streams` table (the read models
-    /// share the database) or, for other stores, an estimate of 0.
+    /// share the database) or, for other stores, 0.
     async fn count_customer_streams(&self) -> Result<u64, StorageError> {
         const SQL: &str = "SELECT COUNT(*) FROM streams WHERE stream_id > $1 AND stream_id < $2";
-        let n: i64 = match self {
-            ReadModelDb::Sqlite(pool) => sqlx::query_scalar(SQL)
+        let n: i64 = both!(self, pool => {
+            sqlx::query_scalar(SQL)
                 .bind(CUSTOMER_STREAM_PREFIX)
                 .bind(CUSTOMER_STREAMS_END)
                 .fetch_one(pool)
                 .await
-                .unwrap_or(0),
-            ReadModelDb::Postgres(pool) => sqlx::query_scalar(SQL)
-                .bind(CUSTOMER_STREAM_PREFIX)
-                .bind(CUSTOMER_STREAMS_END)
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0),
-        };
+                .unwrap_or(0)
+        });
         Ok(n.max(0) as u64)
     }
 
@@ -929,24 +916,14 @@ impl ReadModelDb {
     async fn customer_stream_at(&self, offset: u64) -> Result<Option<String>, StorageError> {
         const SQL: &str = "SELECT stream_id FROM streams WHERE stream_id > $1 AND stream_id < $2 \
                            ORDER BY stream_id LIMIT 1 OFFSET $3";
-        Ok(match self {
-            ReadModelDb::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(CUSTOMER_STREAM_PREFIX)
-                    .bind(CUSTOMER_STREAMS_END)
-                    .bind(offset as i64)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            ReadModelDb::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(CUSTOMER_STREAM_PREFIX)
-                    .bind(CUSTOMER_STREAMS_END)
-                    .bind(offset as i64)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        })
+        Ok(both!(self, pool => {
+            sqlx::query_scalar(SQL)
+                .bind(CUSTOMER_STREAM_PREFIX)
+                .bind(CUSTOMER_STREAMS_END)
+                .bind(offset as i64)
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Whether the database's `events` table holds `event_id` at `position`
@@ -981,33 +958,27 @@ impl ReadModelDb {
         head: i64,
         partitions: &[(String, Option<String>)],
     ) -> Result<(), StorageError> {
-        macro_rules! body {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                sqlx::query("UPDATE projection_versions SET rebuild_head = $1 WHERE model_version = $2")
-                    .bind(head)
-                    .bind(model_version)
-                    .execute(&mut *tx)
-                    .await?;
-                for (no, (first, end)) in partitions.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO projection_partitions (model_version, partition_no, first_stream, end_stream) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(model_version)
-                    .bind(no as i32)
-                    .bind(first)
-                    .bind(end.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            ReadModelDb::Sqlite(pool) => body!(pool),
-            ReadModelDb::Postgres(pool) => body!(pool),
-        }
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE projection_versions SET rebuild_head = $1 WHERE model_version = $2")
+                .bind(head)
+                .bind(model_version)
+                .execute(&mut *tx)
+                .await?;
+            for (no, (first, end)) in partitions.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO projection_partitions (model_version, partition_no, first_stream, end_stream) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(model_version)
+                .bind(no as i32)
+                .bind(first)
+                .bind(end.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -1015,48 +986,31 @@ impl ReadModelDb {
     async fn open_partitions(&self, model_version: i64) -> Result<Vec<Partition>, StorageError> {
         const SQL: &str = "SELECT partition_no, first_stream, end_stream, done_through FROM projection_partitions \
                            WHERE model_version = $1 AND finished = 0 ORDER BY partition_no DESC";
-        macro_rules! body {
-            ($pool:expr) => {{
-                sqlx::query(SQL)
-                    .bind(model_version)
-                    .fetch_all($pool)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok::<_, sqlx::Error>(Partition {
-                            no: i64::from(r.try_get::<i32, _>(0)?),
-                            first_stream: r.try_get(1)?,
-                            end_stream: r.try_get(2)?,
-                            done_through: r.try_get(3)?,
-                        })
+        Ok(both!(self, pool => {
+            sqlx::query(SQL)
+                .bind(model_version)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok::<_, sqlx::Error>(Partition {
+                        no: i64::from(r.try_get::<i32, _>(0)?),
+                        first_stream: r.try_get(1)?,
+                        end_stream: r.try_get(2)?,
+                        done_through: r.try_get(3)?,
                     })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            ReadModelDb::Sqlite(pool) => body!(pool),
-            ReadModelDb::Postgres(pool) => body!(pool),
-        })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }))
     }
 
     /// Whether every partition of a version is finished.
     async fn partitions_finished(&self, model_version: i64) -> Result<bool, StorageError> {
         const SQL: &str =
             "SELECT COUNT(*) FROM projection_partitions WHERE model_version = $1 AND finished = 0";
-        let open: i64 = match self {
-            ReadModelDb::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(model_version)
-                    .fetch_one(pool)
-                    .await?
-            }
-            ReadModelDb::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(model_version)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+        let open: i64 = both!(self, pool => {
+            sqlx::query_scalar(SQL).bind(model_version).fetch_one(pool).await?
+        });
         Ok(open == 0)
     }
 
@@ -1067,42 +1021,18 @@ impl ReadModelDb {
         checkpoint: i64,
     ) -> Result<(), StorageError> {
         const SQL: &str = "UPDATE projection_versions SET checkpoint = $1 WHERE model_version = $2";
-        match self {
-            ReadModelDb::Sqlite(pool) => {
-                sqlx::query(SQL)
-                    .bind(checkpoint)
-                    .bind(model_version)
-                    .execute(pool)
-                    .await?;
-            }
-            ReadModelDb::Postgres(pool) => {
-                sqlx::query(SQL)
-                    .bind(checkpoint)
-                    .bind(model_version)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        both!(self, pool => {
+            sqlx::query(SQL).bind(checkpoint).bind(model_version).execute(pool).await?;
+        });
         Ok(())
     }
 
     /// Customers with a state in a version.
     pub async fn count_customers(&self, model_version: i64) -> Result<u64, StorageError> {
         const SQL: &str = "SELECT COUNT(*) FROM customer_state WHERE model_version = $1";
-        let n: i64 = match self {
-            ReadModelDb::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(model_version)
-                    .fetch_one(pool)
-                    .await?
-            }
-            ReadModelDb::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(model_version)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+        let n: i64 = both!(self, pool => {
+            sqlx::query_scalar(SQL).bind(model_version).fetch_one(pool).await?
+        });
         Ok(n.max(0) as u64)
     }
 }

@@ -75,6 +75,10 @@ pub enum RunnerError {
         /// This build's.
         expected: u8,
     },
+    /// What was asked cannot be done on this version (a benchmark's
+    /// precondition).
+    #[error("{0}")]
+    Unavailable(String),
     /// The population changed under a refit (another writer).
     #[error(transparent)]
     Population(#[from] PopulationChanged),
@@ -291,16 +295,7 @@ impl Projector {
             return Ok(());
         }
         for row in self.db.load_states(self.version, &missing).await? {
-            let customer =
-                CustomerId::parse(&row.customer_id).map_err(|e| RunnerError::Decode {
-                    position: 0,
-                    stream: row.customer_id.clone(),
-                    reason: e.to_string(),
-                })?;
-            let state = CustomerState::decode(&row.state).map_err(|source| RunnerError::State {
-                customer: row.customer_id.clone(),
-                source,
-            })?;
+            let (customer, state) = decode_state_row(&row)?;
             self.cache.put(customer, state, row.state.len());
         }
         Ok(())
@@ -434,8 +429,19 @@ impl Projector {
                 self.cache.put(customer.clone(), stored, row.state.len());
             }
             let state = self.cache.get_mut(&customer).expect("cached above");
+            let mut before = Vec::new();
+            self.folds.current_rows(&customer, state, &mut before);
             self.folds.advance_to(&customer, state, now, &mut rows);
-            self.folds.current_rows(&customer, state, &mut rows);
+            let mut after = Vec::new();
+            self.folds.current_rows(&customer, state, &mut after);
+            // Most deadlines change little (a window closes without an
+            // alert): rewrite the current rows only when they changed.
+            if after != before {
+                rows.extend(after);
+                batch.replace_customers.push(customer.as_str().to_owned());
+            } else {
+                batch.state_only.push(customer.as_str().to_owned());
+            }
             batch.states.push(StateRow {
                 customer_id: customer.as_str().to_owned(),
                 last_occurred_us: state.last_occurred_us,
@@ -444,7 +450,6 @@ impl Projector {
             });
             let len = batch.states.last().map_or(0, |s| s.state.len());
             self.cache.resize(&customer, len);
-            batch.replace_customers.push(customer.as_str().to_owned());
         }
         let new_history = rows
             .iter()
@@ -612,13 +617,21 @@ pub async fn refit_population(
 
 /// Decodes a stored state row.
 pub fn decode_state_row(row: &StateRow) -> Result<(CustomerId, CustomerState), RunnerError> {
-    let customer = CustomerId::parse(&row.customer_id).map_err(|e| RunnerError::Decode {
+    decode_customer_state(&row.customer_id, &row.state)
+}
+
+/// Decodes a customer's stored state, naming the customer on failure.
+pub fn decode_customer_state(
+    customer_id: &str,
+    state: &[u8],
+) -> Result<(CustomerId, CustomerState), RunnerError> {
+    let customer = CustomerId::parse(customer_id).map_err(|e| RunnerError::Decode {
         position: 0,
-        stream: row.customer_id.clone(),
+        stream: customer_id.to_owned(),
         reason: e.to_string(),
     })?;
-    let state = CustomerState::decode(&row.state).map_err(|source| RunnerError::State {
-        customer: row.customer_id.clone(),
+    let state = CustomerState::decode(state).map_err(|source| RunnerError::State {
+        customer: customer_id.to_owned(),
         source,
     })?;
     Ok((customer, state))

@@ -98,6 +98,7 @@ macro_rules! both {
         }
     };
 }
+pub(crate) use both;
 
 /// Builds a [`StateRow`] from a row of
 /// `SELECT customer_id, last_occurred_us, due_us, state` (either backend).
@@ -238,6 +239,9 @@ pub struct BatchWrite {
     pub reset_customers: Vec<String>,
     /// Customers that already had rows: their current rows are replaced.
     pub replace_customers: Vec<String>,
+    /// Customers whose rows stand and whose stored state is replaced (a
+    /// deadline that changed nothing in the tables).
+    pub state_only: Vec<String>,
     /// New rows (history rows and the touched customers' current rows).
     pub rows: Vec<Row>,
     /// Fold states of touched customers.
@@ -561,7 +565,7 @@ impl ReadModelDb {
                    AND a.customer_id = s.customer_id AND a.at_us >= $8) \
                   OR EXISTS (SELECT 1 FROM churn_value_alerts v WHERE v.model_version = s.model_version \
                    AND v.customer_id = s.customer_id)) = $7) \
-             AND ($9 IS NULL OR s.customer_id > $9) \
+             AND s.customer_id > $9 \
              ORDER BY s.customer_id LIMIT $10";
         Ok(both!(self, pool => {
             sqlx::query_scalar::<_, String>(SQL)
@@ -573,7 +577,9 @@ impl ReadModelDb {
                 .bind(criteria.max_clv)
                 .bind(criteria.has_alert)
                 .bind(criteria.alert_since_us)
-                .bind(after.map(str::to_owned))
+                // A bound always: "$9 IS NULL OR …" would keep the index
+                // from starting the page at the cursor.
+                .bind(after.unwrap_or(super::bulk::BEFORE_ALL_CUSTOMERS).to_owned())
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
@@ -735,8 +741,19 @@ impl ReadModelDb {
         &self,
         model_version: i64,
         tables: &[TableSpec],
-        batch: BatchWrite,
+        mut batch: BatchWrite,
     ) -> Result<(), StorageError> {
+        // In key order: a batch's customers are scattered over the version
+        // (a deadline tick picks them by instant), and writing each table's
+        // rows in key order touches each B-tree page once instead of
+        // thrashing the page cache.
+        batch.reset_customers.sort_unstable();
+        batch.replace_customers.sort_unstable();
+        batch.state_only.sort_unstable();
+        batch
+            .states
+            .sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        batch.rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         let specs: HashMap<&str, &TableSpec> = tables.iter().map(|t| (t.name, t)).collect();
         let mut by_table: HashMap<&'static str, Vec<&Row>> = HashMap::new();
         for row in &batch.rows {
@@ -757,13 +774,22 @@ impl ReadModelDb {
         both!(self, pool => {
             let mut tx = pool.begin().await?;
             // 1. Deletions.
-            for (customers, all_tables) in [(&batch.reset_customers, true), (&batch.replace_customers, false)] {
+            for (customers, scope) in [
+                (&batch.reset_customers, Some(true)),
+                (&batch.replace_customers, Some(false)),
+                (&batch.state_only, None),
+            ] {
                 if customers.is_empty() {
                     continue;
                 }
+                // Some(all): current tables (and history too when `all`),
+                // then the state; None: the state alone.
                 let mut targets: Vec<&str> = tables
                     .iter()
-                    .filter(|t| t.kind == TableKind::Current || (all_tables && t.kind == TableKind::History))
+                    .filter(|t| match scope {
+                        Some(all) => t.kind == TableKind::Current || (all && t.kind == TableKind::History),
+                        None => false,
+                    })
                     .map(|t| t.name)
                     .collect();
                 targets.push("customer_state");

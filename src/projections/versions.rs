@@ -12,8 +12,9 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
+use super::bulk::CustomerRange;
 use super::state::Folds;
-use super::storage::{ReadModelDb, StorageError, VersionInfo};
+use super::storage::{both, ReadModelDb, StorageError, VersionInfo};
 use super::TableSpec;
 
 /// Customers per deletion transaction.
@@ -114,10 +115,7 @@ impl ReadModelDb {
 
     async fn rows_per_version(&self, table: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let sql = format!("SELECT model_version, COUNT(*) FROM {table} GROUP BY model_version");
-        Ok(match self {
-            ReadModelDb::Sqlite(pool) => sqlx::query_as(&sql).fetch_all(pool).await?,
-            ReadModelDb::Postgres(pool) => sqlx::query_as(&sql).fetch_all(pool).await?,
-        })
+        Ok(both!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?))
     }
 
     async fn table_bytes(&self, table: &str) -> Result<i64, StorageError> {
@@ -181,25 +179,16 @@ impl ReadModelDb {
                 None => break,
             }
         }
-        macro_rules! finish {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                for sql in [
-                    "DELETE FROM projection_partitions WHERE model_version = $1",
-                    "DELETE FROM projection_versions WHERE model_version = $1",
-                ] {
-                    sqlx::query(sql)
-                        .bind(model_version)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            ReadModelDb::Sqlite(pool) => finish!(pool),
-            ReadModelDb::Postgres(pool) => finish!(pool),
-        }
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for sql in [
+                "DELETE FROM projection_partitions WHERE model_version = $1",
+                "DELETE FROM projection_versions WHERE model_version = $1",
+            ] {
+                sqlx::query(sql).bind(model_version).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(deleted)
     }
 
@@ -213,24 +202,16 @@ impl ReadModelDb {
     ) -> Result<Option<String>, StorageError> {
         const SQL: &str = "SELECT customer_id FROM customer_state WHERE model_version = $1 \
                            AND customer_id > $2 ORDER BY customer_id LIMIT 1 OFFSET $3";
-        Ok(match self {
-            ReadModelDb::Sqlite(pool) => sqlx::query(SQL)
+        Ok(both!(self, pool => {
+            sqlx::query(SQL)
                 .bind(model_version)
                 .bind(after)
                 .bind(n - 1)
                 .fetch_optional(pool)
                 .await?
                 .map(|r| r.try_get::<String, _>(0))
-                .transpose()?,
-            ReadModelDb::Postgres(pool) => sqlx::query(SQL)
-                .bind(model_version)
-                .bind(after)
-                .bind(n - 1)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| r.try_get::<String, _>(0))
-                .transpose()?,
-        })
+                .transpose()?
+        }))
     }
 
     /// Deletes the rows of customers in `(after, through]` (to the end when
@@ -242,32 +223,30 @@ impl ReadModelDb {
         after: &str,
         through: Option<&str>,
     ) -> Result<u64, StorageError> {
-        macro_rules! body {
-            ($pool:expr, $cast:literal) => {{
-                let mut tx = $pool.begin().await?;
-                let mut deleted = 0;
-                for table in tables {
-                    let sql = format!(
-                        "DELETE FROM {table} WHERE model_version = $1 AND customer_id > $2 \
-                         AND ($3{} IS NULL OR customer_id <= $3)",
-                        $cast
-                    );
-                    deleted += sqlx::query(&sql)
-                        .bind(model_version)
-                        .bind(after)
-                        .bind(through)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                tx.commit().await?;
-                deleted
-            }};
-        }
-        Ok(match self {
-            ReadModelDb::Sqlite(pool) => body!(pool, ""),
-            ReadModelDb::Postgres(pool) => body!(pool, "::text"),
-        })
+        let range = CustomerRange {
+            after: Some(after.to_owned()),
+            through: through.map(str::to_owned),
+        };
+        let (after, through) = range.bounds();
+        Ok(both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut deleted = 0;
+            for table in tables {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE model_version = $1 AND customer_id > $2 \
+                     AND customer_id <= $3"
+                );
+                deleted += sqlx::query(&sql)
+                    .bind(model_version)
+                    .bind(after)
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            deleted
+        }))
     }
 
     /// After deletions: lets PostgreSQL reuse the space (autovacuum may be

@@ -38,6 +38,28 @@ pub async fn subscribe(socket: &mut Socket, id: &str, query: &str) {
         .unwrap();
 }
 
+/// Two sockets authenticated with `bearer`: one subscribed to
+/// `stageChanged`, one to `alertRaised` (each message's `payload.data`
+/// holds one change or alert).
+pub async fn stage_and_alert_feeds(url: &str, bearer: &str) -> (Socket, Socket) {
+    let init = json!({"headers": {"Authorization": format!("Bearer {bearer}")}});
+    let (mut stages, _) = connect(url, init.clone()).await;
+    subscribe(
+        &mut stages,
+        "s",
+        "subscription { stageChanged { customerId from to at } }",
+    )
+    .await;
+    let (mut alerts, _) = connect(url, init).await;
+    subscribe(
+        &mut alerts,
+        "a",
+        "subscription { alertRaised { customerId kind raisedAt } }",
+    )
+    .await;
+    (stages, alerts)
+}
+
 /// The next JSON message (skipping pings); a close frame becomes
 /// `{"type": "closed", "reason": ...}`.
 pub async fn next_json(socket: &mut Socket) -> Value {
