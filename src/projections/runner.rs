@@ -434,14 +434,13 @@ impl Projector {
             self.folds.advance_to(&customer, state, now, &mut rows);
             let mut after = Vec::new();
             self.folds.current_rows(&customer, state, &mut after);
-            // Most deadlines change little (a window closes without an
-            // alert): rewrite the current rows only when they changed.
-            if after != before {
-                rows.extend(after);
-                batch.replace_customers.push(customer.as_str().to_owned());
-            } else {
-                batch.state_only.push(customer.as_str().to_owned());
+            // Most deadlines change one table or none (a window closes
+            // without an alert): rewrite only the tables that changed.
+            for table in changed_tables(&before, &after) {
+                rows.extend(after.iter().filter(|r| r.table == table).cloned());
+                batch.replace_in.push((table, customer.as_str().to_owned()));
             }
+            batch.state_only.push(customer.as_str().to_owned());
             batch.states.push(StateRow {
                 customer_id: customer.as_str().to_owned(),
                 last_occurred_us: state.last_occurred_us,
@@ -613,6 +612,22 @@ pub async fn refit_population(
         "population refitted"
     );
     Ok(())
+}
+
+/// The tables whose rows differ between two sets of a customer's current
+/// rows.
+fn changed_tables(before: &[Row], after: &[Row]) -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = before.iter().chain(after).map(|r| r.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables.retain(|&table| {
+        let of_table = |r: &&Row| r.table == table;
+        !before
+            .iter()
+            .filter(of_table)
+            .eq(after.iter().filter(of_table))
+    });
+    tables
 }
 
 /// Decodes a stored state row.

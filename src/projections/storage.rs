@@ -239,9 +239,13 @@ pub struct BatchWrite {
     pub reset_customers: Vec<String>,
     /// Customers that already had rows: their current rows are replaced.
     pub replace_customers: Vec<String>,
-    /// Customers whose rows stand and whose stored state is replaced (a
-    /// deadline that changed nothing in the tables).
+    /// Customers whose stored state is replaced while their rows stand,
+    /// except those [`BatchWrite::replace_in`] names (a deadline tick).
     pub state_only: Vec<String>,
+    /// One table's current rows of one customer, replaced: a deadline
+    /// changes one or two tables (a stage, an expiry), and rewriting only
+    /// those touches a fraction of the pages.
+    pub replace_in: Vec<(&'static str, String)>,
     /// New rows (history rows and the touched customers' current rows).
     pub rows: Vec<Row>,
     /// Fold states of touched customers.
@@ -750,6 +754,7 @@ impl ReadModelDb {
         batch.reset_customers.sort_unstable();
         batch.replace_customers.sort_unstable();
         batch.state_only.sort_unstable();
+        batch.replace_in.sort_unstable();
         batch
             .states
             .sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
@@ -804,6 +809,18 @@ impl ReadModelDb {
                         q.push(")");
                         q.build().execute(&mut *tx).await?;
                     }
+                }
+            }
+            for (table, customers) in batch.replace_in.chunk_by(|a, b| a.0 == b.0).map(|c| (c[0].0, c)) {
+                for chunk in customers.chunks(500) {
+                    let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
+                    q.push_bind(model_version).push(" AND customer_id IN (");
+                    let mut sep = q.separated(", ");
+                    for (_, c) in chunk {
+                        sep.push_bind(c.clone());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
                 }
             }
             // 2. Rows.
