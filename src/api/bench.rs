@@ -93,6 +93,7 @@ pub async fn query(
     rps: u64,
     seconds: u64,
     warmup_seconds: u64,
+    options: crate::projections::runner::ProjectorOptions,
 ) -> Result<QueryBenchReport, QueryBenchError> {
     if rps == 0 || seconds == 0 || customers == 0 {
         return Err(QueryBenchError::Arguments(
@@ -157,7 +158,8 @@ pub async fn query(
         writer.clone(),
         &RuleSet::shipped_defaults(),
         state.live.clone(),
-        crate::projections::runner::ProjectorOptions::default(),
+        // The configured clock (--now) and cache budget, as `journey serve`.
+        options,
     )
     .await?;
     // Measure the steady state: events the read models have not applied

@@ -34,13 +34,31 @@ pub struct EventsArgs {
 pub enum BenchCommand {
     /// Append N events across many customer streams in batches; prints one
     /// JSON line with `events_per_sec`, beside a bare batched-INSERT baseline.
+    ///
+    /// With --writers W: W concurrent writers, each appending --batch events
+    /// per call to a random customer stream (no version check, 256-byte
+    /// payloads) for --seconds; prints `events_per_sec` and the p50, p99 and
+    /// p99.9 latency of an acknowledged append. Use a scratch store.
     Append {
-        /// Number of events to append.
+        /// Number of events to append (bulk mode).
         #[arg(long, default_value_t = 100_000)]
         events: u64,
-        /// Skip the bare baseline.
+        /// Skip the bare baseline (bulk mode).
         #[arg(long)]
         no_baseline: bool,
+        /// Concurrent writers: switches to the concurrent-writers load.
+        #[arg(long)]
+        writers: Option<usize>,
+        /// Events per append (with --writers).
+        #[arg(long, default_value_t = 1, requires = "writers")]
+        batch: usize,
+        /// Seconds to run (with --writers).
+        #[arg(long, default_value_t = 10.0, requires = "writers")]
+        seconds: f64,
+        /// Write each acknowledged append's event ids to FILE as it is
+        /// acknowledged (with --writers; for crash tests).
+        #[arg(long, value_name = "FILE", requires = "writers")]
+        ack_log: Option<std::path::PathBuf>,
     },
     /// Replay every event from position 0, decoding each into the typed
     /// model; prints `events_per_sec` beside a bare ordered-scan baseline.
@@ -183,8 +201,36 @@ pub async fn stats(config: &Config) -> anyhow::Result<()> {
 pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
     let line = match cmd {
         BenchCommand::Append {
+            writers: Some(writers),
+            batch,
+            seconds,
+            ack_log,
+            ..
+        } => {
+            anyhow::ensure!(
+                writers > 0 && batch > 0 && seconds > 0.0,
+                "--writers, --batch and --seconds must be positive"
+            );
+            let load = journey_ledger::bench::writers::WritersLoad {
+                writers,
+                batch,
+                seconds,
+            };
+            let acks = match ack_log {
+                Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+                    std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ))),
+                None => None,
+            };
+            serde_json::to_string(
+                &journey_ledger::bench::writers::run(&config.store, load, acks).await?,
+            )?
+        }
+        BenchCommand::Append {
             events,
             no_baseline,
+            ..
         } => serde_json::to_string(
             &journey_ledger::bench::append(&config.store, events, !no_baseline).await?,
         )?,
@@ -202,6 +248,7 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
                 rps,
                 seconds,
                 warmup_seconds,
+                super::projector_options(config)?,
             )
             .await?,
         )?,

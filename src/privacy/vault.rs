@@ -7,13 +7,12 @@
 //! logged: [`super::seal::CustomerKey`] redacts itself.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+use sqlx::sqlite::{SqliteJournalMode, SqlitePool};
 
 use super::seal::{self, CustomerKey, ERASED};
 use super::PrivacyError;
@@ -89,7 +88,7 @@ impl Vault {
     /// store; on SQLite the keys live in the same file.
     pub async fn open(url: &str) -> Result<Self, PrivacyError> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = crate::store::sqlite::connect_options(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10))

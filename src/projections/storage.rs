@@ -7,12 +7,11 @@
 //! type-checked against its own driver.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row as _};
 use thiserror::Error;
 
@@ -288,7 +287,7 @@ impl ReadModelDb {
     /// Opens the database a URL names and applies the migrations.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = crate::store::sqlite::connect_options(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -319,7 +318,7 @@ impl ReadModelDb {
     /// writer with [`ReadModelDb::open`] first.
     pub async fn open_for_queries(url: &str, connections: u32) -> Result<Self, StorageError> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = crate::store::sqlite::connect_options(url)?
                 .read_only(true)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536")

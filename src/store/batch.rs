@@ -51,10 +51,10 @@ pub(crate) fn check_writes(writes: &[StreamWrite]) -> Result<Vec<Uuid>, StoreErr
 }
 
 /// The distinct streams a batch touches, in first-seen order.
-pub(crate) fn streams_of(writes: &[StreamWrite]) -> Vec<StreamId> {
+pub(crate) fn streams_of<'a>(writes: impl IntoIterator<Item = &'a StreamWrite>) -> Vec<StreamId> {
     let mut seen = HashSet::new();
     writes
-        .iter()
+        .into_iter()
         .filter(|w| seen.insert(&w.stream))
         .map(|w| w.stream.clone())
         .collect()
@@ -185,4 +185,118 @@ pub(crate) fn plan<'a>(
         outcomes,
         recorded_at,
     })
+}
+
+/// One request's share of a group commit: its outcomes, or why it alone
+/// was refused.
+pub(crate) type RequestResult = Result<Vec<AppendOutcome>, StoreError>;
+
+/// Everything a backend writes for a group of appends committed together.
+#[derive(Debug)]
+pub(crate) struct GroupPlan<'a> {
+    /// The rows of every accepted request, in position order.
+    pub rows: Vec<PlannedRow<'a>>,
+    /// The final head of every stream that grows.
+    pub heads: Vec<(StreamId, StreamHead)>,
+    /// Per request, in order: its outcomes or its own error.
+    pub results: Vec<RequestResult>,
+}
+
+impl GroupPlan<'_> {
+    /// True when every request was accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.results.iter().all(Result::is_ok)
+    }
+
+    /// The last position the group writes (None when it writes nothing).
+    pub fn last_position(&self) -> Option<u64> {
+        self.rows.last().map(|r| r.position)
+    }
+}
+
+/// Plans a group of independent requests, each an all-or-nothing batch,
+/// one after another as if committed in that order: each sees the streams
+/// as the earlier ones leave them, and ids an earlier request stores are
+/// "already stored" for a later one (two concurrent retries of one event
+/// store it once). A request refused (expected version, id conflict) is
+/// refused alone and leaves nothing behind for the rest.
+pub(crate) fn plan_group<'a>(
+    group: &'a [Vec<StreamWrite>],
+    existing: &HashMap<Uuid, RecordedEvent>,
+    heads: &HashMap<StreamId, StreamHead>,
+    head_position: u64,
+    recorded_at: DateTime<Utc>,
+) -> GroupPlan<'a> {
+    // Only ids that more than one request carries need to be remembered
+    // as placed for the requests after them.
+    let mut requests_with_id: HashMap<Uuid, usize> = HashMap::new();
+    if group.len() > 1 {
+        for writes in group {
+            for event in writes.iter().flat_map(|w| &w.events) {
+                *requests_with_id.entry(event.event_id()).or_default() += 1;
+            }
+        }
+    }
+    let shared_ids = requests_with_id.values().any(|&n| n > 1);
+    let mut known = existing.clone();
+    let mut current = heads.clone();
+    let mut position = head_position;
+    let mut rows = Vec::new();
+    let mut touched: Vec<StreamId> = Vec::new();
+    let mut touched_set: HashSet<StreamId> = HashSet::new();
+    let mut results = Vec::with_capacity(group.len());
+    for writes in group {
+        match plan(writes, &known, &current, position, recorded_at) {
+            Ok(request) => {
+                if let Some(last) = request.rows.last() {
+                    position = last.position;
+                }
+                for (stream, head) in request.heads {
+                    current.insert(stream.clone(), head);
+                    if touched_set.insert(stream.clone()) {
+                        touched.push(stream);
+                    }
+                }
+                if shared_ids {
+                    for row in &request.rows {
+                        if requests_with_id.get(&row.event.event_id()) > Some(&1) {
+                            known.insert(row.event.event_id(), recorded(row, recorded_at));
+                        }
+                    }
+                }
+                rows.extend(request.rows);
+                results.push(Ok(request.outcomes));
+            }
+            Err(refused) => results.push(Err(refused)),
+        }
+    }
+    let heads = touched
+        .into_iter()
+        .map(|s| {
+            let head = current[&s];
+            (s, head)
+        })
+        .collect();
+    GroupPlan {
+        rows,
+        heads,
+        results,
+    }
+}
+
+/// The stored form of a planned row, for later requests of the same group.
+fn recorded(row: &PlannedRow<'_>, recorded_at: DateTime<Utc>) -> RecordedEvent {
+    RecordedEvent {
+        event_id: row.event.event_id(),
+        stream_id: row.stream.clone(),
+        version: row.version,
+        position: row.position,
+        event_type: row.event.event_type().to_owned(),
+        schema_version: row.event.schema_version(),
+        occurred_at: row.event.occurred_at(),
+        recorded_at,
+        metadata_json: row.event.metadata_json().to_owned(),
+        payload_json: row.event.payload_json().to_owned(),
+        hash: row.hash,
+    }
 }

@@ -76,6 +76,7 @@ macro_rules! store_contract_tests {
             reading_past_the_end_is_empty,
             global_order_across_streams,
             concurrent_appenders_with_a_tailing_reader,
+            concurrent_requests_succeed_or_fail_alone,
             subscription_catches_up_then_goes_live,
             stats_and_stream_listing,
             typed_events_decode,
@@ -583,6 +584,78 @@ pub async fn global_order_across_streams(store: Arc<dyn EventStore>) {
 /// tails the log: versions stay contiguous, nothing is lost or duplicated,
 /// the reader sees each committed event exactly once in order, and losers
 /// are told so.
+/// Many appends at once (which group-committing backends coalesce into
+/// shared transactions): each keeps its own checks. Of the racers that
+/// create one stream exactly one wins and the rest fail alone; concurrent
+/// retries of one event store it once; the unconditional appends all
+/// commit; positions stay gapless and chains intact.
+pub async fn concurrent_requests_succeed_or_fail_alone(store: Arc<dyn EventStore>) {
+    const RACERS: usize = 12;
+    const FREE: usize = 24;
+    const RETRIES: usize = 6;
+    let raced = stream("raced");
+    let retried_stream = stream("retried");
+    let retried = sample_event(7);
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let (store, s) = (store.clone(), raced.clone());
+        tasks.push(tokio::spawn(async move {
+            (
+                "racer",
+                store
+                    .append(&s, ExpectedVersion::NoStream, vec![sample_event(i as u64)])
+                    .await,
+            )
+        }));
+    }
+    for i in 0..FREE {
+        let (store, s) = (store.clone(), stream(&format!("free-{}", i % 5)));
+        tasks.push(tokio::spawn(async move {
+            (
+                "free",
+                store.append(&s, ExpectedVersion::Any, events(2)).await,
+            )
+        }));
+    }
+    for _ in 0..RETRIES {
+        let (store, s, e) = (store.clone(), retried_stream.clone(), retried.clone());
+        tasks.push(tokio::spawn(async move {
+            (
+                "retry",
+                store.append(&s, ExpectedVersion::Any, vec![e]).await,
+            )
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ("racer", Ok(_)) => winners += 1,
+            ("racer", Err(e)) => assert!(
+                matches!(e, StoreError::WrongExpectedVersion { .. }),
+                "a losing racer fails with a version conflict, not {e}"
+            ),
+            (kind, result) => {
+                result.unwrap_or_else(|e| panic!("{kind} append failed: {e}"));
+            }
+        }
+    }
+    assert_eq!(winners, 1, "exactly one racer creates the stream");
+    assert_eq!(whole_stream(&*store, &raced).await.len(), 1);
+    let stored = whole_stream(&*store, &retried_stream).await;
+    assert_eq!(stored.len(), 1, "concurrent retries store the event once");
+    assert_eq!(stored[0].event_id, retried.event_id());
+    let all = everything(store.clone()).await;
+    assert_eq!(all.len(), 1 + FREE * 2 + 1);
+    if store.capabilities().gapless_positions {
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+    }
+    for i in 0..5 {
+        let events = whole_stream(&*store, &stream(&format!("free-{i}"))).await;
+        assert_chain(&events);
+    }
+}
+
 pub async fn concurrent_appenders_with_a_tailing_reader(store: Arc<dyn EventStore>) {
     const TASKS: usize = 8;
     const APPENDS_PER_TASK: usize = 12;

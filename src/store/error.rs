@@ -61,6 +61,9 @@ pub enum StoreError {
     /// Applying the embedded schema migrations failed.
     #[error("schema migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The store's committer has stopped (the runtime is shutting down).
+    #[error("the store is closed")]
+    Closed,
     /// A backend-specific failure (e.g. EventStoreDB gRPC).
     #[error("{backend} error: {message}")]
     Backend {

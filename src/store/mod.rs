@@ -7,6 +7,7 @@ pub(crate) mod batch;
 pub mod contract;
 pub mod error;
 pub mod esdb;
+pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 pub mod sqlite_raw;

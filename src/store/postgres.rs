@@ -8,6 +8,7 @@
 //! `NOTIFY` so subscribers in other processes wake at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +18,8 @@ use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
 use tokio::sync::watch;
 
-use super::batch;
+use super::batch::{self, RequestResult};
+use super::group_commit::{CommitGroup, GroupCommitter};
 use super::{
     AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
     StreamHead, StreamWrite,
@@ -39,8 +41,15 @@ const POLL: Duration = Duration::from_secs(1);
 /// An event store in a PostgreSQL database.
 pub struct PostgresStore {
     pool: PgPool,
-    head: watch::Sender<u64>,
+    head: Arc<watch::Sender<u64>>,
     listener: tokio::task::JoinHandle<()>,
+    committer: GroupCommitter,
+}
+
+/// The write side the group committer drives.
+struct Appender {
+    pool: PgPool,
+    head: Arc<watch::Sender<u64>>,
 }
 
 impl Drop for PostgresStore {
@@ -63,7 +72,7 @@ impl PostgresStore {
     /// Uses an existing pool (tests, or read models sharing the database).
     pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
-        let (head, _) = watch::channel(0u64);
+        let head = Arc::new(watch::channel(0u64).0);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         let notify = head.clone();
@@ -86,10 +95,15 @@ impl PostgresStore {
                 }
             }
         });
+        let committer = GroupCommitter::start(Arc::new(Appender {
+            pool: pool.clone(),
+            head: head.clone(),
+        }));
         let store = Self {
             pool,
             head,
             listener,
+            committer,
         };
         let last = store.head_position().await?;
         store.head.send_replace(last);
@@ -165,10 +179,14 @@ async fn stream_heads(
 /// instead of failing. Returns rows inserted.
 async fn insert_rows(
     conn: &mut sqlx::PgConnection,
-    plan: &batch::AppendPlan<'_>,
+    rows: &[batch::PlannedRow<'_>],
+    recorded_at: DateTime<Utc>,
     skip_stored_ids: bool,
 ) -> Result<u64, StoreError> {
-    let n = plan.rows.len();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len();
     let mut positions = Vec::with_capacity(n);
     let mut event_ids = Vec::with_capacity(n);
     let mut stream_ids = Vec::with_capacity(n);
@@ -179,7 +197,7 @@ async fn insert_rows(
     let mut metadata = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
-    for row in &plan.rows {
+    for row in rows {
         positions.push(row.position as i64);
         event_ids.push(row.event.event_id());
         stream_ids.push(row.stream.as_str());
@@ -213,51 +231,115 @@ async fn insert_rows(
     .bind(&metadata)
     .bind(&payloads)
     .bind(&hashes)
-    .bind(plan.recorded_at)
+    .bind(recorded_at)
     .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }
 
-impl PostgresStore {
+impl Appender {
     /// Moves the stream heads and the global head, announces the new
-    /// position, commits and wakes local subscribers.
+    /// position (one `NOTIFY` per group), commits and wakes local
+    /// subscribers; a group that writes nothing is rolled back.
     async fn finish(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        plan: &batch::AppendPlan<'_>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        plan: batch::GroupPlan<'_>,
+    ) -> Result<Vec<RequestResult>, StoreError> {
+        let Some(last) = plan.last_position() else {
+            tx.rollback().await?;
+            return Ok(plan.results);
+        };
         let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
         let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
         let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
+        // Heads, global head and notification in one statement: the
+        // position lock is held for as few round trips as possible.
         sqlx::query(
-            "INSERT INTO streams (stream_id, version, head_hash) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             head_hash = excluded.head_hash",
+            "WITH heads AS (\
+               INSERT INTO streams (stream_id, version, head_hash) \
+               SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
+               ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+               head_hash = excluded.head_hash), \
+             moved AS (UPDATE ledger_head SET position = $4 WHERE id) \
+             SELECT pg_notify($5, $6)",
         )
         .bind(&head_streams)
         .bind(&head_versions)
         .bind(&head_hashes)
+        .bind(last as i64)
+        .bind(CHANNEL)
+        .bind(last.to_string())
         .execute(&mut *tx)
         .await?;
-        let last = plan.rows.last().expect("non-empty").position;
-        sqlx::query("UPDATE ledger_head SET position = $1 WHERE id")
-            .bind(last as i64)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         self.head.send_if_modified(|h| {
             let grew = last > *h;
             *h = (*h).max(last);
             grew
         });
-        Ok(plan.outcomes.clone())
+        Ok(plan.results)
+    }
+}
+
+#[async_trait]
+impl CommitGroup for Appender {
+    async fn commit_group(
+        &self,
+        group: &[Vec<StreamWrite>],
+    ) -> Result<Vec<RequestResult>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let recorded_at = batch::now_micros();
+
+        // Fast path: assume no id is stored yet and let the unique index
+        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
+        let no_existing = HashMap::new();
+        let plan = batch::plan_group(group, &no_existing, &heads, head as u64, recorded_at);
+        if plan.all_accepted() {
+            sqlx::query("SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+            let inserted = insert_rows(&mut tx, &plan.rows, recorded_at, true).await?;
+            if inserted == plan.rows.len() as u64 {
+                sqlx::query("RELEASE SAVEPOINT fast_append")
+                    .execute(&mut *tx)
+                    .await?;
+                return self.finish(tx, plan).await;
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        // Slow path: some ids are stored (a retry) or an expected version
+        // did not match; decide with the stored events in hand.
+        // Planned afresh each time, as `stream_heads` is, for the same reason.
+        let ids: Vec<uuid::Uuid> = group
+            .iter()
+            .flatten()
+            .flat_map(|w| &w.events)
+            .map(|e| e.event_id())
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .persistent(false)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let event = decode_row(row)?;
+            existing.insert(event.event_id, event);
+        }
+        let plan = batch::plan_group(group, &existing, &heads, head as u64, recorded_at);
+        insert_rows(&mut tx, &plan.rows, recorded_at, false).await?;
+        self.finish(tx, plan).await
     }
 }
 
@@ -275,56 +357,8 @@ impl EventStore for PostgresStore {
         &self,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let ids = batch::check_writes(&writes)?;
-        let streams = batch::streams_of(&writes);
-        let mut tx = self.pool.begin().await?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-        let heads = stream_heads(&mut tx, &streams).await?;
-        let recorded_at = batch::now_micros();
-
-        // Fast path: assume no id is stored yet and let the unique index
-        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
-        let no_existing = HashMap::new();
-        if let Ok(plan) = batch::plan(&writes, &no_existing, &heads, head as u64, recorded_at) {
-            sqlx::query("SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
-            let inserted = insert_rows(&mut tx, &plan, true).await?;
-            if inserted == plan.rows.len() as u64 {
-                sqlx::query("RELEASE SAVEPOINT fast_append")
-                    .execute(&mut *tx)
-                    .await?;
-                return self.finish(tx, &plan).await;
-            }
-            sqlx::query("ROLLBACK TO SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        // Slow path: some ids are stored (a retry) or the expected version
-        // did not match; decide with the stored events in hand.
-        // Planned afresh each time, as `stream_heads` is, for the same reason.
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
-        ))
-        .bind(&ids)
-        .persistent(false)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let event = decode_row(row)?;
-            existing.insert(event.event_id, event);
-        }
-        let plan = batch::plan(&writes, &existing, &heads, head as u64, recorded_at)?;
-        if plan.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(plan.outcomes);
-        }
-        insert_rows(&mut tx, &plan, false).await?;
-        self.finish(tx, &plan).await
+        batch::check_writes(&writes)?;
+        self.committer.append(writes).await
     }
 
     async fn read_stream(

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +19,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::batch::{self, PlannedRow};
+use super::batch::{self, PlannedRow, RequestResult};
+use super::group_commit::{CommitGroup, GroupCommitter};
 use super::{
     AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
     StreamHead, StreamWrite,
@@ -41,20 +43,63 @@ const LOOKUP_CHUNK: usize = 900;
 /// other processes (appends in this process wake it at once).
 const CROSS_PROCESS_POLL: Duration = Duration::from_millis(200);
 
+/// Connection options for a `sqlite://` URL, which may carry
+/// `synchronous=full|normal|extra|off` for the event log (default `full`:
+/// an acknowledged append survives power loss, each commit waiting for
+/// its log write to reach the disk, which group commit shares among
+/// concurrent appends). `normal` skips that wait in WAL mode: still no
+/// corruption, but the last commits before a power loss or OS crash can
+/// disappear although they were acknowledged (a process crash loses
+/// nothing). Other query parameters are sqlx's.
+pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut synchronous = SqliteSynchronous::Full;
+    let mut rest = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some(("synchronous", value)) => {
+                synchronous = SqliteSynchronous::from_str(value).map_err(|_| {
+                    sqlx::Error::Configuration(
+                        format!(
+                            "synchronous={value:?} in the store URL: use full (the default), \
+                             normal, extra or off"
+                        )
+                        .into(),
+                    )
+                })?;
+            }
+            _ => rest.push(param),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok(SqliteConnectOptions::from_str(&url)?.synchronous(synchronous))
+}
+
 /// An event store in one SQLite file.
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    head: watch::Sender<u64>,
+    head: Arc<watch::Sender<u64>>,
+    committer: GroupCommitter,
+}
+
+/// The write side the group committer drives: the single write connection
+/// and the head subscribers wait on.
+struct Appender {
+    writer: SqlitePool,
+    head: Arc<watch::Sender<u64>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = connect_options(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536");
@@ -67,10 +112,16 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
+        let head = Arc::new(watch::channel(0).0);
+        let committer = GroupCommitter::start(Arc::new(Appender {
+            writer: writer.clone(),
+            head: head.clone(),
+        }));
         let store = Self {
             reader,
             writer,
-            head: watch::channel(0).0,
+            head,
+            committer,
         };
         let head = store.head_position().await?;
         store.head.send_replace(head);
@@ -85,36 +136,6 @@ impl SqliteStore {
     /// The single-connection write pool, for read models in the same file.
     pub fn writer(&self) -> &SqlitePool {
         &self.writer
-    }
-
-    /// Moves the stream heads, commits and wakes subscribers.
-    async fn finish(
-        &self,
-        mut tx: sqlx::Transaction<'_, Sqlite>,
-        plan: &batch::AppendPlan<'_>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        for chunk in plan.heads.chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
-            q.push_values(chunk, |mut b, (stream, head)| {
-                b.push_bind(stream.as_str())
-                    .push_bind(head.version as i64)
-                    .push_bind(head.hash.0.to_vec());
-            });
-            q.push(
-                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                 head_hash = excluded.head_hash",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let last = plan.rows.last().expect("non-empty").position;
-        self.head.send_if_modified(|h| {
-            let grew = last > *h;
-            *h = (*h).max(last);
-            grew
-        });
-        Ok(plan.outcomes.clone())
     }
 }
 
@@ -245,6 +266,90 @@ async fn insert_rows(
 }
 
 #[async_trait]
+impl CommitGroup for Appender {
+    async fn commit_group(
+        &self,
+        group: &[Vec<StreamWrite>],
+    ) -> Result<Vec<RequestResult>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let recorded_at = batch::now_micros();
+
+        // Fast path: assume no id is stored yet and let the unique index
+        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
+        let no_existing = HashMap::new();
+        let plan = batch::plan_group(group, &no_existing, &heads, head as u64, recorded_at);
+        if plan.all_accepted() {
+            sqlx::query("SAVEPOINT fast_append")
+                .execute(&mut *tx)
+                .await?;
+            let inserted = insert_rows(&mut tx, &plan.rows, micros(&recorded_at), true).await?;
+            if inserted == plan.rows.len() as u64 {
+                sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
+                return self.finish(tx, plan).await;
+            }
+            sqlx::query("ROLLBACK TO fast_append")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
+        }
+
+        // Slow path: some ids are stored (a retry) or an expected version
+        // did not match; decide with the stored events in hand.
+        let ids: Vec<Uuid> = group
+            .iter()
+            .flatten()
+            .flat_map(|w| &w.events)
+            .map(|e| e.event_id())
+            .collect();
+        let existing = existing_events(&mut tx, &ids).await?;
+        let plan = batch::plan_group(group, &existing, &heads, head as u64, recorded_at);
+        insert_rows(&mut tx, &plan.rows, micros(&recorded_at), false).await?;
+        self.finish(tx, plan).await
+    }
+}
+
+impl Appender {
+    /// Moves the stream heads, commits (or rolls back a group that writes
+    /// nothing) and wakes subscribers.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, Sqlite>,
+        plan: batch::GroupPlan<'_>,
+    ) -> Result<Vec<RequestResult>, StoreError> {
+        let Some(last) = plan.last_position() else {
+            tx.rollback().await?;
+            return Ok(plan.results);
+        };
+        for chunk in plan.heads.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
+            q.push_values(chunk, |mut b, (stream, head)| {
+                b.push_bind(stream.as_str())
+                    .push_bind(head.version as i64)
+                    .push_bind(head.hash.0.to_vec());
+            });
+            q.push(
+                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+                 head_hash = excluded.head_hash",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.head.send_if_modified(|h| {
+            let grew = last > *h;
+            *h = (*h).max(last);
+            grew
+        });
+        Ok(plan.results)
+    }
+}
+
+#[async_trait]
 impl EventStore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
@@ -258,43 +363,8 @@ impl EventStore for SqliteStore {
         &self,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let ids = batch::check_writes(&writes)?;
-        let streams = batch::streams_of(&writes);
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let heads = stream_heads(&mut tx, &streams).await?;
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let recorded_at = batch::now_micros();
-
-        // Fast path: assume no id is stored yet and let the unique index
-        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
-        let no_existing = HashMap::new();
-        if let Ok(plan) = batch::plan(&writes, &no_existing, &heads, head as u64, recorded_at) {
-            sqlx::query("SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
-            let inserted = insert_rows(&mut tx, &plan.rows, micros(&recorded_at), true).await?;
-            if inserted == plan.rows.len() as u64 {
-                sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
-                return self.finish(tx, &plan).await;
-            }
-            sqlx::query("ROLLBACK TO fast_append")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
-        }
-
-        // Slow path: some ids are stored (a retry) or the expected version
-        // did not match; decide with the stored events in hand.
-        let existing = existing_events(&mut tx, &ids).await?;
-        let plan = batch::plan(&writes, &existing, &heads, head as u64, recorded_at)?;
-        if plan.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(plan.outcomes);
-        }
-        insert_rows(&mut tx, &plan.rows, micros(&recorded_at), false).await?;
-        self.finish(tx, &plan).await
+        batch::check_writes(&writes)?;
+        self.committer.append(writes).await
     }
 
     async fn read_stream(

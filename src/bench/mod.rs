@@ -5,6 +5,8 @@
 //!
 //! Timed here, never in tests: numbers on a shared 2-core machine are noisy.
 
+pub mod writers;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,6 +75,10 @@ pub enum BenchError {
     /// Raw SQL of a baseline failed.
     #[error("baseline query failed: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The acknowledgement log of `bench append --writers` could not be
+    /// written.
+    #[error("writing the ack log: {0}")]
+    AckLog(#[from] std::io::Error),
     /// A stored event did not decode.
     #[error("event at position {position} does not decode: {reason}")]
     Decode {

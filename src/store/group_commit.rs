@@ -1,0 +1,123 @@
+//! Group commit: appends that arrive while a commit is in flight share the
+//! next transaction and its one durable flush.
+//!
+//! A durable commit costs a flush of the log, and on PostgreSQL it holds
+//! the global position lock until it is done; committing each append alone
+//! caps the store at one flush per append however many writers wait, and
+//! more writers only queue longer (four writers were slower than one). The
+//! committer is one task per store: it takes the first waiting request and
+//! every request queued behind it (up to [`MAX_GROUP_EVENTS`]), commits them
+//! as one transaction, answers each, and starts over. No timer: a group is
+//! whatever arrived while the previous one committed, so a lone writer pays
+//! no added wait and a crowd shares each flush.
+//!
+//! Each request keeps its own rules (planned by [`super::batch::plan_group`]
+//! as if committed one after another): a wrong expected version or a
+//! conflicting id refuses that request alone. Should the database refuse the
+//! group's transaction as a whole, its requests are committed one by one,
+//! so no request fails for another's fault.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::RequestResult;
+use super::{StoreError, StreamWrite};
+
+/// Events in one group, beyond which later requests wait for the next
+/// (a request larger than this, an import batch, forms a group alone).
+pub const MAX_GROUP_EVENTS: usize = 4_096;
+
+/// Requests queued before appenders wait to enqueue.
+const QUEUE: usize = 1_024;
+
+/// A backend that commits a group of independent append requests in one
+/// transaction.
+#[async_trait]
+pub(crate) trait CommitGroup: Send + Sync + 'static {
+    /// Commits `group` in one transaction: one result per request, in
+    /// order. `Err` means the transaction failed as a whole and nothing of
+    /// the group is stored.
+    async fn commit_group(
+        &self,
+        group: &[Vec<StreamWrite>],
+    ) -> Result<Vec<RequestResult>, StoreError>;
+}
+
+struct Request {
+    writes: Vec<StreamWrite>,
+    reply: oneshot::Sender<RequestResult>,
+}
+
+/// The handle appenders send their requests through.
+pub(crate) struct GroupCommitter {
+    queue: mpsc::Sender<Request>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer task for `backend` (it ends when the handle is
+    /// dropped and the queue is drained).
+    pub fn start(backend: Arc<dyn CommitGroup>) -> Self {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        tokio::spawn(run(backend, requests));
+        Self { queue }
+    }
+
+    /// Commits `writes` with whatever else is waiting; resolves once they
+    /// are durable (or refused).
+    pub async fn append(&self, writes: Vec<StreamWrite>) -> RequestResult {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request { writes, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn events_in(writes: &[StreamWrite]) -> usize {
+    writes.iter().map(|w| w.events.len()).sum()
+}
+
+async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request>) {
+    while let Some(first) = requests.recv().await {
+        let mut events = events_in(&first.writes);
+        let mut group = vec![first];
+        while events < MAX_GROUP_EVENTS {
+            match requests.try_recv() {
+                Ok(next) => {
+                    events += events_in(&next.writes);
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|r| (r.writes, r.reply)).unzip();
+        match backend.commit_group(&writes).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The appender may have gone (its caller cancelled):
+                    // the events are stored all the same, as when an
+                    // acknowledgement is lost.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(failed) if replies.len() == 1 => {
+                let _ = replies.into_iter().next().expect("one").send(Err(failed));
+            }
+            Err(failed) => {
+                tracing::debug!(error = %failed, requests = replies.len(),
+                    "group commit failed; committing its requests one by one");
+                for (writes, reply) in writes.into_iter().zip(replies) {
+                    let result = backend
+                        .commit_group(std::slice::from_ref(&writes))
+                        .await
+                        .and_then(|mut one| one.pop().expect("one request, one result"));
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
