@@ -174,19 +174,18 @@ async fn stream_heads(
     Ok(heads)
 }
 
-/// Inserts the planned rows with one `UNNEST` statement; with
-/// `skip_stored_ids`, rows whose event id is already stored are skipped
-/// instead of failing. Returns rows inserted.
-async fn insert_rows(
+/// Writes a planned group in one statement: the events (one `UNNEST`
+/// insert), the stream heads, the global head and the notification. With
+/// `skip_stored_ids`, events whose id is already stored are skipped instead
+/// of failing. Returns how many events were inserted.
+async fn write_group(
     conn: &mut sqlx::PgConnection,
-    rows: &[batch::PlannedRow<'_>],
+    plan: &batch::GroupPlan<'_>,
+    last: u64,
     recorded_at: DateTime<Utc>,
     skip_stored_ids: bool,
 ) -> Result<u64, StoreError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let n = rows.len();
+    let n = plan.rows.len();
     let mut positions = Vec::with_capacity(n);
     let mut event_ids = Vec::with_capacity(n);
     let mut stream_ids = Vec::with_capacity(n);
@@ -197,7 +196,7 @@ async fn insert_rows(
     let mut metadata = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
-    for row in rows {
+    for row in &plan.rows {
         positions.push(row.position as i64);
         event_ids.push(row.event.event_id());
         stream_ids.push(row.stream.as_str());
@@ -209,17 +208,31 @@ async fn insert_rows(
         payloads.push(row.event.payload_json());
         hashes.push(row.hash.0.to_vec());
     }
+    let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
+    let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
+    let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
     let on_conflict = if skip_stored_ids {
         " ON CONFLICT (event_id) DO NOTHING"
     } else {
         ""
     };
-    let result = sqlx::query(&format!(
-        "INSERT INTO events ({COLUMNS}) \
-         SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
-           $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
-           $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
-         AS u(p, e, s, v, t, sv, o, m, pl, h){on_conflict}"
+    // One round trip while the position lock is held; `pg_notify` is
+    // delivered at commit only, so a group rolled back announces nothing.
+    let inserted: i64 = sqlx::query_scalar(&format!(
+        "WITH inserted AS (\
+           INSERT INTO events ({COLUMNS}) \
+           SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
+             $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
+             $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
+           AS u(p, e, s, v, t, sv, o, m, pl, h){on_conflict} RETURNING 1), \
+         heads AS (\
+           INSERT INTO streams (stream_id, version, head_hash) \
+           SELECT * FROM UNNEST($12::text[], $13::bigint[], $14::bytea[]) \
+           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+           head_hash = excluded.head_hash), \
+         moved AS (UPDATE ledger_head SET position = $15 WHERE id), \
+         announced AS (SELECT pg_notify($16, $17)) \
+         SELECT (SELECT count(*) FROM inserted) FROM announced"
     ))
     .bind(&positions)
     .bind(&event_ids)
@@ -232,114 +245,102 @@ async fn insert_rows(
     .bind(&payloads)
     .bind(&hashes)
     .bind(recorded_at)
-    .execute(&mut *conn)
+    .bind(&head_streams)
+    .bind(&head_versions)
+    .bind(&head_hashes)
+    .bind(last as i64)
+    .bind(CHANNEL)
+    .bind(last.to_string())
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(inserted as u64)
 }
 
 impl Appender {
-    /// Moves the stream heads and the global head, announces the new
-    /// position (one `NOTIFY` per group), commits and wakes local
-    /// subscribers; a group that writes nothing is rolled back.
-    async fn finish(
+    /// Plans and writes a group in a transaction of its own; with
+    /// `assume_new`, as if none of its ids were stored (the common case,
+    /// no lookup): `None` when that was wrong, the transaction then
+    /// rolled back.
+    async fn try_commit(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        plan: batch::GroupPlan<'_>,
-    ) -> Result<Vec<RequestResult>, StoreError> {
+        group: &[Vec<StreamWrite>],
+        assume_new: bool,
+    ) -> Result<Option<Vec<RequestResult>>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
+        let mut tx = self.pool.begin().await?;
+        // The lock first, the heads in a statement of their own: under READ
+        // COMMITTED each statement reads a fresh snapshot, so the heads are
+        // read after the previous holder of the lock has committed (one
+        // statement doing both would read them as of before the wait).
+        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = head as u64;
+        let heads = stream_heads(&mut tx, &streams).await?;
+        let recorded_at = batch::now_micros();
+        let mut existing = HashMap::new();
+        if !assume_new {
+            let ids: Vec<uuid::Uuid> = group
+                .iter()
+                .flatten()
+                .flat_map(|w| &w.events)
+                .map(|e| e.event_id())
+                .collect();
+            // Planned afresh each time, as `stream_heads` is.
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+            ))
+            .bind(&ids)
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let event = decode_row(row)?;
+                existing.insert(event.event_id, event);
+            }
+        }
+        let plan = batch::plan_group(group, &existing, &heads, head, recorded_at);
+        if assume_new && !plan.all_accepted() {
+            // A refusal may be a retry in disguise: decide with the stored
+            // events in hand.
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let Some(last) = plan.last_position() else {
             tx.rollback().await?;
-            return Ok(plan.results);
+            return Ok(Some(plan.results));
         };
-        let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
-        let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
-        let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
-        // Heads, global head and notification in one statement: the
-        // position lock is held for as few round trips as possible.
-        sqlx::query(
-            "WITH heads AS (\
-               INSERT INTO streams (stream_id, version, head_hash) \
-               SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) \
-               ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-               head_hash = excluded.head_hash), \
-             moved AS (UPDATE ledger_head SET position = $4 WHERE id) \
-             SELECT pg_notify($5, $6)",
-        )
-        .bind(&head_streams)
-        .bind(&head_versions)
-        .bind(&head_hashes)
-        .bind(last as i64)
-        .bind(CHANNEL)
-        .bind(last.to_string())
-        .execute(&mut *tx)
-        .await?;
+        let inserted = write_group(&mut tx, &plan, last, recorded_at, assume_new).await?;
+        if inserted != plan.rows.len() as u64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         tx.commit().await?;
         self.head.send_if_modified(|h| {
             let grew = last > *h;
             *h = (*h).max(last);
             grew
         });
-        Ok(plan.results)
+        Ok(Some(plan.results))
     }
 }
 
 #[async_trait]
 impl CommitGroup for Appender {
+    /// Five round trips: begin, lock, heads, write, commit. When some
+    /// id turns out to be stored already (a retry), the group is planned
+    /// again in a new transaction with the stored events in hand.
     async fn commit_group(
         &self,
         group: &[Vec<StreamWrite>],
     ) -> Result<Vec<RequestResult>, StoreError> {
-        let streams = batch::streams_of(group.iter().flatten());
-        let mut tx = self.pool.begin().await?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-        let heads = stream_heads(&mut tx, &streams).await?;
-        let recorded_at = batch::now_micros();
-
-        // Fast path: assume no id is stored yet and let the unique index
-        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
-        let no_existing = HashMap::new();
-        let plan = batch::plan_group(group, &no_existing, &heads, head as u64, recorded_at);
-        if plan.all_accepted() {
-            sqlx::query("SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
-            let inserted = insert_rows(&mut tx, &plan.rows, recorded_at, true).await?;
-            if inserted == plan.rows.len() as u64 {
-                sqlx::query("RELEASE SAVEPOINT fast_append")
-                    .execute(&mut *tx)
-                    .await?;
-                return self.finish(tx, plan).await;
-            }
-            sqlx::query("ROLLBACK TO SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
+        if let Some(results) = self.try_commit(group, true).await? {
+            return Ok(results);
         }
-
-        // Slow path: some ids are stored (a retry) or an expected version
-        // did not match; decide with the stored events in hand.
-        // Planned afresh each time, as `stream_heads` is, for the same reason.
-        let ids: Vec<uuid::Uuid> = group
-            .iter()
-            .flatten()
-            .flat_map(|w| &w.events)
-            .map(|e| e.event_id())
-            .collect();
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
-        ))
-        .bind(&ids)
-        .persistent(false)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let event = decode_row(row)?;
-            existing.insert(event.event_id, event);
-        }
-        let plan = batch::plan_group(group, &existing, &heads, head as u64, recorded_at);
-        insert_rows(&mut tx, &plan.rows, recorded_at, false).await?;
-        self.finish(tx, plan).await
+        Ok(self
+            .try_commit(group, false)
+            .await?
+            .expect("with the stored events in hand the plan is final"))
     }
 }
 
