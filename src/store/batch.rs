@@ -172,13 +172,7 @@ pub(crate) fn plan<'a>(
         });
     }
 
-    let heads = touched
-        .into_iter()
-        .map(|s| {
-            let head = current[&s];
-            (s, head)
-        })
-        .collect();
+    let heads = final_heads(touched, &current);
     Ok(AppendPlan {
         rows,
         heads,
@@ -270,13 +264,7 @@ pub(crate) fn plan_group<'a>(
             Err(refused) => results.push(Err(refused)),
         }
     }
-    let heads = touched
-        .into_iter()
-        .map(|s| {
-            let head = current[&s];
-            (s, head)
-        })
-        .collect();
+    let heads = final_heads(touched, &current);
     GroupPlan {
         rows,
         heads,
@@ -299,4 +287,38 @@ fn recorded(row: &PlannedRow<'_>, recorded_at: DateTime<Utc>) -> RecordedEvent {
         payload_json: row.event.payload_json().to_owned(),
         hash: row.hash,
     }
+}
+
+/// The heads of the touched streams, in the order they were first touched.
+fn final_heads(
+    touched: Vec<StreamId>,
+    current: &HashMap<StreamId, StreamHead>,
+) -> Vec<(StreamId, StreamHead)> {
+    touched
+        .into_iter()
+        .map(|s| {
+            let head = current[&s];
+            (s, head)
+        })
+        .collect()
+}
+
+/// Every event id of a group, for looking up those already stored.
+pub(crate) fn event_ids(group: &[Vec<StreamWrite>]) -> Vec<Uuid> {
+    group
+        .iter()
+        .flatten()
+        .flat_map(|w| &w.events)
+        .map(|e| e.event_id())
+        .collect()
+}
+
+/// Moves a store's published head to `last` (subscribers wake only when it
+/// grows).
+pub(crate) fn advance_head(head: &tokio::sync::watch::Sender<u64>, last: u64) {
+    head.send_if_modified(|h| {
+        let grew = last > *h;
+        *h = (*h).max(last);
+        grew
+    });
 }

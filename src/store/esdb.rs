@@ -307,11 +307,7 @@ impl EsdbStore {
                     })?;
                 outcome.first_position = first;
                 outcome.last_position = last;
-                self.head.send_if_modified(|h| {
-                    let grew = last > *h;
-                    *h = (*h).max(last);
-                    grew
-                });
+                batch::advance_head(&self.head, last);
             }
             done.push(outcome);
         }

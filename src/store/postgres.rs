@@ -81,11 +81,7 @@ impl PostgresStore {
                 match listener.recv().await {
                     Ok(n) => {
                         if let Ok(position) = n.payload().parse::<u64>() {
-                            notify.send_if_modified(|h| {
-                                let grew = position > *h;
-                                *h = (*h).max(position);
-                                grew
-                            });
+                            batch::advance_head(&notify, position);
                         }
                     }
                     Err(e) => {
@@ -280,12 +276,7 @@ impl Appender {
         let recorded_at = batch::now_micros();
         let mut existing = HashMap::new();
         if !assume_new {
-            let ids: Vec<uuid::Uuid> = group
-                .iter()
-                .flatten()
-                .flat_map(|w| &w.events)
-                .map(|e| e.event_id())
-                .collect();
+            let ids = batch::event_ids(group);
             // Planned afresh each time, as `stream_heads` is.
             let rows = sqlx::query(&format!(
                 "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
@@ -316,11 +307,7 @@ impl Appender {
             return Ok(None);
         }
         tx.commit().await?;
-        self.head.send_if_modified(|h| {
-            let grew = last > *h;
-            *h = (*h).max(last);
-            grew
-        });
+        batch::advance_head(&self.head, last);
         Ok(Some(plan.results))
     }
 }

@@ -300,12 +300,7 @@ impl CommitGroup for Appender {
 
         // Slow path: some ids are stored (a retry) or an expected version
         // did not match; decide with the stored events in hand.
-        let ids: Vec<Uuid> = group
-            .iter()
-            .flatten()
-            .flat_map(|w| &w.events)
-            .map(|e| e.event_id())
-            .collect();
+        let ids = batch::event_ids(group);
         let existing = existing_events(&mut tx, &ids).await?;
         let plan = batch::plan_group(group, &existing, &heads, head as u64, recorded_at);
         insert_rows(&mut tx, &plan.rows, micros(&recorded_at), false).await?;
@@ -340,11 +335,7 @@ impl Appender {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        self.head.send_if_modified(|h| {
-            let grew = last > *h;
-            *h = (*h).max(last);
-            grew
-        });
+        batch::advance_head(&self.head, last);
         Ok(plan.results)
     }
 }
