@@ -76,48 +76,131 @@ impl GroupCommitter {
     }
 }
 
+impl GroupCommitter {
+    /// Starts a committer on an OS thread of its own, for a backend whose
+    /// calls block (SQLite's C API): `body` sets the backend up on that
+    /// thread and hands [`GroupQueue::serve`] its commit function.
+    pub fn start_on_thread(
+        name: &str,
+        body: impl FnOnce(GroupQueue) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || body(GroupQueue { requests }))?;
+        Ok(Self { queue })
+    }
+}
+
+/// The receiving end of a committer running on its own thread.
+pub(crate) struct GroupQueue {
+    requests: mpsc::Receiver<Request>,
+}
+
+impl GroupQueue {
+    /// Commits groups with `commit` until every handle is dropped, with
+    /// the same grouping and one-by-one fallback as the async committer.
+    pub fn serve(
+        mut self,
+        mut commit: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
+    ) {
+        while let Some(first) = self.requests.blocking_recv() {
+            let (writes, replies) = take_group(first, &mut self.requests);
+            let outcome = commit(&writes);
+            deliver(outcome, writes, replies, |one| commit(one));
+        }
+    }
+
+    /// Refuses every request with `why` (the backend could not start).
+    pub fn refuse_all(mut self, why: impl Fn() -> StoreError) {
+        while let Some(request) = self.requests.blocking_recv() {
+            let _ = request.reply.send(Err(why()));
+        }
+    }
+}
+
+/// The first request and every one queued behind it, up to
+/// [`MAX_GROUP_EVENTS`].
+fn take_group(
+    first: Request,
+    requests: &mut mpsc::Receiver<Request>,
+) -> (Vec<Vec<StreamWrite>>, Vec<oneshot::Sender<RequestResult>>) {
+    let mut events = events_in(&first.writes);
+    let mut group = vec![first];
+    while events < MAX_GROUP_EVENTS {
+        match requests.try_recv() {
+            Ok(next) => {
+                events += events_in(&next.writes);
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    group.into_iter().map(|r| (r.writes, r.reply)).unzip()
+}
+
+/// Answers a group's requests; when its transaction failed as a whole,
+/// commits them one by one with `alone` so none fails for another's fault.
+fn deliver(
+    outcome: Result<Vec<RequestResult>, StoreError>,
+    writes: Vec<Vec<StreamWrite>>,
+    replies: Vec<oneshot::Sender<RequestResult>>,
+    mut alone: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
+) {
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The appender may have gone (its caller cancelled): the
+                // events are stored all the same, as when an
+                // acknowledgement is lost.
+                let _ = reply.send(result);
+            }
+        }
+        Err(failed) if replies.len() == 1 => {
+            let _ = replies.into_iter().next().expect("one").send(Err(failed));
+        }
+        Err(failed) => {
+            tracing::debug!(error = %failed, requests = replies.len(),
+                "group commit failed; committing its requests one by one");
+            for (writes, reply) in writes.into_iter().zip(replies) {
+                let result = alone(std::slice::from_ref(&writes))
+                    .and_then(|mut one| one.pop().expect("one request, one result"));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
 fn events_in(writes: &[StreamWrite]) -> usize {
     writes.iter().map(|w| w.events.len()).sum()
 }
 
 async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
-        let mut events = events_in(&first.writes);
-        let mut group = vec![first];
-        while events < MAX_GROUP_EVENTS {
-            match requests.try_recv() {
-                Ok(next) => {
-                    events += events_in(&next.writes);
-                    group.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let (writes, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|r| (r.writes, r.reply)).unzip();
-        match backend.commit_group(&writes).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // The appender may have gone (its caller cancelled):
-                    // the events are stored all the same, as when an
-                    // acknowledgement is lost.
-                    let _ = reply.send(result);
-                }
-            }
-            Err(failed) if replies.len() == 1 => {
-                let _ = replies.into_iter().next().expect("one").send(Err(failed));
-            }
-            Err(failed) => {
-                tracing::debug!(error = %failed, requests = replies.len(),
-                    "group commit failed; committing its requests one by one");
-                for (writes, reply) in writes.into_iter().zip(replies) {
-                    let result = backend
-                        .commit_group(std::slice::from_ref(&writes))
+        let (writes, replies) = take_group(first, &mut requests);
+        let outcome = backend.commit_group(&writes).await;
+        if outcome.is_err() && replies.len() > 1 {
+            // Committed one by one below, each awaited here.
+            let mut results = Vec::with_capacity(writes.len());
+            for one in &writes {
+                results.push(
+                    backend
+                        .commit_group(std::slice::from_ref(one))
                         .await
-                        .and_then(|mut one| one.pop().expect("one request, one result"));
-                    let _ = reply.send(result);
-                }
+                        .and_then(|mut r| r.pop().expect("one request, one result")),
+                );
             }
+            tracing::debug!(
+                requests = replies.len(),
+                "group commit failed; committed its requests one by one"
+            );
+            deliver(Ok(results), writes, replies, |_| {
+                unreachable!("delivered as committed")
+            });
+            continue;
         }
+        deliver(outcome, writes, replies, |_| {
+            unreachable!("a lone request fails alone")
+        });
     }
 }

@@ -10,6 +10,7 @@ pub mod esdb;
 pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_append;
 pub mod sqlite_raw;
 pub mod subscription;
 

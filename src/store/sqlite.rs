@@ -19,8 +19,10 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::batch::{self, PlannedRow, RequestResult};
-use super::group_commit::{CommitGroup, GroupCommitter};
+use super::batch;
+use super::group_commit::GroupCommitter;
+use super::sqlite_append::Appender;
+use super::sqlite_raw::RawConnection;
 use super::{
     AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
     StreamHead, StreamWrite,
@@ -31,11 +33,10 @@ use crate::domain::{EventHash, RecordedEvent, StreamId};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("schema/sqlite");
 
 /// Columns of `events` in the order [`decode_row`] reads them.
-const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+pub(crate) const COLUMNS: &str =
+    "position, event_id, stream_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, metadata, payload, hash";
 
-/// Rows per multi-row INSERT (11 binds each, below SQLite's 32,766 limit).
-const INSERT_CHUNK: usize = 500;
 /// Binds per `IN (...)` lookup.
 const LOOKUP_CHUNK: usize = 900;
 
@@ -87,13 +88,6 @@ pub struct SqliteStore {
     committer: GroupCommitter,
 }
 
-/// The write side the group committer drives: the single write connection
-/// and the head subscribers wait on.
-struct Appender {
-    writer: SqlitePool,
-    head: Arc<watch::Sender<u64>>,
-}
-
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -110,13 +104,11 @@ impl SqliteStore {
         MIGRATOR.run(&writer).await?;
         let reader = crate::store::pool_options::<sqlx::Sqlite>()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
+        let committer_options = options;
         let head = Arc::new(watch::channel(0).0);
-        let committer = GroupCommitter::start(Arc::new(Appender {
-            writer: writer.clone(),
-            head: head.clone(),
-        }));
+        let committer = start_committer(committer_options, head.clone()).await?;
         let store = Self {
             reader,
             writer,
@@ -137,10 +129,6 @@ impl SqliteStore {
     pub fn writer(&self) -> &SqlitePool {
         &self.writer
     }
-}
-
-fn micros(at: &DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
 }
 
 fn from_micros(position: u64, value: i64) -> Result<DateTime<Utc>, StoreError> {
@@ -177,28 +165,6 @@ fn decode_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-async fn existing_events(
-    conn: &mut sqlx::SqliteConnection,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, RecordedEvent>, StoreError> {
-    let mut found = HashMap::new();
-    for chunk in ids.chunks(LOOKUP_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM events WHERE event_id IN ("
-        ));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_bytes().to_vec());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            let event = decode_row(&row)?;
-            found.insert(event.event_id, event);
-        }
-    }
-    Ok(found)
-}
-
 async fn stream_heads(
     conn: &mut sqlx::SqliteConnection,
     streams: &[StreamId],
@@ -233,111 +199,42 @@ async fn stream_heads(
     Ok(heads)
 }
 
-/// Inserts planned rows; with `skip_stored_ids`, rows whose event id is
-/// already stored are skipped instead of failing. Returns rows inserted.
-async fn insert_rows(
-    conn: &mut sqlx::SqliteConnection,
-    rows: &[PlannedRow<'_>],
-    recorded_at: i64,
-    skip_stored_ids: bool,
-) -> Result<u64, StoreError> {
-    let mut inserted = 0;
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({COLUMNS}) "));
-        q.push_values(chunk, |mut b, row| {
-            b.push_bind(row.position as i64)
-                .push_bind(row.event.event_id().as_bytes().to_vec())
-                .push_bind(row.stream.as_str())
-                .push_bind(row.version as i64)
-                .push_bind(row.event.event_type())
-                .push_bind(row.event.schema_version() as i64)
-                .push_bind(micros(&row.event.occurred_at()))
-                .push_bind(recorded_at)
-                .push_bind(row.event.metadata_json())
-                .push_bind(row.event.payload_json())
-                .push_bind(row.hash.0.to_vec());
-        });
-        if skip_stored_ids {
-            q.push(" ON CONFLICT (event_id) DO NOTHING");
-        }
-        inserted += q.build().execute(&mut *conn).await?.rows_affected();
-    }
-    Ok(inserted)
-}
-
-#[async_trait]
-impl CommitGroup for Appender {
-    async fn commit_group(
-        &self,
-        group: &[Vec<StreamWrite>],
-    ) -> Result<Vec<RequestResult>, StoreError> {
-        let streams = batch::streams_of(group.iter().flatten());
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let heads = stream_heads(&mut tx, &streams).await?;
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let recorded_at = batch::now_micros();
-
-        // Fast path: assume no id is stored yet and let the unique index
-        // tell us otherwise; a savepoint undoes the attempt if it was wrong.
-        let no_existing = HashMap::new();
-        let plan = batch::plan_group(group, &no_existing, &heads, head as u64, recorded_at);
-        if plan.all_accepted() {
-            sqlx::query("SAVEPOINT fast_append")
-                .execute(&mut *tx)
-                .await?;
-            let inserted = insert_rows(&mut tx, &plan.rows, micros(&recorded_at), true).await?;
-            if inserted == plan.rows.len() as u64 {
-                sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
-                return self.finish(tx, plan).await;
+/// Opens the committer's own connection and starts the committer thread
+/// on it (see [`super::sqlite_append`]).
+async fn start_committer(
+    options: SqliteConnectOptions,
+    head: Arc<watch::Sender<u64>>,
+) -> Result<GroupCommitter, StoreError> {
+    use sqlx::ConnectOptions;
+    let mut conn = options.connect().await?;
+    let committer = GroupCommitter::start_on_thread("journey-sqlite-commit", move |queue| {
+        let raw = match RawConnection::lock(&mut conn) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let why = e.to_string();
+                return queue.refuse_all(|| StoreError::Backend {
+                    backend: "sqlite",
+                    message: format!("the committer's connection: {why}"),
+                });
             }
-            sqlx::query("ROLLBACK TO fast_append")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("RELEASE fast_append").execute(&mut *tx).await?;
-        }
-
-        // Slow path: some ids are stored (a retry) or an expected version
-        // did not match; decide with the stored events in hand.
-        let ids = batch::event_ids(group);
-        let existing = existing_events(&mut tx, &ids).await?;
-        let plan = batch::plan_group(group, &existing, &heads, head as u64, recorded_at);
-        insert_rows(&mut tx, &plan.rows, micros(&recorded_at), false).await?;
-        self.finish(tx, plan).await
-    }
-}
-
-impl Appender {
-    /// Moves the stream heads, commits (or rolls back a group that writes
-    /// nothing) and wakes subscribers.
-    async fn finish(
-        &self,
-        mut tx: sqlx::Transaction<'_, Sqlite>,
-        plan: batch::GroupPlan<'_>,
-    ) -> Result<Vec<RequestResult>, StoreError> {
-        let Some(last) = plan.last_position() else {
-            tx.rollback().await?;
-            return Ok(plan.results);
         };
-        for chunk in plan.heads.chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO streams (stream_id, version, head_hash) ");
-            q.push_values(chunk, |mut b, (stream, head)| {
-                b.push_bind(stream.as_str())
-                    .push_bind(head.version as i64)
-                    .push_bind(head.hash.0.to_vec());
-            });
-            q.push(
-                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-                 head_hash = excluded.head_hash",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        batch::advance_head(&self.head, last);
-        Ok(plan.results)
-    }
+        let prepared = Appender::prepare(&raw, head);
+        match prepared {
+            Ok(mut appender) => queue.serve(|group| appender.commit_group(group)),
+            Err(e) => {
+                let why = e.to_string();
+                queue.refuse_all(|| StoreError::Backend {
+                    backend: "sqlite",
+                    message: format!("the committer's statements: {why}"),
+                })
+            }
+        };
+    })
+    .map_err(|e| StoreError::Backend {
+        backend: "sqlite",
+        message: format!("starting the committer thread: {e}"),
+    })?;
+    Ok(committer)
 }
 
 #[async_trait]
