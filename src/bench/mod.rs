@@ -337,14 +337,18 @@ pub fn realistic_history(run: &str, customer: u64) -> (CustomerId, Vec<NewEvent>
 struct SplitMix(u64);
 
 impl SplitMix {
-    /// A number in [0, 1).
-    fn unit(&mut self) -> f64 {
+    /// The next 64 random bits.
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -14,7 +14,7 @@ use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::BenchError;
+use super::{percentile, BenchError, SplitMix};
 use crate::domain::events::{DomainEvent, SessionRecorded};
 use crate::domain::{CustomerId, EventMetadata, NewEvent};
 use crate::store::{self, EventStore, ExpectedVersion, StreamWrite};
@@ -92,9 +92,9 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        let i = ((latencies.len().max(1) - 1) as f64 * q).round() as usize;
-        latencies.get(i).map_or(0.0, |s| (s * 1e6).round() / 1e3)
+    let pick = |q: f64| match latencies.is_empty() {
+        true => 0.0,
+        false => percentile(&latencies, q),
     };
     let appends = latencies.len() as u64;
     Ok(WritersReport {
@@ -112,7 +112,7 @@ pub async fn run(
 }
 
 /// One writer: appends `batch` events to a random stream, unconditionally,
-/// until the deadline; returns each append's latency in seconds.
+/// until the deadline; returns each append's latency in milliseconds.
 async fn write_until(
     store: Arc<dyn EventStore>,
     run: &str,
@@ -125,7 +125,7 @@ async fn write_until(
     let mut latencies = Vec::new();
     let mut sequence = 0u64;
     while Instant::now() < deadline {
-        let customer = random.next() % STREAMS;
+        let customer = random.next_u64() % STREAMS;
         let id =
             CustomerId::parse(&format!("load-{run}-{customer}")).expect("generated ids are valid");
         let events = (0..batch)
@@ -142,7 +142,7 @@ async fn write_until(
         let ids: Vec<Uuid> = write.events.iter().map(|e| e.event_id()).collect();
         let sent = Instant::now();
         store.append_batch(vec![write]).await?;
-        latencies.push(sent.elapsed().as_secs_f64());
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
         if let Some(log) = &acks {
             use std::io::Write;
             let line: Vec<String> = ids.iter().map(Uuid::to_string).collect();
@@ -183,18 +183,4 @@ fn session(writer: u64, sequence: u64) -> NewEvent {
         &DomainEvent::SessionRecorded(payload(session_id, channel)),
     )
     .expect("a valid session")
-}
-
-/// A small, fast generator for picking streams (statistical quality is
-/// plenty for spreading load).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }

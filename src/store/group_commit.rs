@@ -106,8 +106,11 @@ impl GroupQueue {
     ) {
         while let Some(first) = self.requests.blocking_recv() {
             let (writes, replies) = take_group(first, &mut self.requests);
-            let outcome = commit(&writes);
-            deliver(outcome, writes, replies, |one| commit(one));
+            let results = match commit(&writes) {
+                Ok(results) => results,
+                Err(failed) => one_by_one(failed, &writes, |one| commit(one)),
+            };
+            answer(replies, results);
         }
     }
 
@@ -139,35 +142,36 @@ fn take_group(
     group.into_iter().map(|r| (r.writes, r.reply)).unzip()
 }
 
-/// Answers a group's requests; when its transaction failed as a whole,
-/// commits them one by one with `alone` so none fails for another's fault.
-fn deliver(
-    outcome: Result<Vec<RequestResult>, StoreError>,
-    writes: Vec<Vec<StreamWrite>>,
-    replies: Vec<oneshot::Sender<RequestResult>>,
-    mut alone: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
-) {
-    match outcome {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                // The appender may have gone (its caller cancelled): the
-                // events are stored all the same, as when an
-                // acknowledgement is lost.
-                let _ = reply.send(result);
-            }
-        }
-        Err(failed) if replies.len() == 1 => {
-            let _ = replies.into_iter().next().expect("one").send(Err(failed));
-        }
-        Err(failed) => {
-            tracing::debug!(error = %failed, requests = replies.len(),
-                "group commit failed; committing its requests one by one");
-            for (writes, reply) in writes.into_iter().zip(replies) {
-                let result = alone(std::slice::from_ref(&writes))
-                    .and_then(|mut one| one.pop().expect("one request, one result"));
-                let _ = reply.send(result);
-            }
-        }
+/// The results of a group whose transaction failed as a whole: a lone
+/// request gets the failure; otherwise each request is committed alone
+/// with `commit`, so none fails for another's fault.
+fn one_by_one(
+    failed: StoreError,
+    writes: &[Vec<StreamWrite>],
+    mut commit: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
+) -> Vec<RequestResult> {
+    if writes.len() == 1 {
+        return vec![Err(failed)];
+    }
+    tracing::debug!(error = %failed, requests = writes.len(),
+        "group commit failed; committing its requests one by one");
+    writes
+        .iter()
+        .map(|one| alone(commit(std::slice::from_ref(one))))
+        .collect()
+}
+
+/// A one-request group's result.
+fn alone(outcome: Result<Vec<RequestResult>, StoreError>) -> RequestResult {
+    outcome.and_then(|mut one| one.pop().expect("one request, one result"))
+}
+
+/// Answers each request of a group.
+fn answer(replies: Vec<oneshot::Sender<RequestResult>>, results: Vec<RequestResult>) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        // The appender may have gone (its caller cancelled): the events are
+        // stored all the same, as when an acknowledgement is lost.
+        let _ = reply.send(result);
     }
 }
 
@@ -178,29 +182,19 @@ fn events_in(writes: &[StreamWrite]) -> usize {
 async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
         let (writes, replies) = take_group(first, &mut requests);
-        let outcome = backend.commit_group(&writes).await;
-        if outcome.is_err() && replies.len() > 1 {
-            // Committed one by one below, each awaited here.
-            let mut results = Vec::with_capacity(writes.len());
-            for one in &writes {
-                results.push(
-                    backend
-                        .commit_group(std::slice::from_ref(one))
-                        .await
-                        .and_then(|mut r| r.pop().expect("one request, one result")),
-                );
+        let results = match backend.commit_group(&writes).await {
+            Ok(results) => results,
+            Err(failed) if writes.len() == 1 => vec![Err(failed)],
+            Err(failed) => {
+                tracing::debug!(error = %failed, requests = writes.len(),
+                    "group commit failed; committing its requests one by one");
+                let mut results = Vec::with_capacity(writes.len());
+                for one in &writes {
+                    results.push(alone(backend.commit_group(std::slice::from_ref(one)).await));
+                }
+                results
             }
-            tracing::debug!(
-                requests = replies.len(),
-                "group commit failed; committed its requests one by one"
-            );
-            deliver(Ok(results), writes, replies, |_| {
-                unreachable!("delivered as committed")
-            });
-            continue;
-        }
-        deliver(outcome, writes, replies, |_| {
-            unreachable!("a lone request fails alone")
-        });
+        };
+        answer(replies, results);
     }
 }
