@@ -52,6 +52,21 @@ pub struct Config {
     pub server: ServerConfig,
     /// Settings of the projection runner.
     pub projections: ProjectionsConfig,
+    /// Settings of the pipeline endpoints.
+    pub ingest: IngestConfig,
+}
+
+/// Settings of the pipeline endpoints (`[ingest]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// The Segment mapping file (`JOURNEY_SEGMENT_MAPPING`); when absent,
+    /// `<rules_dir>/ingest/segment.toml` if it exists, else the built-in
+    /// one.
+    pub segment_mapping: Option<PathBuf>,
+    /// Stripped from CloudEvents `type` (`JOURNEY_CLOUDEVENTS_TYPE_PREFIX`),
+    /// e.g. `com.example.journey.`.
+    pub cloudevents_type_prefix: Option<String>,
 }
 
 /// Settings of the projection runner (`[projections]`).
@@ -109,6 +124,7 @@ impl Default for Config {
             rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
             server: ServerConfig::default(),
             projections: ProjectionsConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -142,6 +158,12 @@ impl Config {
         }
         if let Ok(addr) = std::env::var("JOURNEY_ADDR") {
             config.server.addr = addr;
+        }
+        if let Ok(path) = std::env::var("JOURNEY_SEGMENT_MAPPING") {
+            config.ingest.segment_mapping = Some(PathBuf::from(path));
+        }
+        if let Ok(prefix) = std::env::var("JOURNEY_CLOUDEVENTS_TYPE_PREFIX") {
+            config.ingest.cloudevents_type_prefix = Some(prefix);
         }
         let number = |name: &str| -> Result<Option<usize>, ConfigError> {
             match std::env::var(name) {

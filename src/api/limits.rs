@@ -15,6 +15,12 @@ pub const MAX_COMPLEXITY: usize = 1_000;
 pub const MAX_PAGE: usize = 100;
 /// Largest request body accepted, bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest body of a pipeline request (`/v1/*`, `/cloudevents`), bytes
+/// after gzip decompression: Segment's own batch limit (500 KB), which its
+/// SDKs keep to.
+pub const MAX_INGEST_BODY_BYTES: usize = 512 * 1024;
+/// Largest single pipeline message, bytes (Segment's per-message limit).
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 /// Longest a query or mutation may run.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -33,6 +33,7 @@ struct OperationStats {
 pub struct Metrics {
     operations: Mutex<BTreeMap<String, OperationStats>>,
     appended: AtomicU64,
+    ingested: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -57,6 +58,19 @@ impl Metrics {
         }
     }
 
+    /// Counts messages of an ingestion source (`segment`, `cloudevents`)
+    /// by outcome (`accepted`, `duplicate`, `held`, `unchanged`, `refused`).
+    pub fn ingested(&self, source: &'static str, outcome: &'static str, count: u64) {
+        if count > 0 {
+            *self
+                .ingested
+                .lock()
+                .expect("metrics lock")
+                .entry((source, outcome))
+                .or_default() += count;
+        }
+    }
+
     /// Counts events appended through the API.
     pub fn events_appended(&self, count: u64) {
         self.appended.fetch_add(count, Ordering::Relaxed);
@@ -66,6 +80,17 @@ impl Metrics {
     pub fn render(&self, status: Option<&ProjectionStatus>) -> String {
         let mut out = String::new();
         let ops = self.operations.lock().expect("metrics lock").clone();
+        let ingested = self.ingested.lock().expect("metrics lock").clone();
+        out.push_str(
+            "# HELP journey_ingested_messages_total Messages received from pipelines, by source and outcome.\n",
+        );
+        out.push_str("# TYPE journey_ingested_messages_total counter\n");
+        for ((source, outcome), count) in &ingested {
+            let _ = writeln!(
+                out,
+                "journey_ingested_messages_total{{source=\"{source}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
         out.push_str("# HELP journey_graphql_requests_total GraphQL requests by operation name.\n");
         out.push_str("# TYPE journey_graphql_requests_total counter\n");
         for (op, s) in &ops {

@@ -6,6 +6,9 @@
 //! - `GET /graphql/ws` — subscriptions (graphql-transport-ws); the key goes
 //!   in the `connection_init` payload as `{"Authorization": "Bearer <key>"}`
 //!   or in the upgrade request's `Authorization` header;
+//! - `POST /v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`
+//!   — the Segment tracking API, and `POST /cloudevents` — CloudEvents
+//!   (see [`ingest`]);
 //! - `GET /healthz` — store reachability;
 //! - `GET /metrics` — Prometheus text (request counts and latency per
 //!   operation, events appended, store head, projection lag when known).
@@ -17,6 +20,7 @@ pub mod auth;
 pub mod bench;
 pub mod error;
 pub mod graphiql;
+pub mod ingest;
 pub mod limits;
 pub mod live;
 pub mod metrics;
@@ -34,8 +38,9 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, Graph
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -62,6 +67,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Broadcasts the projection runner feeds.
     pub live: LiveFeeds,
+    /// The pipeline endpoints' converters and writer.
+    pub ingest: ingest::IngestSources,
     /// The projections, once started.
     projections: Arc<std::sync::OnceLock<Arc<projected::ProjectionControl>>>,
 }
@@ -78,6 +85,11 @@ impl ApiState {
         let metrics = Arc::new(Metrics::default());
         let live = LiveFeeds::default();
         let projections = Arc::new(std::sync::OnceLock::new());
+        let ingest = ingest::IngestSources {
+            ingestor: crate::import::ingest::Ingestor::new(store.clone(), vault.clone(), None),
+            segment: Arc::new(crate::import::segment::SegmentMapping::shipped()),
+            cloudevents: Arc::new(Default::default()),
+        };
         let commands = CommandHandler::new(
             store.clone(),
             Arc::new(ReadModelBalances(read_models.clone())),
@@ -99,8 +111,16 @@ impl ApiState {
             read_models,
             metrics,
             live,
+            ingest,
             projections,
         }
+    }
+
+    /// Uses these pipeline converters and writer (a held-events table, a
+    /// mapping file, a CloudEvents type prefix) instead of the defaults.
+    pub fn with_ingest(mut self, sources: ingest::IngestSources) -> Self {
+        self.ingest = sources;
+        self
     }
 
     /// Hands the running projections to the API (for `rebuildReadModels`).
@@ -111,6 +131,20 @@ impl ApiState {
 
 /// The application's routes with their limits.
 pub fn router(state: ApiState) -> Router {
+    let pipelines = Router::new()
+        .route("/v1/batch", post(ingest::segment_batch))
+        .route("/v1/track", post(ingest::segment_track))
+        .route("/v1/identify", post(ingest::segment_identify))
+        .route("/v1/page", post(ingest::segment_page))
+        .route("/v1/screen", post(ingest::segment_screen))
+        .route("/cloudevents", post(ingest::cloudevents))
+        .layer(DefaultBodyLimit::max(limits::MAX_INGEST_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(limits::MAX_INGEST_BODY_BYTES))
+        .layer(RequestDecompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits::REQUEST_TIMEOUT,
+        ));
     Router::new()
         .route(
             "/graphql",
@@ -127,6 +161,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
+        .merge(pipelines)
         .with_state(state)
 }
 

@@ -6,10 +6,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use journey_ledger::api::auth::{random_key, ApiKeys, Role};
+use journey_ledger::api::ingest::IngestSources;
 use journey_ledger::api::projected::{start_projections, ProjectedReadModels};
 use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve as serve_http, ApiState};
 use journey_ledger::config::Config;
+use journey_ledger::import::cloudevents::CloudEventsOptions;
+use journey_ledger::import::held::HeldEvents;
+use journey_ledger::import::ingest::Ingestor;
+use journey_ledger::import::segment::SegmentMapping;
 use journey_ledger::import::{self, jsonl::JsonlParser, ImportFormat};
 use journey_ledger::privacy::Vault;
 use journey_ledger::projections::rules::RuleSet;
@@ -121,7 +126,9 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         )),
         None => Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
     };
-    let state = ApiState::new(store.clone(), read_models, keys, vault);
+    let ingest = ingest_sources(config, &store, &store_url, vault.clone()).await?;
+    let state = ApiState::new(store.clone(), read_models, keys, vault).with_ingest(ingest.clone());
+    tokio::spawn(release_held_events(ingest.ingestor));
     if let Some((writer, _)) = projections {
         let rules = serve_rules(config, args.rules.as_deref())?;
         println!("projecting read models (rules {})…", rules.rules_id());
@@ -150,6 +157,45 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")
+}
+
+/// The pipeline endpoints' mapping, options and writer.
+async fn ingest_sources(
+    config: &Config,
+    store: &Arc<dyn EventStore>,
+    store_url: &str,
+    vault: Option<Arc<Vault>>,
+) -> anyhow::Result<IngestSources> {
+    let held = HeldEvents::open_if_supported(store_url)
+        .await
+        .context("opening the held-events table")?;
+    let default_file = config.rules_dir.join("ingest").join("segment.toml");
+    let segment = match &config.ingest.segment_mapping {
+        Some(path) => SegmentMapping::load(path)?,
+        None if default_file.exists() => SegmentMapping::load(&default_file)?,
+        None => SegmentMapping::shipped(),
+    };
+    Ok(IngestSources {
+        ingestor: Ingestor::new(store.clone(), vault, held),
+        segment: Arc::new(segment),
+        cloudevents: Arc::new(CloudEventsOptions {
+            type_prefix: config.ingest.cloudevents_type_prefix.clone(),
+        }),
+    })
+}
+
+/// Records held events when they fall due (abandoned carts), every second.
+async fn release_held_events(ingestor: Ingestor) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match ingestor.release_due(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "held events recorded"),
+            Err(e) => tracing::warn!(error = %e, "releasing held events failed; retrying"),
+        }
+    }
 }
 
 /// The rules a server projects with: `--rules`, else the configured

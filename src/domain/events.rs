@@ -39,6 +39,17 @@ pub enum DecodeError {
         /// Version found.
         found: u32,
     },
+    /// A field of the payload does not fit (names the field's path).
+    #[error("{path}: {message}")]
+    Field {
+        /// Event type.
+        event_type: String,
+        /// Dotted path of the field, e.g. `amount.minor` (`.` for the
+        /// payload itself).
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The JSON does not match the payload's shape.
     #[error("{event_type} v{schema_version} payload: {source}")]
     Payload {
@@ -372,6 +383,15 @@ pub struct ReadModelsRebuilt {
 /// Declares the event catalogue once: variant, payload type, type name and
 /// current schema version. Everything that maps between names and types is
 /// generated from this single list.
+/// serde_json's message without its " at line 1 column 9" suffix, which
+/// means nothing for a value that was never text.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
 macro_rules! domain_events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, $version:literal ),+ $(,)?) => {
         /// A customer interaction, typed.
@@ -405,6 +425,18 @@ macro_rules! domain_events {
             fn decode_current(event_type: &str, payload: &str) -> Option<Result<Self, serde_json::Error>> {
                 match event_type {
                     $( $name => Some(serde_json::from_str::<$payload>(payload).map(Self::$variant)), )+
+                    _ => None,
+                }
+            }
+
+            /// Decodes the current schema version of a known type from a
+            /// JSON value, keeping the path of the field a failure is in.
+            fn decode_current_value(
+                event_type: &str,
+                payload: &serde_json::Value,
+            ) -> Option<Result<Self, serde_path_to_error::Error<serde_json::Error>>> {
+                match event_type {
+                    $( $name => Some(serde_path_to_error::deserialize::<_, $payload>(payload).map(Self::$variant)), )+
                     _ => None,
                 }
             }
@@ -509,6 +541,31 @@ impl DomainEvent {
                 event_type: event_type.to_owned(),
                 found: schema_version,
             }),
+        }
+    }
+
+    /// Decodes a payload given as JSON (what the ways in — GraphQL inputs,
+    /// JSON lines, CloudEvents, Segment mappings — produce). `None` takes
+    /// the current schema version. Errors name the field's path, e.g.
+    /// `amount.minor: invalid type: string "x", expected i64`.
+    pub fn from_json(
+        event_type: &str,
+        schema_version: Option<u32>,
+        payload: &serde_json::Value,
+    ) -> Result<Self, DecodeError> {
+        let supported = Self::current_schema_version(event_type)
+            .ok_or_else(|| DecodeError::UnknownEventType(event_type.to_owned()))?;
+        match schema_version {
+            Some(version) if version != supported => {
+                Self::decode(event_type, version, &payload.to_string())
+            }
+            _ => Self::decode_current_value(event_type, payload)
+                .expect("known type")
+                .map_err(|e| DecodeError::Field {
+                    event_type: event_type.to_owned(),
+                    path: e.path().to_string(),
+                    message: strip_position(&e.into_inner().to_string()),
+                }),
         }
     }
 
@@ -712,6 +769,21 @@ mod tests {
         let err =
             DomainEvent::decode("ConsentGiven", 1, r#"{"purpose":"x","extra":1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn json_payload_errors_name_the_field_path() {
+        let payload = serde_json::json!({
+            "order_id": "o1", "amount": {"minor": "12", "currency": "EUR"}, "item_count": 1
+        });
+        let err = DomainEvent::from_json("OrderPlaced", None, &payload).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "amount.minor: invalid type: string \"12\", expected i64"
+        );
+        let old = serde_json::json!({"order_id": "o1", "amount_cents": 5, "item_count": 1});
+        let upcast = DomainEvent::from_json("OrderPlaced", Some(1), &old).unwrap();
+        assert!(matches!(upcast, DomainEvent::OrderPlaced(o) if o.amount.minor == 5));
     }
 
     #[test]

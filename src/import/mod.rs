@@ -1,13 +1,26 @@
-//! Bulk import of customer histories from files.
+//! The ways events come in from outside the API: files and pipelines.
 //!
-//! Two formats: [`cdnow`] (the CDNOW purchase files of Fader & Hardie) and
-//! [`jsonl`] (one event per line). Both derive event ids deterministically
-//! from the file's content, so importing a file twice stores it once, and
-//! both stop at the first bad line with `file:line: reason`, storing nothing
-//! of the batch that line belongs to.
+//! Files: [`cdnow`] (the CDNOW purchase files of Fader & Hardie), [`jsonl`]
+//! (one event per line) and [`cloudevents`] (one structured CloudEvent per
+//! line). They derive event ids deterministically from the content, so
+//! importing a file twice stores it once, and stop at the first bad line
+//! with `file:line: reason`, storing nothing of the batch that line belongs
+//! to.
+//!
+//! Pipelines: [`segment`] (the Segment/RudderStack tracking API, mapped by
+//! [`mapping`] tables) and [`cloudevents`] over HTTP; both convert messages
+//! to [`ingest::Incoming`] and store them with [`ingest::Ingestor`], which
+//! answers per message (accepted, duplicate, held, refused and why).
+//! Every way in decodes payloads with the one
+//! [`crate::domain::DomainEvent::from_json`].
 
 pub mod cdnow;
+pub mod cloudevents;
+pub mod held;
+pub mod ingest;
 pub mod jsonl;
+pub mod mapping;
+pub mod segment;
 
 use std::io::BufRead;
 use std::path::Path;

@@ -7,9 +7,14 @@ pub mod ws;
 use std::sync::Arc;
 
 use journey_ledger::api::auth::{ApiKeys, Role};
+use journey_ledger::api::ingest::IngestSources;
 use journey_ledger::api::projected::{start_projections, ProjectedReadModels, ProjectionControl};
 use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve, ApiState};
+use journey_ledger::import::cloudevents::CloudEventsOptions;
+use journey_ledger::import::held::HeldEvents;
+use journey_ledger::import::ingest::Ingestor;
+use journey_ledger::import::segment::SegmentMapping;
 use journey_ledger::projections::rules::RuleSet;
 use journey_ledger::projections::runner::ProjectorOptions;
 use journey_ledger::projections::storage::ReadModelDb;
@@ -102,7 +107,15 @@ impl TestServer {
         } else {
             Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone()))
         };
-        let state = ApiState::new(store.clone(), read_models, keys, vault);
+        let held = HeldEvents::open_if_supported(&url)
+            .await
+            .expect("held events");
+        let ingest = IngestSources {
+            ingestor: Ingestor::new(store.clone(), vault.clone(), held),
+            segment: Arc::new(SegmentMapping::shipped()),
+            cloudevents: Arc::new(CloudEventsOptions::default()),
+        };
+        let state = ApiState::new(store.clone(), read_models, keys, vault).with_ingest(ingest);
         let mut control = None;
         if let Some(options) = projection {
             let started = start_projections(
@@ -177,6 +190,24 @@ impl TestServer {
 
     pub async fn head(&self) -> u64 {
         self.store.head_position().await.unwrap()
+    }
+
+    /// POSTs `body` to `path` with extra headers; status and JSON body.
+    pub async fn post_to(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

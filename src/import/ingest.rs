@@ -1,0 +1,524 @@
+//! Recording batches of converted messages from the pipelines users run
+//! (Segment/RudderStack, CloudEvents), with a result per message.
+//!
+//! A source converts each message to an [`Incoming`] (or a refusal saying
+//! why); [`Ingestor::ingest`] stores the batch:
+//! - events arriving from outside are facts that already happened, so, as
+//!   with file imports, they are validated (payload invariants) but not held
+//!   to the command side's history rules, and they append without an
+//!   expected version;
+//! - a customer seen for the first time is registered first
+//!   (`CustomerRegistered` with the message's channel; its id is derived
+//!   from the customer, and the write expects no stream, so two racing
+//!   batches register them once);
+//! - the whole batch is one atomic append; if the store refuses it for one
+//!   message's sake (an id reused with other content, a lost registration
+//!   race), it is re-read once and retried, then appended message by
+//!   message so only the guilty one is refused;
+//! - personal fields are sealed by the privacy vault, or refused without
+//!   one; held events go to [`super::held`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::derived_id;
+use super::held::{HeldEvent, HeldEvents};
+use crate::domain::events::CustomerRegistered;
+use crate::domain::{CustomerId, DomainEvent, EventMetadata, NewEvent};
+use crate::privacy::vault::has_plaintext_personal_data;
+use crate::privacy::Vault;
+use crate::store::{EventStore, ExpectedVersion, StoreError, StreamWrite};
+
+/// What one converted message asks for.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Record this event.
+    Record {
+        /// Its id (derived from the message's own id, for idempotency).
+        event_id: Uuid,
+        /// The event.
+        event: DomainEvent,
+    },
+    /// Record `event` at `release_at` unless an order of the customer
+    /// arrives first.
+    HoldUnlessOrdered {
+        /// Its id.
+        event_id: Uuid,
+        /// The event.
+        event: DomainEvent,
+        /// When it is recorded if no order comes.
+        release_at: DateTime<Utc>,
+    },
+    /// Only make sure the customer exists.
+    Register,
+}
+
+/// One converted message.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Whose stream.
+    pub customer: CustomerId,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// What to do.
+    pub action: Action,
+    /// Stored with the event (deterministic, so retries match).
+    pub metadata: EventMetadata,
+    /// Acquisition channel, should this message register the customer.
+    pub channel: String,
+    /// The message's own id (`messageId`, CloudEvents `id`), echoed in the
+    /// result.
+    pub reference: Option<String>,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Stored now.
+    Accepted,
+    /// Stored before (a retry): nothing new.
+    Duplicate,
+    /// Held back (see [`super::held`]).
+    Held,
+    /// Nothing to record (e.g. an `identify` without personal traits for a
+    /// known customer).
+    Unchanged,
+    /// Not stored; `reason` says why.
+    Refused,
+}
+
+impl Status {
+    /// Every status, for metrics.
+    pub const ALL: [Status; 5] = [
+        Status::Accepted,
+        Status::Duplicate,
+        Status::Held,
+        Status::Unchanged,
+        Status::Refused,
+    ];
+
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Duplicate => "duplicate",
+            Status::Held => "held",
+            Status::Unchanged => "unchanged",
+            Status::Refused => "refused",
+        }
+    }
+}
+
+/// The result for one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// 0-based position in the batch.
+    pub index: usize,
+    /// The message's own id, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What happened.
+    pub status: Status,
+    /// The ledger event type recorded or held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The ledger event id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    /// A refusal of message `index`.
+    pub fn refused(index: usize, id: Option<String>, reason: impl Into<String>) -> Self {
+        Self {
+            index,
+            id,
+            status: Status::Refused,
+            event_type: None,
+            event_id: None,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+/// A message ready to store.
+#[derive(Debug, Clone)]
+struct Prepared {
+    index: usize,
+    customer: CustomerId,
+    occurred_at: DateTime<Utc>,
+    metadata: EventMetadata,
+    channel: String,
+    reference: Option<String>,
+    work: Work,
+}
+
+#[derive(Debug, Clone)]
+enum Work {
+    Append(NewEvent),
+    Hold(HeldEvent),
+    Register,
+}
+
+/// Stores converted batches (shared by every HTTP source and the bench).
+#[derive(Clone)]
+pub struct Ingestor {
+    store: Arc<dyn EventStore>,
+    vault: Option<Arc<Vault>>,
+    held: Option<HeldEvents>,
+}
+
+/// The id of the registration an ingestion source records for a customer
+/// it sees first: the same whichever source or server does it.
+pub fn registration_id(customer: &CustomerId) -> Uuid {
+    derived_id(&format!("ingest/registration/{customer}"))
+}
+
+impl Ingestor {
+    /// An ingestor over `store`, sealing personal data with `vault` and
+    /// holding events in `held` (holding mappings are refused without).
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        vault: Option<Arc<Vault>>,
+        held: Option<HeldEvents>,
+    ) -> Self {
+        Self { store, vault, held }
+    }
+
+    /// The held-events table, when this store has one.
+    pub fn held(&self) -> Option<&HeldEvents> {
+        self.held.as_ref()
+    }
+
+    /// Stores a batch; one outcome per item, in order. `Err` only when the
+    /// store itself failed (nothing of the batch may be assumed stored;
+    /// resending it is safe).
+    pub async fn ingest(
+        &self,
+        items: Vec<Result<Incoming, String>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+        let mut prepared = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            match item {
+                Err(reason) => outcomes[index] = Some(Outcome::refused(index, None, reason)),
+                Ok(incoming) => {
+                    let reference = incoming.reference.clone();
+                    match self.prepare(index, incoming).await {
+                        Ok(p) => prepared.push(p),
+                        Err(reason) => {
+                            outcomes[index] = Some(Outcome::refused(index, reference, reason))
+                        }
+                    }
+                }
+            }
+        }
+        for outcome in self.store_prepared(&prepared).await? {
+            let index = outcome.index;
+            outcomes[index] = Some(outcome);
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every message has an outcome"))
+            .collect())
+    }
+
+    async fn prepare(&self, index: usize, incoming: Incoming) -> Result<Prepared, String> {
+        let stream = incoming.customer.stream_id();
+        let work = match incoming.action {
+            Action::Register => Work::Register,
+            Action::Record { event_id, event } => {
+                let new = NewEvent::from_domain(
+                    event_id,
+                    incoming.occurred_at,
+                    &incoming.metadata,
+                    &event,
+                )
+                .map_err(|e| format!("{} {e}", event.event_type()))?;
+                let new = match &self.vault {
+                    Some(vault) => vault
+                        .seal_new_event(&stream, new)
+                        .await
+                        .map_err(|e| format!("privacy vault: {e}"))?,
+                    None if has_plaintext_personal_data(&new) => {
+                        return Err(
+                            "traits: personal fields need the privacy vault, which this \
+                                    store does not have"
+                                .into(),
+                        )
+                    }
+                    None => new,
+                };
+                Work::Append(new)
+            }
+            Action::HoldUnlessOrdered {
+                event_id,
+                event,
+                release_at,
+            } => {
+                if self.held.is_none() {
+                    return Err(format!(
+                        "{} is held until no order follows, which needs a SQL store \
+                         (SQLite or PostgreSQL)",
+                        event.event_type()
+                    ));
+                }
+                event
+                    .validate()
+                    .map_err(|e| format!("{} {e}", event.event_type()))?;
+                Work::Hold(HeldEvent {
+                    event_id,
+                    customer: incoming.customer.clone(),
+                    occurred_at: incoming.occurred_at,
+                    release_at,
+                    event_type: event.event_type().to_owned(),
+                    payload: event.to_payload().to_string(),
+                    metadata: incoming.metadata.to_canonical_json(),
+                    channel: incoming.channel.clone(),
+                })
+            }
+        };
+        Ok(Prepared {
+            index,
+            customer: incoming.customer,
+            occurred_at: incoming.occurred_at,
+            metadata: incoming.metadata,
+            channel: incoming.channel,
+            reference: incoming.reference,
+            work,
+        })
+    }
+
+    /// The batch in one append (retried once after a lost race), else
+    /// message by message so a refusal stays with its message.
+    async fn store_prepared(&self, prepared: &[Prepared]) -> Result<Vec<Outcome>, StoreError> {
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        for _ in 0..2 {
+            match self.attempt(prepared).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(e) if blames_one_message(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for one in prepared {
+            let mut result = Err(StoreError::Closed);
+            for _ in 0..3 {
+                result = self.attempt(std::slice::from_ref(one)).await;
+                if !matches!(&result, Err(StoreError::WrongExpectedVersion { .. })) {
+                    break;
+                }
+            }
+            match result {
+                Ok(mut o) => outcomes.append(&mut o),
+                Err(e) if blames_one_message(&e) => outcomes.push(Outcome::refused(
+                    one.index,
+                    one.reference.clone(),
+                    e.to_string(),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn attempt(&self, prepared: &[Prepared]) -> Result<Vec<Outcome>, StoreError> {
+        let customers: Vec<&CustomerId> = {
+            let mut seen = HashSet::new();
+            prepared
+                .iter()
+                .map(|p| &p.customer)
+                .filter(|c| seen.insert(*c))
+                .collect()
+        };
+        let heads = futures::future::try_join_all(
+            customers
+                .iter()
+                .map(|c| async move { self.store.stream_head(&c.stream_id()).await }),
+        )
+        .await?;
+        let mut exists: HashMap<&CustomerId, bool> = customers
+            .iter()
+            .zip(heads)
+            .map(|(c, head)| (*c, head.is_some()))
+            .collect();
+        let mut writes = Vec::new();
+        let mut owners = Vec::new();
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        let mut holds = Vec::new();
+        for p in prepared {
+            let mut registers = false;
+            if !exists[&p.customer] {
+                exists.insert(&p.customer, true);
+                registers = true;
+                writes.push(StreamWrite {
+                    stream: p.customer.stream_id(),
+                    expected: ExpectedVersion::NoStream,
+                    events: vec![self.registration(p)],
+                });
+                owners.push(matches!(p.work, Work::Register).then_some(outcomes.len()));
+            }
+            let mut outcome = Outcome {
+                index: p.index,
+                id: p.reference.clone(),
+                status: Status::Accepted,
+                event_type: None,
+                event_id: None,
+                reason: None,
+            };
+            match &p.work {
+                Work::Register => {
+                    outcome.event_type = Some("CustomerRegistered".into());
+                    outcome.event_id = Some(registration_id(&p.customer));
+                    if !registers {
+                        outcome.status = Status::Unchanged;
+                    }
+                }
+                Work::Append(event) => {
+                    outcome.event_type = Some(event.event_type().to_owned());
+                    outcome.event_id = Some(event.event_id());
+                    writes.push(StreamWrite {
+                        stream: p.customer.stream_id(),
+                        expected: ExpectedVersion::Any,
+                        events: vec![event.clone()],
+                    });
+                    owners.push(Some(outcomes.len()));
+                }
+                Work::Hold(held) => {
+                    outcome.status = Status::Held;
+                    outcome.event_type = Some(held.event_type.clone());
+                    outcome.event_id = Some(held.event_id);
+                    holds.push(held.clone());
+                }
+            }
+            outcomes.push(outcome);
+        }
+        if !writes.is_empty() {
+            let stored = self.store.append_batch(writes).await?;
+            for (result, owner) in stored.iter().zip(owners) {
+                if let Some(i) = owner {
+                    if result.appended == 0 && outcomes[i].status == Status::Accepted {
+                        outcomes[i].status = Status::Duplicate;
+                    }
+                }
+            }
+        }
+        if let Some(held) = &self.held {
+            held.hold(&holds).await?;
+            for p in prepared {
+                if let Work::Append(event) = &p.work {
+                    if event.event_type() == "OrderPlaced" {
+                        held.settle(&p.customer, p.occurred_at).await?;
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn registration(&self, p: &Prepared) -> NewEvent {
+        let event = DomainEvent::CustomerRegistered(CustomerRegistered {
+            channel: p.channel.clone(),
+            acquisition_cost: None,
+            profile: Default::default(),
+        });
+        NewEvent::from_domain(
+            registration_id(&p.customer),
+            p.occurred_at,
+            &p.metadata,
+            &event,
+        )
+        .unwrap_or_else(|_| {
+            // A channel the domain refuses (too long, control characters)
+            // registers under the neutral name instead of losing the event.
+            let neutral = DomainEvent::CustomerRegistered(CustomerRegistered {
+                channel: "ingest".into(),
+                acquisition_cost: None,
+                profile: Default::default(),
+            });
+            NewEvent::from_domain(
+                registration_id(&p.customer),
+                p.occurred_at,
+                &p.metadata,
+                &neutral,
+            )
+            .expect("a neutral registration is valid")
+        })
+    }
+
+    /// Records the held events due at `now` (at their release instant) and
+    /// forgets them; returns how many were recorded. Safe to run on several
+    /// servers at once.
+    pub async fn release_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let Some(held) = &self.held else {
+            return Ok(0);
+        };
+        let mut released = 0;
+        loop {
+            let due = held.due(now, 500).await?;
+            if due.is_empty() {
+                return Ok(released);
+            }
+            let mut prepared = Vec::with_capacity(due.len());
+            for (index, h) in due.iter().enumerate() {
+                let metadata: EventMetadata = serde_json::from_str(&h.metadata).unwrap_or_default();
+                let payload: serde_json::Value =
+                    serde_json::from_str(&h.payload).unwrap_or_default();
+                let version = DomainEvent::current_schema_version(&h.event_type).unwrap_or(1);
+                let event = NewEvent::from_parts(
+                    h.event_id,
+                    &h.event_type,
+                    version,
+                    h.release_at,
+                    &metadata,
+                    &payload,
+                );
+                prepared.push(Prepared {
+                    index,
+                    customer: h.customer.clone(),
+                    occurred_at: h.release_at,
+                    metadata,
+                    channel: h.channel.clone(),
+                    reference: None,
+                    work: Work::Append(event),
+                });
+            }
+            for outcome in self.store_prepared(&prepared).await? {
+                match outcome.status {
+                    Status::Accepted => released += 1,
+                    Status::Refused => tracing::warn!(
+                        event_id = %due[outcome.index].event_id,
+                        reason = outcome.reason.as_deref().unwrap_or(""),
+                        "a held event could not be recorded; dropped"
+                    ),
+                    _ => {}
+                }
+            }
+            let ids: Vec<Uuid> = due.iter().map(|h| h.event_id).collect();
+            held.mark_released(&ids).await?;
+        }
+    }
+}
+
+/// Whether the store refused a batch because of one message in it (so
+/// storing the messages one by one isolates it).
+fn blames_one_message(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::WrongExpectedVersion { .. }
+            | StoreError::EventIdConflict { .. }
+            | StoreError::DuplicateInBatch(_)
+            | StoreError::PartiallyStored { .. }
+    )
+}
