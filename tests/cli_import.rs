@@ -120,3 +120,83 @@ fn cdnow_master_imported_twice_is_stored_once() {
         .clone();
     assert_eq!(orders, 69_659);
 }
+
+#[test]
+fn cloudevents_lines_import_once_and_a_bad_line_is_named() {
+    let (dir, store) = temp_sqlite();
+    let event = |id: &str, subject: &str, ty: &str, data: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/router","type":"{ty}","subject":"{subject}","time":"2024-05-01T10:00:00Z","data":{data}}}"#
+        )
+    };
+    let good = [
+        event(
+            "1",
+            "ce-a",
+            "SessionRecorded",
+            r#"{"session_id":"s","channel":"web"}"#,
+        ),
+        event(
+            "2",
+            "ce-a",
+            "OrderPlaced",
+            r#"{"order_id":"o","amount":{"minor":100,"currency":"EUR"},"item_count":1}"#,
+        ),
+    ]
+    .join("\n");
+    let file = dir.path().join("events.ce.jsonl");
+    std::fs::write(&file, &good).unwrap();
+    let path = file.to_str().unwrap();
+    let first = json(&ok(journey(
+        &store,
+        &["import", path, "--format", "cloudevents"],
+    )));
+    assert_eq!(first["appended"], 2, "{first}");
+    assert_eq!(first["streams"], 1);
+    let again = json(&ok(journey(
+        &store,
+        &["import", path, "--format", "cloudevents"],
+    )));
+    assert_eq!(again["appended"], 0);
+    assert_eq!(again["already_stored"], 2);
+    let events = ok(journey(&store, &["events", "ce-a"]));
+    let types: Vec<String> = events
+        .lines()
+        .map(|l| json(l)["event_type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["CustomerRegistered", "SessionRecorded", "OrderPlaced"]
+    );
+
+    let bad = [
+        event(
+            "3",
+            "ce-b",
+            "SessionRecorded",
+            r#"{"session_id":"s","channel":"web"}"#,
+        ),
+        event(
+            "4",
+            "ce-b",
+            "SessionRecorded",
+            r#"{"session_id":7,"channel":"web"}"#,
+        ),
+    ]
+    .join("\n");
+    std::fs::write(&file, bad).unwrap();
+    let out = journey(&store, &["import", path, "--format", "cloudevents"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "events.ce.jsonl:2: data.session_id: invalid type: integer `7`, expected a string"
+        ),
+        "{stderr}"
+    );
+    let missing = journey(&store, &["events", "ce-b"]);
+    assert!(
+        !missing.status.success(),
+        "nothing of the bad line's batch is stored"
+    );
+}

@@ -5,6 +5,7 @@
 //!
 //! Timed here, never in tests: numbers on a shared 2-core machine are noisy.
 
+pub mod ingest;
 pub mod writers;
 
 use std::sync::Arc;
@@ -79,6 +80,9 @@ pub enum BenchError {
     /// written.
     #[error("writing the ack log: {0}")]
     AckLog(#[from] std::io::Error),
+    /// The benchmark could not be set up or its load failed.
+    #[error("{0}")]
+    Setup(String),
     /// A stored event did not decode.
     #[error("event at position {position} does not decode: {reason}")]
     Decode {

@@ -60,6 +60,25 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE", requires = "writers")]
         ack_log: Option<std::path::PathBuf>,
     },
+    /// Serve the API in-process on loopback and post Segment batches to
+    /// `/v1/batch` from --clients concurrent clients (orders, page views,
+    /// email opens, identifies for --customers random customers) for
+    /// --seconds; prints `events_per_sec`, batch latency p50/p99/p99.9 and
+    /// a full hash-chain verification afterwards. Use a scratch store.
+    Ingest {
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Messages per request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Customers the messages are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        customers: u64,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Replay every event from position 0, decoding each into the typed
     /// model; prints `events_per_sec` beside a bare ordered-scan baseline.
     Read {
@@ -234,6 +253,24 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
         } => serde_json::to_string(
             &journey_ledger::bench::append(&config.store, events, !no_baseline).await?,
         )?,
+        BenchCommand::Ingest {
+            clients,
+            batch,
+            customers,
+            seconds,
+        } => {
+            anyhow::ensure!(
+                clients > 0 && batch > 0 && customers > 0 && seconds > 0.0,
+                "--clients, --batch, --customers and --seconds must be positive"
+            );
+            let load = journey_ledger::bench::ingest::IngestLoad {
+                clients,
+                batch,
+                customers,
+                seconds,
+            };
+            serde_json::to_string(&journey_ledger::bench::ingest::run(&config.store, load).await?)?
+        }
         BenchCommand::Query {
             customers,
             populate,

@@ -20,9 +20,14 @@ use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Data, Event};
 use serde_json::Value;
 
-use super::ingest::{Action, Incoming};
-use super::{check_not_in_future, derived_id};
+use std::io::BufRead;
+use std::sync::Arc;
+
+use super::ingest::{Action, Incoming, Ingestor, Status};
+use super::{check_not_in_future, derived_id, ImportError, ImportReport, BATCH_EVENTS};
 use crate::domain::{CustomerId, DomainEvent, EventMetadata};
+use crate::privacy::Vault;
+use crate::store::EventStore;
 
 /// Event types no external source may record: they have commands of their
 /// own with checks an envelope cannot carry.
@@ -127,6 +132,82 @@ impl CloudEventsOptions {
             reference: Some(event.id().to_owned()),
         })
     }
+}
+
+/// `journey import --format cloudevents`: one structured CloudEvent per
+/// line, stored in batches like the HTTP endpoint does (new customers
+/// registered, redeliveries stored once). A line that does not convert
+/// stops the import before its batch is stored, with `file:line: reason`.
+pub async fn import_lines(
+    store: Arc<dyn EventStore>,
+    vault: Option<Arc<Vault>>,
+    file_name: &str,
+    reader: impl BufRead,
+    options: &CloudEventsOptions,
+    progress: &mut impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    let ingestor = Ingestor::new(store, vault, None);
+    let mut report = ImportReport::default();
+    let mut streams = std::collections::HashSet::new();
+    let mut batch: Vec<(usize, Incoming)> = Vec::new();
+    let mut bytes = 0u64;
+    let line_error = |line: usize, reason: String| ImportError::Line {
+        file: file_name.to_owned(),
+        line,
+        reason,
+    };
+    let now = chrono::Utc::now();
+    let mut lines = reader.lines().enumerate().peekable();
+    while let Some((index, line)) = lines.next() {
+        let line_no = index + 1;
+        let line = line.map_err(|source| ImportError::Io {
+            file: file_name.to_owned(),
+            source,
+        })?;
+        bytes += line.len() as u64 + 1;
+        report.lines = line_no;
+        if !line.trim().is_empty() {
+            let value: Value = serde_json::from_str(&line)
+                .map_err(|e| line_error(line_no, format!("invalid JSON: {e}")))?;
+            let incoming = parse_structured(value)
+                .and_then(|event| options.convert("import", &event, now))
+                .map_err(|reason| line_error(line_no, reason))?;
+            streams.insert(incoming.customer.clone());
+            batch.push((line_no, incoming));
+        }
+        if batch.len() >= BATCH_EVENTS || (lines.peek().is_none() && !batch.is_empty()) {
+            let first_line = batch[0].0;
+            let (numbers, items): (Vec<usize>, Vec<_>) = std::mem::take(&mut batch)
+                .into_iter()
+                .map(|(n, i)| (n, Ok(i)))
+                .unzip();
+            let outcomes = ingestor
+                .ingest(items)
+                .await
+                .map_err(|source| ImportError::Store {
+                    file: file_name.to_owned(),
+                    first_line,
+                    last_line: line_no,
+                    source,
+                })?;
+            for (outcome, number) in outcomes.iter().zip(&numbers) {
+                match outcome.status {
+                    Status::Accepted => report.appended += 1,
+                    Status::Refused => {
+                        return Err(line_error(
+                            *number,
+                            outcome.reason.clone().unwrap_or_default(),
+                        ))
+                    }
+                    _ => report.already_stored += 1,
+                }
+            }
+            progress(bytes);
+        }
+    }
+    progress(bytes);
+    report.streams = streams.len();
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -124,39 +124,60 @@ impl HeldEvents {
         Ok(())
     }
 
-    /// An order of `customer` at `order_at`: settles the events it cancels
-    /// (held at or before it and not yet due by then). Returns how many.
-    pub async fn settle(
-        &self,
-        customer: &CustomerId,
-        order_at: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        let at = micros(order_at);
-        let done = match &self.table {
-            Table::Sqlite(pool) => sqlx::query(
+    /// Orders of customers at instants: settles the held events they
+    /// cancel (held at or before the order and not yet due by then), in one
+    /// transaction, after one read that usually finds nothing to settle.
+    /// Returns how many were settled.
+    pub async fn settle(&self, orders: &[(CustomerId, DateTime<Utc>)]) -> Result<u64, StoreError> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let now = micros(Utc::now());
+        macro_rules! settle {
+            ($pool:expr, $db:ty, $update:literal) => {{
+                let mut probe = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT COUNT(*) FROM ingest_held_events WHERE done_us IS NULL AND customer_id IN (",
+                );
+                let mut list = probe.separated(", ");
+                for (customer, _) in orders {
+                    list.push_bind(customer.as_str().to_owned());
+                }
+                probe.push(")");
+                let pending: i64 = probe.build_query_scalar().fetch_one($pool).await?;
+                if pending == 0 {
+                    return Ok(0);
+                }
+                let mut tx = $pool.begin().await?;
+                let mut settled = 0;
+                for (customer, at) in orders {
+                    settled += sqlx::query($update)
+                        .bind(customer.as_str())
+                        .bind(micros(*at))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                settled
+            }};
+        }
+        Ok(match &self.table {
+            Table::Sqlite(pool) => settle!(
+                pool,
+                sqlx::Sqlite,
                 "UPDATE ingest_held_events SET done_us = ?3 \
                  WHERE customer_id = ?1 AND occurred_us <= ?2 AND release_us > ?2 \
-                 AND done_us IS NULL",
-            )
-            .bind(customer.as_str())
-            .bind(at)
-            .bind(micros(Utc::now()))
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Table::Postgres(pool) => sqlx::query(
+                 AND done_us IS NULL"
+            ),
+            Table::Postgres(pool) => settle!(
+                pool,
+                sqlx::Postgres,
                 "UPDATE ingest_held_events SET done_us = $3 \
                  WHERE customer_id = $1 AND occurred_us <= $2 AND release_us > $2 \
-                 AND done_us IS NULL",
-            )
-            .bind(customer.as_str())
-            .bind(at)
-            .bind(micros(Utc::now()))
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
-        Ok(done)
+                 AND done_us IS NULL"
+            ),
+        })
     }
 
     /// Held events due at `now`, oldest release first, at most `limit`.

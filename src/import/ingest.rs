@@ -18,7 +18,7 @@
 //! - personal fields are sealed by the privacy vault, or refused without
 //!   one; held events go to [`super::held`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -298,133 +298,131 @@ impl Ingestor {
         })
     }
 
-    /// The batch in one append (retried once after a lost race), else
-    /// message by message so a refusal stays with its message.
+    /// Registers the new customers, then appends the batch in one
+    /// transaction; if the store refuses it for one message's sake (an id
+    /// reused with other content), message by message so the refusal stays
+    /// with its message.
     async fn store_prepared(&self, prepared: &[Prepared]) -> Result<Vec<Outcome>, StoreError> {
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
-        for _ in 0..2 {
-            match self.attempt(prepared).await {
-                Ok(outcomes) => return Ok(outcomes),
-                Err(e) if blames_one_message(&e) => continue,
-                Err(e) => return Err(e),
-            }
+        let registered_here = self.register_new_customers(prepared).await?;
+        let mut outcomes: Vec<Outcome> = prepared
+            .iter()
+            .map(|p| outcome_of(p, &registered_here))
+            .collect();
+        match self.append_and_hold(prepared, &mut outcomes).await {
+            Ok(()) => return Ok(outcomes),
+            Err(e) if blames_one_message(&e) => {}
+            Err(e) => return Err(e),
         }
-        let mut outcomes = Vec::with_capacity(prepared.len());
-        for one in prepared {
-            let mut result = Err(StoreError::Closed);
-            for _ in 0..3 {
-                result = self.attempt(std::slice::from_ref(one)).await;
-                if !matches!(&result, Err(StoreError::WrongExpectedVersion { .. })) {
-                    break;
+        for (one, outcome) in prepared.iter().zip(outcomes.iter_mut()) {
+            let mut single = vec![outcome.clone()];
+            match self
+                .append_and_hold(std::slice::from_ref(one), &mut single)
+                .await
+            {
+                Ok(()) => *outcome = single.remove(0),
+                Err(e) if blames_one_message(&e) => {
+                    *outcome = Outcome::refused(one.index, one.reference.clone(), e.to_string())
                 }
-            }
-            match result {
-                Ok(mut o) => outcomes.append(&mut o),
-                Err(e) if blames_one_message(&e) => outcomes.push(Outcome::refused(
-                    one.index,
-                    one.reference.clone(),
-                    e.to_string(),
-                )),
                 Err(e) => return Err(e),
             }
         }
         Ok(outcomes)
     }
 
-    async fn attempt(&self, prepared: &[Prepared]) -> Result<Vec<Outcome>, StoreError> {
-        let customers: Vec<&CustomerId> = {
-            let mut seen = HashSet::new();
-            prepared
-                .iter()
-                .map(|p| &p.customer)
-                .filter(|c| seen.insert(*c))
-                .collect()
-        };
-        let heads = futures::future::try_join_all(
-            customers
-                .iter()
-                .map(|c| async move { self.store.stream_head(&c.stream_id()).await }),
-        )
-        .await?;
-        let mut exists: HashMap<&CustomerId, bool> = customers
-            .iter()
+    /// Registers every customer of the batch whose stream does not exist,
+    /// each in an append of its own expecting no stream (concurrent, so the
+    /// store commits them together): a registration lost to a racing batch
+    /// fails alone and means the customer exists. Returns the indexes of
+    /// the messages whose registration this call stored.
+    async fn register_new_customers(
+        &self,
+        prepared: &[Prepared],
+    ) -> Result<HashSet<usize>, StoreError> {
+        let mut firsts: Vec<&Prepared> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in prepared {
+            if seen.insert(&p.customer) {
+                firsts.push(p);
+            }
+        }
+        let streams: Vec<_> = firsts.iter().map(|p| p.customer.stream_id()).collect();
+        let heads = self.store.stream_heads(&streams).await?;
+        let new: Vec<(&Prepared, _)> = firsts
+            .into_iter()
+            .zip(streams)
             .zip(heads)
-            .map(|(c, head)| (*c, head.is_some()))
+            .filter(|(_, head)| head.is_none())
+            .map(|(first, _)| first)
             .collect();
+        let results = futures::future::join_all(new.iter().map(|(p, stream)| {
+            self.store.append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![self.registration(p)],
+            )
+        }))
+        .await;
+        let mut registered = HashSet::new();
+        for ((p, _), result) in new.iter().zip(results) {
+            match result {
+                Ok(outcome) if outcome.appended > 0 => {
+                    registered.insert(p.index);
+                }
+                Ok(_)
+                | Err(StoreError::WrongExpectedVersion { .. })
+                | Err(StoreError::EventIdConflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(registered)
+    }
+
+    /// Appends the messages' events in one transaction (no expected
+    /// version: they are facts from outside) and holds the held ones;
+    /// orders settle held events. Marks duplicates in `outcomes`.
+    async fn append_and_hold(
+        &self,
+        prepared: &[Prepared],
+        outcomes: &mut [Outcome],
+    ) -> Result<(), StoreError> {
         let mut writes = Vec::new();
         let mut owners = Vec::new();
-        let mut outcomes = Vec::with_capacity(prepared.len());
         let mut holds = Vec::new();
-        for p in prepared {
-            let mut registers = false;
-            if !exists[&p.customer] {
-                exists.insert(&p.customer, true);
-                registers = true;
-                writes.push(StreamWrite {
-                    stream: p.customer.stream_id(),
-                    expected: ExpectedVersion::NoStream,
-                    events: vec![self.registration(p)],
-                });
-                owners.push(matches!(p.work, Work::Register).then_some(outcomes.len()));
-            }
-            let mut outcome = Outcome {
-                index: p.index,
-                id: p.reference.clone(),
-                status: Status::Accepted,
-                event_type: None,
-                event_id: None,
-                reason: None,
-            };
+        for (i, p) in prepared.iter().enumerate() {
             match &p.work {
-                Work::Register => {
-                    outcome.event_type = Some("CustomerRegistered".into());
-                    outcome.event_id = Some(registration_id(&p.customer));
-                    if !registers {
-                        outcome.status = Status::Unchanged;
-                    }
-                }
                 Work::Append(event) => {
-                    outcome.event_type = Some(event.event_type().to_owned());
-                    outcome.event_id = Some(event.event_id());
                     writes.push(StreamWrite {
                         stream: p.customer.stream_id(),
                         expected: ExpectedVersion::Any,
                         events: vec![event.clone()],
                     });
-                    owners.push(Some(outcomes.len()));
+                    owners.push(i);
                 }
-                Work::Hold(held) => {
-                    outcome.status = Status::Held;
-                    outcome.event_type = Some(held.event_type.clone());
-                    outcome.event_id = Some(held.event_id);
-                    holds.push(held.clone());
-                }
+                Work::Hold(held) => holds.push(held.clone()),
+                Work::Register => {}
             }
-            outcomes.push(outcome);
         }
         if !writes.is_empty() {
             let stored = self.store.append_batch(writes).await?;
-            for (result, owner) in stored.iter().zip(owners) {
-                if let Some(i) = owner {
-                    if result.appended == 0 && outcomes[i].status == Status::Accepted {
-                        outcomes[i].status = Status::Duplicate;
-                    }
+            for (result, i) in stored.iter().zip(owners) {
+                if result.appended == 0 {
+                    outcomes[i].status = Status::Duplicate;
                 }
             }
         }
         if let Some(held) = &self.held {
             held.hold(&holds).await?;
-            for p in prepared {
-                if let Work::Append(event) = &p.work {
-                    if event.event_type() == "OrderPlaced" {
-                        held.settle(&p.customer, p.occurred_at).await?;
-                    }
-                }
-            }
+            let orders: Vec<(CustomerId, DateTime<Utc>)> = prepared
+                .iter()
+                .filter(|p| matches!(&p.work, Work::Append(e) if e.event_type() == "OrderPlaced"))
+                .map(|p| (p.customer.clone(), p.occurred_at))
+                .collect();
+            held.settle(&orders).await?;
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     fn registration(&self, p: &Prepared) -> NewEvent {
@@ -511,13 +509,44 @@ impl Ingestor {
     }
 }
 
+/// The outcome of a message before its events are appended: accepted
+/// (duplicates are found by the append), held, or for a bare
+/// registration, accepted if this batch registered the customer.
+fn outcome_of(p: &Prepared, registered_here: &HashSet<usize>) -> Outcome {
+    let (status, event_type, event_id) = match &p.work {
+        Work::Register if registered_here.contains(&p.index) => (
+            Status::Accepted,
+            "CustomerRegistered".to_owned(),
+            registration_id(&p.customer),
+        ),
+        Work::Register => (
+            Status::Unchanged,
+            "CustomerRegistered".to_owned(),
+            registration_id(&p.customer),
+        ),
+        Work::Append(event) => (
+            Status::Accepted,
+            event.event_type().to_owned(),
+            event.event_id(),
+        ),
+        Work::Hold(held) => (Status::Held, held.event_type.clone(), held.event_id),
+    };
+    Outcome {
+        index: p.index,
+        id: p.reference.clone(),
+        status,
+        event_type: Some(event_type),
+        event_id: Some(event_id),
+        reason: None,
+    }
+}
+
 /// Whether the store refused a batch because of one message in it (so
 /// storing the messages one by one isolates it).
 fn blames_one_message(e: &StoreError) -> bool {
     matches!(
         e,
-        StoreError::WrongExpectedVersion { .. }
-            | StoreError::EventIdConflict { .. }
+        StoreError::EventIdConflict { .. }
             | StoreError::DuplicateInBatch(_)
             | StoreError::PartiallyStored { .. }
     )

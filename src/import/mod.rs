@@ -49,6 +49,9 @@ pub enum ImportFormat {
     Cdnow,
     /// One JSON event per line (see the README).
     Jsonl,
+    /// One structured CloudEvents 1.0 event per line (`type` the event
+    /// type, `subject` the customer, `data` the payload).
+    Cloudevents,
 }
 
 /// Why an import stopped.
@@ -176,6 +179,18 @@ async fn read_and_import(
     let mut parser: Box<dyn LineParser + Send> = match format {
         ImportFormat::Cdnow => Box::new(cdnow::CdnowParser::default()),
         ImportFormat::Jsonl => Box::new(jsonl::JsonlParser),
+        ImportFormat::Cloudevents => {
+            let vault = vault.map(|v| Arc::new(v.clone()));
+            return cloudevents::import_lines(
+                store,
+                vault,
+                &file_name,
+                reader,
+                &cloudevents::CloudEventsOptions::default(),
+                &mut progress,
+            )
+            .await;
+        }
     };
     import_lines_sealed(
         store,

@@ -74,6 +74,7 @@ macro_rules! store_contract_tests {
             large_payload_round_trips,
             unicode_round_trips,
             reading_past_the_end_is_empty,
+            stream_heads_answer_in_order,
             global_order_across_streams,
             concurrent_appenders_with_a_tailing_reader,
             concurrent_requests_succeed_or_fail_alone,
@@ -546,6 +547,35 @@ pub async fn reading_past_the_end_is_empty(store: Arc<dyn EventStore>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Several heads at once equal the heads asked one by one, in the order
+/// asked, with `None` for streams that do not exist.
+pub async fn stream_heads_answer_in_order(store: Arc<dyn EventStore>) {
+    let (a, b, missing) = (stream("heads-a"), stream("heads-b"), stream("heads-none"));
+    store
+        .append(&a, ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    store
+        .append(&b, ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    let asked = [b.clone(), missing.clone(), a.clone(), b.clone()];
+    let heads = store.stream_heads(&asked).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for s in &asked {
+        one_by_one.push(store.stream_head(s).await.unwrap());
+    }
+    assert_eq!(heads, one_by_one);
+    assert_eq!(
+        heads
+            .iter()
+            .map(|h| h.map(|h| h.version))
+            .collect::<Vec<_>>(),
+        [Some(1), None, Some(3), Some(1)]
+    );
+    assert!(store.stream_heads(&[]).await.unwrap().is_empty());
 }
 
 /// Interleaved appends to many streams come back in one global order.

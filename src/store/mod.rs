@@ -202,6 +202,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// The current head of a stream, or `None` if it does not exist.
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError>;
 
+    /// The heads of several streams, in order (`None` where a stream does
+    /// not exist). SQL stores answer in one query; the default asks stream
+    /// by stream.
+    async fn stream_heads(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<Vec<Option<StreamHead>>, StoreError> {
+        let mut heads = Vec::with_capacity(streams.len());
+        for stream in streams {
+            heads.push(self.stream_head(stream).await?);
+        }
+        Ok(heads)
+    }
+
     /// Reads up to `limit` events with position `>= from`, in position order.
     async fn read_all_page(
         &self,

@@ -379,6 +379,15 @@ impl EventStore for PostgresStore {
         rows.iter().map(decode_row).collect()
     }
 
+    async fn stream_heads(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<Vec<Option<StreamHead>>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut found = stream_heads(&mut conn, streams).await?;
+        Ok(streams.iter().map(|s| found.remove(s)).collect())
+    }
+
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Ok(stream_heads(&mut conn, std::slice::from_ref(stream))

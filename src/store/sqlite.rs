@@ -88,6 +88,15 @@ pub struct SqliteStore {
     committer: GroupCommitter,
 }
 
+/// WAL pages the committer lets accumulate before it checkpoints them into
+/// the database file (SQLite's default is 1,000). Appends touch random pages
+/// of the id and stream indexes; the fewer checkpoints, the more of those
+/// pages are written back once for many commits instead of once per few.
+/// Measured with `bench ingest` (4 clients × Segment batches of 100, 30 s):
+/// 1,000 pages 17.5k events/s, 4,000 pages 21.1k, 8,000 pages 21.5k with a
+/// worse p99 (45 → 64 ms). Costs a WAL file of up to ~16 MiB.
+const COMMITTER_WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -106,7 +115,10 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
-        let committer_options = options;
+        let committer_options = options.pragma(
+            "wal_autocheckpoint",
+            COMMITTER_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+        );
         let head = Arc::new(watch::channel(0).0);
         let committer = start_committer(committer_options, head.clone()).await?;
         let store = Self {
@@ -283,6 +295,15 @@ impl EventStore for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_heads(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<Vec<Option<StreamHead>>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let mut found = stream_heads(&mut conn, streams).await?;
+        Ok(streams.iter().map(|s| found.remove(s)).collect())
     }
 
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
