@@ -302,8 +302,8 @@ impl EventStore for SqliteStore {
         streams: &[StreamId],
     ) -> Result<Vec<Option<StreamHead>>, StoreError> {
         let mut conn = self.reader.acquire().await?;
-        let mut found = stream_heads(&mut conn, streams).await?;
-        Ok(streams.iter().map(|s| found.remove(s)).collect())
+        let found = stream_heads(&mut conn, streams).await?;
+        Ok(streams.iter().map(|s| found.get(s).copied()).collect())
     }
 
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
