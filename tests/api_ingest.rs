@@ -459,3 +459,43 @@ async fn a_cloudevents_batch_stores_the_good_members_and_names_the_bad_one() {
         "ComplaintFiled"
     );
 }
+
+#[tokio::test]
+async fn an_order_completed_twice_under_two_message_ids_is_stored_once() {
+    let server = TestServer::start().await;
+    let headers = [basic(&key(Role::App)), json_type()];
+    let order = |id: &str, at: &str| {
+        track(
+            id,
+            at,
+            "Order Completed",
+            json!({"order_id": "o-77", "total": 19.99, "currency": "USD"}),
+        )
+    };
+    let (status, first) = server
+        .post_to(
+            "/v1/track",
+            &headers,
+            order("r1", "2024-03-06T10:00:00Z").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    // The confirmation page reloaded: same order, new message id and time.
+    let (status, again) = server
+        .post_to(
+            "/v1/track",
+            &headers,
+            order("r2", "2024-03-06T10:00:07Z").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(statuses(&again), ["duplicate"]);
+    assert!(again["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("stored first"));
+    assert_eq!(
+        stream_types(&server, "seg-1").await,
+        ["CustomerRegistered", "OrderPlaced"]
+    );
+}

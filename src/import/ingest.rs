@@ -131,7 +131,7 @@ pub struct Outcome {
     /// The ledger event id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<Uuid>,
-    /// Why it was refused.
+    /// Why it was refused (or, for a duplicate, why it counts as one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -323,6 +323,15 @@ impl Ingestor {
                 .await
             {
                 Ok(()) => *outcome = single.remove(0),
+                // Segment's rule for a reused message id: the first stands.
+                Err(StoreError::EventIdConflict { .. }) => {
+                    outcome.status = Status::Duplicate;
+                    outcome.reason = Some(
+                        "a different event with this id (message id or business key) was \
+                         stored first; it stands"
+                            .into(),
+                    );
+                }
                 Err(e) if blames_one_message(&e) => {
                     *outcome = Outcome::refused(one.index, one.reference.clone(), e.to_string())
                 }

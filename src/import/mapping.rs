@@ -73,6 +73,23 @@ pub struct EventMapping {
     /// Hold the event this long and drop it if an order of the customer
     /// arrives meanwhile (cart abandonment); `None` records at once.
     pub hold_without_order_secs: Option<u64>,
+    /// Paths of the business key that identifies the event for
+    /// idempotency (e.g. `properties.order_id`: an order completed twice
+    /// under two message ids is stored once); `None` uses the message id.
+    pub key: Option<Vec<String>>,
+}
+
+impl EventMapping {
+    /// The business key of `message`, when the mapping names one and the
+    /// message has it (as text).
+    pub fn key_of(&self, message: &Value) -> Option<String> {
+        let paths = self.key.as_ref()?;
+        match first_value(message, paths)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            v @ Value::Number(_) => Some(v.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// The value at a dotted path (`properties.order_id`) of a message.
@@ -241,6 +258,7 @@ pub fn parse_event_mapping(
     let mut event_type = None;
     let mut fields = BTreeMap::new();
     let mut hold = None;
+    let mut business_key = None;
     for (key, value) in table {
         let here = format!("{at}.{key}");
         match key.as_str() {
@@ -260,6 +278,7 @@ pub fn parse_event_mapping(
                     .ok_or_else(|| err(here, "must be a whole number of seconds".into()))?;
                 hold = Some(secs as u64);
             }
+            "key" => business_key = Some(paths(value).map_err(|reason| err(here, reason))?),
             "fields" => {
                 let table = value
                     .as_table()
@@ -273,7 +292,9 @@ pub fn parse_event_mapping(
             other => {
                 return Err(err(
                     here,
-                    format!("unknown key {other:?} (event_type, fields, hold_without_order_secs)"),
+                    format!(
+                        "unknown key {other:?} (event_type, fields, key, hold_without_order_secs)"
+                    ),
                 ))
             }
         }
@@ -283,6 +304,7 @@ pub fn parse_event_mapping(
         event_type,
         fields,
         hold_without_order_secs: hold,
+        key: business_key,
     })
 }
 

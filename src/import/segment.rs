@@ -11,8 +11,9 @@
 //!   (`occurred_at`); the store stamps `recorded_at`. Without either, the
 //!   time the ledger received it is used.
 //! - `identify` registers a new customer (channel: `[identify] channel` of
-//!   the mapping) and records personal traits as `ProfileChanged`, sealed by
-//!   the privacy vault; `track`, `page` and `screen` map through
+//!   the mapping) and records personal traits (`traits`, or `context.traits`
+//!   as RudderStack's SDKs send them) as `ProfileChanged`, sealed by the
+//!   privacy vault; `track`, `page` and `screen` map through
 //!   [`super::mapping`] tables, and a customer first seen in one of them is
 //!   registered the same way.
 
@@ -210,7 +211,15 @@ impl SegmentMapping {
             source: Some(format!("segment:{kind}")),
             ..Default::default()
         };
+        let customer_key = customer.to_string();
         let mapped = |mapping: &EventMapping| -> Result<Action, String> {
+            let event_id = match mapping.key_of(message) {
+                Some(key) => derived_id(&format!(
+                    "segment/{source}/{}/{customer_key}/{key}",
+                    mapping.event_type
+                )),
+                None => event_id,
+            };
             let payload = mapping.payload(message)?;
             let event = DomainEvent::from_json(&mapping.event_type, None, &payload)
                 .map_err(|e| format!("{} {e}", mapping.event_type))?;
@@ -228,7 +237,14 @@ impl SegmentMapping {
         };
         let action = match kind {
             "identify" => {
-                let profile = profile_of(message.get("traits").unwrap_or(&Value::Null))?;
+                // Segment's SDKs send `traits`; RudderStack's send
+                // `context.traits`.
+                let traits = [message.get("traits"), at_path(message, "context.traits")]
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t.as_object().is_some_and(|o| !o.is_empty()))
+                    .unwrap_or(&Value::Null);
+                let profile = profile_of(traits)?;
                 if profile.is_empty() {
                     Action::Register
                 } else {
@@ -434,6 +450,17 @@ mod tests {
         };
         assert_eq!(p.profile.name.as_deref(), Some("Ada Lovelace"));
         assert_eq!(p.profile.address.as_deref(), Some("London, UK"));
+        let rudder = json!({"type": "identify", "userId": "u", "messageId": "i2",
+            "context": {"traits": {"email": "grace@example.com", "name": "Grace Hopper"}}});
+        let incoming = mapping.convert("web", None, &rudder, now()).unwrap();
+        let Action::Record {
+            event: DomainEvent::ProfileChanged(p),
+            ..
+        } = incoming.action
+        else {
+            panic!("RudderStack's context.traits are read")
+        };
+        assert_eq!(p.profile.email.as_deref(), Some("grace@example.com"));
         let without = json!({"type": "identify", "userId": "u", "traits": {"plan": "pro"}});
         let incoming = mapping.convert("web", None, &without, now()).unwrap();
         assert!(matches!(incoming.action, Action::Register));
