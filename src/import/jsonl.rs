@@ -52,13 +52,17 @@ impl LineParser for JsonlParser {
             serde_json::from_str(line).map_err(|e| format!("invalid event JSON: {e}"))?;
         let customer = CustomerId::parse(&raw.customer_id).map_err(|e| e.to_string())?;
         check_not_in_future("occurred_at", raw.occurred_at).map_err(|e| e.to_string())?;
-        let version = match raw.schema_version {
-            Some(v) => v,
-            None => DomainEvent::current_schema_version(&raw.event_type)
-                .ok_or_else(|| format!("event_type: unknown event type {:?}", raw.event_type))?,
-        };
-        let event = DomainEvent::decode(&raw.event_type, version, &raw.payload.to_string())
-            .map_err(|e| e.to_string())?;
+        if DomainEvent::current_schema_version(&raw.event_type).is_none() {
+            return Err(format!(
+                "event_type: unknown event type {:?}",
+                raw.event_type
+            ));
+        }
+        let event = DomainEvent::from_json(&raw.event_type, raw.schema_version, &raw.payload)
+            .map_err(|e| match e {
+                crate::domain::DecodeError::Field { .. } => format!("payload.{e}"),
+                other => other.to_string(),
+            })?;
         let event_id = raw.event_id.unwrap_or_else(|| {
             derived_id(&format!(
                 "jsonl/{customer}/{}/{}/{}",
@@ -122,6 +126,11 @@ mod tests {
             .parse_line(1, extra)
             .unwrap_err()
             .contains("unknown field `colour`"));
+        let wrong_type = r#"{"customer_id":"c1","event_type":"SessionRecorded","occurred_at":"2024-01-01T00:00:00Z","payload":{"session_id":"s","channel":"web","duration_secs":"long"}}"#;
+        assert_eq!(
+            JsonlParser.parse_line(1, wrong_type).unwrap_err(),
+            "payload.duration_secs: invalid type: string \"long\", expected u32"
+        );
         assert!(JsonlParser
             .parse_line(1, "{not json")
             .unwrap_err()
