@@ -395,7 +395,8 @@ mod tests {
         let Action::Record { event_id, event } = incoming.action else {
             panic!("recorded")
         };
-        assert_eq!(event_id, derived_id("segment/web/m-1"));
+        // The mapping's business key (the order id), not the message id.
+        assert_eq!(event_id, derived_id("segment/web/OrderPlaced/u1/o-9"));
         match event {
             DomainEvent::OrderPlaced(o) => {
                 assert_eq!(
