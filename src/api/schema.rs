@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
 use super::auth::{Caller, Role, RoleGuard};
-use super::error::{bad_input, coded, command_error, internal, read_error};
+use super::error::{bad_input, camel_path, coded, command_error, internal, read_error};
 use super::limits;
 use super::live::LiveFeeds;
 use super::metrics::Metrics;
@@ -19,8 +19,8 @@ use super::read_models::{
     StageTransition,
 };
 use crate::commands::{Command, CommandHandler};
-use crate::domain::events::{self as ev, DomainEvent};
-use crate::domain::{Currency, CustomerId, Money, RecordedEvent, ValidationError};
+use crate::domain::events::DomainEvent;
+use crate::domain::{CustomerId, RecordedEvent, ValidationError};
 use crate::store::{Direction, EventStore, ReadStream};
 
 /// The executable schema.
@@ -374,7 +374,7 @@ impl Query {
 }
 
 /// An amount in integer minor units.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct MoneyInput {
     /// Minor units (cents for USD).
     pub minor: i64,
@@ -382,68 +382,57 @@ pub struct MoneyInput {
     pub currency: String,
 }
 
-impl MoneyInput {
-    fn to_money(&self, field: &str) -> Result<Money, ValidationError> {
-        let currency = Currency::parse(&self.currency).map_err(|e| e.within(field))?;
-        Ok(Money::new(self.minor, currency))
-    }
-}
-
 /// Personal data fields; absent ones are left unchanged.
-#[derive(Debug, Clone, Default, InputObject)]
+#[derive(Debug, Clone, Default, InputObject, serde::Serialize)]
 pub struct ProfileInput {
     /// Full name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// E-mail address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Phone number.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
     /// Postal address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 }
 
-impl From<ProfileInput> for ev::Profile {
-    fn from(p: ProfileInput) -> Self {
-        Self {
-            name: p.name,
-            email: p.email,
-            phone: p.phone,
-            address: p.address,
-        }
-    }
-}
-
 /// Registration.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct RegisterCustomerInput {
     /// Acquisition channel, e.g. `paid_search`.
     pub channel: String,
     /// What acquiring the customer cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acquisition_cost: Option<MoneyInput>,
     /// Personal data.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProfileInput>,
 }
 
 /// A consent purpose, e.g. `marketing_email`.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct ConsentInput {
     /// What the consent covers.
     pub purpose: String,
 }
 
 /// A visit.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct RecordSessionInput {
     /// Session identifier.
     pub session_id: String,
     /// `web`, `app`, `store`, ...
     pub channel: String,
     /// Length in seconds (not negative).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_secs: Option<i32>,
 }
 
 /// A cart left without checkout.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct AbandonCartInput {
     /// Cart identifier.
     pub cart_id: String,
@@ -454,7 +443,7 @@ pub struct AbandonCartInput {
 }
 
 /// A purchase.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct PlaceOrderInput {
     /// Order identifier, unique per customer.
     pub order_id: String,
@@ -465,7 +454,8 @@ pub struct PlaceOrderInput {
 }
 
 /// Whether a refund returns the whole remaining amount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RefundKindInput {
     /// Exactly what the order has left.
     Full,
@@ -474,7 +464,7 @@ pub enum RefundKindInput {
 }
 
 /// A refund against an order.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct RefundOrderInput {
     /// The order.
     pub order_id: String,
@@ -485,42 +475,46 @@ pub struct RefundOrderInput {
     /// Full or partial.
     pub kind: RefundKindInput,
     /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// A complaint.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct FileComplaintInput {
     /// Complaint identifier.
     pub complaint_id: String,
     /// Category, e.g. `delivery`.
     pub category: String,
     /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
 /// Resolution of an open complaint.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct ResolveComplaintInput {
     /// Complaint identifier.
     pub complaint_id: String,
     /// How it was resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
 }
 
 /// Points spent.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct RedeemPointsInput {
     /// Redemption identifier.
     pub redemption_id: String,
     /// Points (positive, at most the balance).
     pub points: i64,
     /// What they were spent on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reward: Option<String>,
 }
 
 /// A manual balance correction.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct AdjustPointsInput {
     /// Adjustment identifier.
     pub adjustment_id: String,
@@ -531,7 +525,7 @@ pub struct AdjustPointsInput {
 }
 
 /// A campaign reaching the customer.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct TouchCampaignInput {
     /// Campaign identifier.
     pub campaign_id: String,
@@ -540,7 +534,8 @@ pub struct TouchCampaignInput {
 }
 
 /// Satisfaction scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SurveyMetricInput {
     /// Net Promoter Score, 0–10.
     Nps,
@@ -549,7 +544,7 @@ pub enum SurveyMetricInput {
 }
 
 /// A survey answer.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct AnswerSurveyInput {
     /// Survey identifier.
     pub survey_id: String,
@@ -560,7 +555,7 @@ pub struct AnswerSurveyInput {
 }
 
 /// A support ticket.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct OpenTicketInput {
     /// Ticket identifier.
     pub ticket_id: String,
@@ -569,16 +564,17 @@ pub struct OpenTicketInput {
 }
 
 /// Closing an open ticket.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct CloseTicketInput {
     /// Ticket identifier.
     pub ticket_id: String,
     /// Whether the problem was solved.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub solved: Option<bool>,
 }
 
 /// An outage affecting the customer.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct StartOutageInput {
     /// Outage identifier.
     pub outage_id: String,
@@ -587,29 +583,31 @@ pub struct StartOutageInput {
 }
 
 /// The end of an ongoing outage.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct EndOutageInput {
     /// Outage identifier.
     pub outage_id: String,
 }
 
 /// A subscription.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct StartSubscriptionInput {
     /// Subscription identifier.
     pub subscription_id: String,
     /// Plan name.
     pub plan: String,
     /// Recurring price.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<MoneyInput>,
 }
 
 /// Cancelling an active subscription.
-#[derive(Debug, Clone, InputObject)]
+#[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct CancelSubscriptionInput {
     /// Subscription identifier.
     pub subscription_id: String,
     /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -644,15 +642,23 @@ async fn record(
     })
 }
 
-fn money(input: &MoneyInput, field: &str) -> Result<Money, ValidationError> {
-    input.to_money(field)
-}
-
-/// A GraphQL `Int` that must not be negative, as the domain's `u32`, with
-/// an error naming the field (GraphQL's own message would not).
-fn count(value: i32, field: &str) -> Result<u32, ValidationError> {
-    u32::try_from(value)
-        .map_err(|_| ValidationError::new(field, format!("must not be negative, got {value}")))
+/// The event a mutation's input describes, through the conversion every
+/// way in shares ([`DomainEvent::from_json`]): the input serializes to the
+/// payload's own shape (snake_case fields, the same money object), and a
+/// value that does not fit is refused naming `input.<field>` in the API's
+/// camelCase.
+fn input_event<T: serde::Serialize>(
+    event_type: &str,
+    input: &T,
+) -> Result<DomainEvent, ValidationError> {
+    let payload =
+        serde_json::to_value(input).map_err(|e| ValidationError::new("input", e.to_string()))?;
+    DomainEvent::from_json(event_type, None, &payload).map_err(|e| match e {
+        crate::domain::DecodeError::Field { path, message, .. } => {
+            ValidationError::new(format!("input.{}", camel_path(&path)), message)
+        }
+        other => ValidationError::new("input", other.to_string()),
+    })
 }
 
 /// The write side: one mutation per interaction. Each takes the customer,
@@ -745,18 +751,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: RegisterCustomerInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = input
-            .acquisition_cost
-            .as_ref()
-            .map(|m| money(m, "input.acquisitionCost"))
-            .transpose()
-            .map(|acquisition_cost| {
-                DomainEvent::CustomerRegistered(ev::CustomerRegistered {
-                    channel: input.channel,
-                    acquisition_cost,
-                    profile: input.profile.map(Into::into).unwrap_or_default(),
-                })
-            });
+        let event = input_event("CustomerRegistered", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -770,9 +765,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: ProfileInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ProfileChanged(ev::ProfileChanged {
-            profile: input.into(),
-        }));
+        let event = input_event("ProfileChanged", &serde_json::json!({ "profile": input }));
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -786,9 +779,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: ConsentInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ConsentGiven(ev::Consent {
-            purpose: input.purpose,
-        }));
+        let event = input_event("ConsentGiven", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -802,9 +793,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: ConsentInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ConsentWithdrawn(ev::Consent {
-            purpose: input.purpose,
-        }));
+        let event = input_event("ConsentWithdrawn", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -818,17 +807,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: RecordSessionInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = input
-            .duration_secs
-            .map(|d| count(d, "input.durationSecs"))
-            .transpose()
-            .map(|duration_secs| {
-                DomainEvent::SessionRecorded(ev::SessionRecorded {
-                    session_id: input.session_id,
-                    channel: input.channel,
-                    duration_secs,
-                })
-            });
+        let event = input_event("SessionRecorded", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -842,13 +821,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: AbandonCartInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = money(&input.value, "input.value").and_then(|value| {
-            Ok(DomainEvent::CartAbandoned(ev::CartAbandoned {
-                cart_id: input.cart_id,
-                value,
-                item_count: count(input.item_count, "input.itemCount")?,
-            }))
-        });
+        let event = input_event("CartAbandoned", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -862,13 +835,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: PlaceOrderInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = money(&input.amount, "input.amount").and_then(|amount| {
-            Ok(DomainEvent::OrderPlaced(ev::OrderPlaced {
-                order_id: input.order_id,
-                amount,
-                item_count: count(input.item_count, "input.itemCount")?,
-            }))
-        });
+        let event = input_event("OrderPlaced", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -882,18 +849,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: RefundOrderInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = money(&input.amount, "input.amount").map(|amount| {
-            DomainEvent::OrderRefunded(ev::OrderRefunded {
-                order_id: input.order_id,
-                refund_id: input.refund_id,
-                amount,
-                kind: match input.kind {
-                    RefundKindInput::Full => ev::RefundKind::Full,
-                    RefundKindInput::Partial => ev::RefundKind::Partial,
-                },
-                reason: input.reason,
-            })
-        });
+        let event = input_event("OrderRefunded", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -907,11 +863,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: FileComplaintInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ComplaintFiled(ev::ComplaintFiled {
-            complaint_id: input.complaint_id,
-            category: input.category,
-            description: input.description,
-        }));
+        let event = input_event("ComplaintFiled", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -925,10 +877,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: ResolveComplaintInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ComplaintResolved(ev::ComplaintResolved {
-            complaint_id: input.complaint_id,
-            resolution: input.resolution,
-        }));
+        let event = input_event("ComplaintResolved", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -943,11 +892,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: RedeemPointsInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::PointsRedeemed(ev::PointsRedeemed {
-            redemption_id: input.redemption_id,
-            points: input.points,
-            reward: input.reward,
-        }));
+        let event = input_event("PointsRedeemed", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -961,11 +906,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: AdjustPointsInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::PointsAdjusted(ev::PointsAdjusted {
-            adjustment_id: input.adjustment_id,
-            points: input.points,
-            reason: input.reason,
-        }));
+        let event = input_event("PointsAdjusted", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -979,10 +920,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: TouchCampaignInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::CampaignTouched(ev::CampaignTouched {
-            campaign_id: input.campaign_id,
-            channel: input.channel,
-        }));
+        let event = input_event("CampaignTouched", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -996,18 +934,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: AnswerSurveyInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = u8::try_from(input.score)
-            .map_err(|_| ValidationError::new("input.score", "must be between 0 and 10"))
-            .map(|score| {
-                DomainEvent::SurveyAnswered(ev::SurveyAnswered {
-                    survey_id: input.survey_id,
-                    metric: match input.metric {
-                        SurveyMetricInput::Nps => ev::SurveyMetric::Nps,
-                        SurveyMetricInput::Csat => ev::SurveyMetric::Csat,
-                    },
-                    score,
-                })
-            });
+        let event = input_event("SurveyAnswered", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1021,10 +948,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: OpenTicketInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::SupportTicketOpened(ev::SupportTicketOpened {
-            ticket_id: input.ticket_id,
-            subject: input.subject,
-        }));
+        let event = input_event("SupportTicketOpened", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1038,10 +962,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: CloseTicketInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::SupportTicketClosed(ev::SupportTicketClosed {
-            ticket_id: input.ticket_id,
-            solved: input.solved,
-        }));
+        let event = input_event("SupportTicketClosed", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1055,12 +976,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: StartOutageInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ServiceOutageStarted(
-            ev::ServiceOutageStarted {
-                outage_id: input.outage_id,
-                service: input.service,
-            },
-        ));
+        let event = input_event("ServiceOutageStarted", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1074,9 +990,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: EndOutageInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::ServiceOutageEnded(ev::ServiceOutageEnded {
-            outage_id: input.outage_id,
-        }));
+        let event = input_event("ServiceOutageEnded", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1090,18 +1004,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: StartSubscriptionInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = input
-            .price
-            .as_ref()
-            .map(|m| money(m, "input.price"))
-            .transpose()
-            .map(|price| {
-                DomainEvent::SubscriptionStarted(ev::SubscriptionStarted {
-                    subscription_id: input.subscription_id,
-                    plan: input.plan,
-                    price,
-                })
-            });
+        let event = input_event("SubscriptionStarted", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 
@@ -1115,12 +1018,7 @@ impl Mutation {
         expected_version: Option<u64>,
         input: CancelSubscriptionInput,
     ) -> async_graphql::Result<CommandResult> {
-        let event = Ok(DomainEvent::SubscriptionCancelled(
-            ev::SubscriptionCancelled {
-                subscription_id: input.subscription_id,
-                reason: input.reason,
-            },
-        ));
+        let event = input_event("SubscriptionCancelled", &input);
         record(ctx, customer_id, occurred_at, expected_version, event).await
     }
 }
