@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -258,58 +258,31 @@ pub async fn segment_batch(
     Ok(answer(&state, "segment", items, references).await)
 }
 
-async fn segment_single(
-    state: ApiState,
+/// `POST /v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`: one
+/// message of that type.
+pub async fn segment_single(
+    State(state): State<ApiState>,
+    Path(kind): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-    kind: &str,
 ) -> Result<Response, Refusal> {
+    if !["track", "identify", "page", "screen"].contains(&kind.as_str()) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("/v1/{kind}: use /v1/batch, /v1/track, /v1/identify, /v1/page or /v1/screen"),
+        ));
+    }
     let value = parse_json(&body)?;
     let caller = caller(&state.keys, &headers, Some(&value))?;
     let (items, references) = convert_segment(
         &state.ingest.segment,
         &caller,
-        Some(kind),
+        Some(&kind),
         std::slice::from_ref(&value),
         None,
     );
     Ok(answer(&state, "segment", items, references).await)
-}
-
-/// `POST /v1/track`.
-pub async fn segment_track(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    segment_single(state, headers, body, "track").await
-}
-
-/// `POST /v1/identify`.
-pub async fn segment_identify(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    segment_single(state, headers, body, "identify").await
-}
-
-/// `POST /v1/page`.
-pub async fn segment_page(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    segment_single(state, headers, body, "page").await
-}
-
-/// `POST /v1/screen`.
-pub async fn segment_screen(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    segment_single(state, headers, body, "screen").await
 }
 
 /// `POST /cloudevents`: one event (structured or binary mode) or a batch.

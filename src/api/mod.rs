@@ -133,10 +133,7 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     let pipelines = Router::new()
         .route("/v1/batch", post(ingest::segment_batch))
-        .route("/v1/track", post(ingest::segment_track))
-        .route("/v1/identify", post(ingest::segment_identify))
-        .route("/v1/page", post(ingest::segment_page))
-        .route("/v1/screen", post(ingest::segment_screen))
+        .route("/v1/{kind}", post(ingest::segment_single))
         .route("/cloudevents", post(ingest::cloudevents))
         .layer(DefaultBodyLimit::max(limits::MAX_INGEST_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(limits::MAX_INGEST_BODY_BYTES))

@@ -435,22 +435,9 @@ impl Ingestor {
     }
 
     fn registration(&self, p: &Prepared) -> NewEvent {
-        let event = DomainEvent::CustomerRegistered(CustomerRegistered {
-            channel: p.channel.clone(),
-            acquisition_cost: None,
-            profile: Default::default(),
-        });
-        NewEvent::from_domain(
-            registration_id(&p.customer),
-            p.occurred_at,
-            &p.metadata,
-            &event,
-        )
-        .unwrap_or_else(|_| {
-            // A channel the domain refuses (too long, control characters)
-            // registers under the neutral name instead of losing the event.
-            let neutral = DomainEvent::CustomerRegistered(CustomerRegistered {
-                channel: "ingest".into(),
+        let registered = |channel: &str| {
+            let event = DomainEvent::CustomerRegistered(CustomerRegistered {
+                channel: channel.to_owned(),
                 acquisition_cost: None,
                 profile: Default::default(),
             });
@@ -458,10 +445,14 @@ impl Ingestor {
                 registration_id(&p.customer),
                 p.occurred_at,
                 &p.metadata,
-                &neutral,
+                &event,
             )
+        };
+        // A channel the domain refuses (too long, control characters)
+        // registers under the neutral name instead of losing the event.
+        registered(&p.channel)
+            .or_else(|_| registered("ingest"))
             .expect("a neutral registration is valid")
-        })
     }
 
     /// Records the held events due at `now` (at their release instant) and
