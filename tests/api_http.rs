@@ -874,3 +874,76 @@ async fn auditors_verify_a_customer_and_see_where_it_was_tampered() {
     // No SQL or internals in what the auditor sees.
     assert!(!found.to_string().contains("sqlx"), "{found}");
 }
+
+/// A caller that asks for no concurrency check gets none: 50 concurrent
+/// orders for one customer without `expectedVersion` are 50 orders.
+#[tokio::test]
+async fn concurrent_orders_without_expected_version_all_append() {
+    let server = TestServer::start().await;
+    server
+        .ok(
+            &mutation("registerCustomer", "busy", 1, r#"{channel: "web"}"#),
+            json!({}),
+        )
+        .await;
+    let orders = (0..50).map(|i| {
+        let doc = mutation(
+            "placeOrder",
+            "busy",
+            2,
+            &format!(
+                r#"{{orderId: "o{i}", amount: {{minor: 100, currency: "USD"}}, itemCount: 1}}"#
+            ),
+        );
+        let server = &server;
+        async move { server.gql(Some(Role::App), &doc, json!({})).await }
+    });
+    let answers = futures::future::join_all(orders).await;
+    for answer in &answers {
+        assert!(answer.get("errors").is_none(), "{answer}");
+    }
+    let data = server
+        .ok(
+            r#"{ customer(id: "busy") { version historicalValue { orderCount } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["customer"]["historicalValue"]["orderCount"], 50);
+    assert_eq!(data["customer"]["version"], 51);
+}
+
+/// An amount beyond what the ledger accepts is refused naming the field,
+/// and nothing is stored (a sum of such amounts once wrapped to −2).
+#[tokio::test]
+async fn amounts_beyond_the_limit_are_refused() {
+    let server = TestServer::start().await;
+    server
+        .ok(
+            &mutation("registerCustomer", "rich", 1, r#"{channel: "web"}"#),
+            json!({}),
+        )
+        .await;
+    let head = server.head().await;
+    let answer = server
+        .gql(
+            Some(Role::App),
+            &mutation(
+                "placeOrder",
+                "rich",
+                2,
+                r#"{orderId: "o1", amount: {minor: 9223372036854775807, currency: "USD"}, itemCount: 1}"#,
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&answer),
+        Some("BAD_USER_INPUT".to_owned()),
+        "{answer}"
+    );
+    assert!(
+        answer.to_string().contains("input.amount.minor"),
+        "{answer}"
+    );
+    assert_eq!(server.head().await, head);
+}

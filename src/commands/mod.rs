@@ -96,6 +96,10 @@ pub enum CommandError {
     Corrupt(#[from] DecodeError),
 }
 
+/// How often a command without an expected version is tried against a
+/// history that keeps moving under it before the conflict is reported.
+pub const UNCONDITIONED_ATTEMPTS: u32 = 50;
+
 /// Checks rules and appends; shared by the API and any other writer.
 #[derive(Clone)]
 pub struct CommandHandler {
@@ -124,7 +128,29 @@ impl CommandHandler {
 
     /// Validates `command` against the customer's history and appends its
     /// event, returning the stored event. Nothing is stored on error.
+    ///
+    /// Without an expected version the caller asked for no concurrency
+    /// check, so a race with another writer of the same customer is not
+    /// their conflict: the history is read again and the rules re-checked
+    /// against it, up to [`UNCONDITIONED_ATTEMPTS`] times.
     pub async fn execute(&self, command: Command) -> Result<RecordedEvent, CommandError> {
+        let mut attempt = 1;
+        loop {
+            match self.execute_once(&command).await {
+                Err(CommandError::Conflict { .. })
+                    if command.expected_version.is_none() && attempt < UNCONDITIONED_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    // Spread racing writers apart a little (0–4 ms).
+                    let jitter = u64::from(Uuid::new_v4().as_bytes()[0] % 5);
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn execute_once(&self, command: &Command) -> Result<RecordedEvent, CommandError> {
         check_not_in_future("occurredAt", command.occurred_at)?;
         command.event.validate().map_err(|e| e.within("input"))?;
         let stream = command.customer.stream_id();

@@ -544,6 +544,22 @@ impl DomainEvent {
         }
     }
 
+    /// The money fields of the payload, with their field names.
+    fn amounts(&self) -> Vec<(&'static str, &Money)> {
+        match self {
+            Self::CustomerRegistered(e) => e
+                .acquisition_cost
+                .iter()
+                .map(|m| ("acquisition_cost", m))
+                .collect(),
+            Self::CartAbandoned(e) => vec![("value", &e.value)],
+            Self::OrderPlaced(e) => vec![("amount", &e.amount)],
+            Self::OrderRefunded(e) => vec![("amount", &e.amount)],
+            Self::SubscriptionStarted(e) => e.price.iter().map(|m| ("price", m)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Decodes a payload given as JSON (what the ways in — GraphQL inputs,
     /// JSON lines, CloudEvents, Segment mappings — produce). `None` takes
     /// the current schema version. Errors name the field's path, e.g.
@@ -574,6 +590,9 @@ impl DomainEvent {
     /// above the order, redemption not above the balance) are checked by
     /// the command layer.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        for (field, amount) in self.amounts() {
+            amount.require_within_limit(field)?;
+        }
         match self {
             Self::CustomerRegistered(e) => {
                 require_id("channel", &e.channel)?;
@@ -784,6 +803,27 @@ mod tests {
         let old = serde_json::json!({"order_id": "o1", "amount_cents": 5, "item_count": 1});
         let upcast = DomainEvent::from_json("OrderPlaced", Some(1), &old).unwrap();
         assert!(matches!(upcast, DomainEvent::OrderPlaced(o) if o.amount.minor == 5));
+    }
+
+    #[test]
+    fn amounts_above_the_limit_are_refused_by_every_way_in() {
+        let too_big = Money::MAX_MINOR + 1;
+        let order = DomainEvent::from_json(
+            "OrderPlaced",
+            None,
+            &serde_json::json!({"order_id": "o", "amount": {"minor": too_big, "currency": "USD"}, "item_count": 1}),
+        )
+        .unwrap();
+        let err = order.validate().unwrap_err();
+        assert_eq!(err.field, "amount.minor");
+        assert!(err.reason.contains("at most 10000000000000"), "{err}");
+        let at_limit = DomainEvent::from_json(
+            "CartAbandoned",
+            None,
+            &serde_json::json!({"cart_id": "c", "value": {"minor": Money::MAX_MINOR, "currency": "USD"}, "item_count": 1}),
+        )
+        .unwrap();
+        at_limit.validate().unwrap();
     }
 
     #[test]

@@ -138,6 +138,28 @@ impl Money {
     }
 
     /// Requires a strictly positive amount (orders, refunds, costs).
+    /// Largest amount one event may carry, in minor units: 10^13 (a
+    /// hundred billion in a two-decimal currency). Sums over a customer's
+    /// or a population's events then stay far inside `i64` (over 900,000
+    /// amounts at the limit), so a total cannot wrap through any real
+    /// history; an amount above it is an input error, named as such.
+    pub const MAX_MINOR: i64 = 10_000_000_000_000;
+
+    /// Refuses an amount above [`Money::MAX_MINOR`] (in either sign).
+    pub fn require_within_limit(&self, field: &str) -> Result<(), ValidationError> {
+        if self.minor.unsigned_abs() > Self::MAX_MINOR as u64 {
+            return Err(ValidationError::new(
+                format!("{field}.minor"),
+                format!(
+                    "{} is larger than the ledger accepts (at most {} minor units per amount)",
+                    self.minor,
+                    Self::MAX_MINOR
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn require_positive(&self, field: &str) -> Result<(), ValidationError> {
         if self.minor <= 0 {
             return Err(ValidationError::new(
