@@ -761,6 +761,11 @@ async fn health_metrics_and_graphiql_are_served() {
     let health: Value = server.get("/healthz").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["headPosition"], 1);
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["headPosition"], 1);
     let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("journey_graphql_requests_total{operation=\"anonymous\"}"),

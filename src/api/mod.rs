@@ -9,7 +9,9 @@
 //! - `POST /v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`
 //!   — the Segment tracking API, and `POST /cloudevents` — CloudEvents
 //!   (see [`ingest`]);
-//! - `GET /healthz` — store reachability;
+//! - `GET /healthz` — liveness: the process answers and reaches its store;
+//! - `GET /readyz` — readiness: the store and the read models are readable
+//!   (503 with the reason otherwise), with each projection's lag;
 //! - `GET /metrics` — Prometheus text (request counts and latency per
 //!   operation, events appended, store head, projection lag when known).
 //!
@@ -155,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/graphql/ws", get(graphql_ws))
         .route("/graphql/assets/{name}", get(graphiql::assets))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
@@ -287,6 +290,35 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+/// Readiness (Kubernetes `readinessProbe`): 200 only when a query would be
+/// answered — the store's head and the read models' status both readable.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let unready = |what: &str, error: &dyn std::fmt::Display| {
+        tracing::warn!(error = %error, "not ready: {what}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready", "reason": format!("{what}: {error}")})),
+        )
+            .into_response()
+    };
+    let head = match state.store.head_position().await {
+        Ok(head) => head,
+        Err(e) => return unready("store unreadable", &e),
+    };
+    match state.read_models.projection_status().await {
+        Ok(status) => Json(serde_json::json!({
+            "status": "ready",
+            "backend": state.store.backend(),
+            "headPosition": head,
+            "projections": status.projections.iter().map(|p| serde_json::json!({
+                "name": p.name, "version": p.version, "checkpoint": p.checkpoint, "lag": p.lag,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => unready("read models unreadable", &e),
     }
 }
 

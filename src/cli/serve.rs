@@ -59,6 +59,16 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         keys.add_env_list(&list)
             .context("reading JOURNEY_API_KEYS")?;
     }
+    // The port first: a server that cannot listen fails before it spends
+    // minutes importing or rebuilding.
+    let addr = args
+        .addr
+        .clone()
+        .unwrap_or_else(|| config.server.addr.clone());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
     let mut _demo_dir = None;
     let mut demo_key = None;
     let (store, store_url): (Arc<dyn EventStore>, String) = if args.demo {
@@ -92,11 +102,6 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
              JOURNEY_API_KEYS=\"name:role:key,...\" (roles: app, analyst, auditor, admin)."
         );
     }
-    let addr = args.addr.unwrap_or_else(|| config.server.addr.clone());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
     let read_models_url = args
         .read_models
         .clone()
@@ -150,13 +155,36 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         println!("  demo admin key (paste into GraphiQL's Headers tab):");
         println!("    {{\"Authorization\": \"Bearer {key}\"}}");
     }
-    println!("Press Ctrl-C to stop.");
+    println!("Press Ctrl-C to stop (SIGTERM drains the same way).");
     serve_http(listener, router(state), async {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         eprintln!("shutting down: finishing requests in flight");
     })
     .await
     .context("serving HTTP")
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM (what Kubernetes and systemd send on every
+/// deploy): either drains the requests in flight.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
 }
 
 /// The pipeline endpoints' mapping, options and writer.
