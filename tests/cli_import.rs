@@ -200,3 +200,32 @@ fn cloudevents_lines_import_once_and_a_bad_line_is_named() {
         "nothing of the bad line's batch is stored"
     );
 }
+
+/// Commands that only read never create a store: a mistyped path is an
+/// error naming it, not an empty ledger that verifies.
+#[test]
+fn read_only_commands_on_a_missing_store_fail_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", missing.display());
+    for args in [
+        vec!["verify"],
+        vec!["stats"],
+        vec!["events", "c1"],
+        vec!["customer", "c1"],
+        vec!["export", "c1"],
+        vec!["versions"],
+    ] {
+        let out = journey(&url, &args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a missing store"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("no store at {}", missing.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}

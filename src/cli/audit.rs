@@ -12,7 +12,7 @@ use journey_ledger::config::Config;
 use journey_ledger::domain::CustomerId;
 use journey_ledger::privacy::{erase_customer, Vault};
 
-use super::ledger::{open_store, progress_bar};
+use super::ledger::{open_existing_store, progress_bar};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -59,7 +59,7 @@ pub async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     if let Some(file) = args.file {
         return finish(verify_export_file(&file)?);
     }
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     if let Some(id) = args.customer {
         let customer = CustomerId::parse(&id)?;
         return finish(verify_customer(store.as_ref(), &customer).await?);
@@ -81,7 +81,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--as-of {text:?} is not an RFC 3339 instant"))
         })
         .transpose()?;
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let vault = Vault::open_if_supported(&config.store)
         .await
         .context("opening the key table")?;
@@ -113,7 +113,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
 
 pub async fn erase(config: &Config, args: EraseArgs) -> anyhow::Result<()> {
     let customer = CustomerId::parse(&args.customer_id)?;
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let vault = Vault::open(&config.store)
         .await
         .context("opening the key table")?;

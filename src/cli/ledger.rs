@@ -131,6 +131,30 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
         .with_context(|| format!("opening store {}", config.store))
 }
 
+/// Opens the configured store for a command that only reads (or acts on
+/// what is there): a SQLite path that does not exist is an error, never a
+/// new empty store — an auditor who mistypes a path must not be told an
+/// empty ledger verifies.
+pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    require_existing(&config.store)?;
+    open_store(config).await
+}
+
+/// Fails with "no store at …" when `url` names a SQLite file that does not
+/// exist.
+pub fn require_existing(url: &str) -> anyhow::Result<()> {
+    if let Some(file) = store::sqlite_file(url) {
+        if !file.exists() {
+            anyhow::bail!(
+                "no store at {}: check --store or JOURNEY_STORE (this command only reads, so it \
+                 never creates one)",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A bar counting items (`unit`) with their rate and the time left.
 pub fn rate_bar(total: u64, what: &str, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
@@ -181,7 +205,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
 
 pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
     let customer = CustomerId::parse(&args.customer_id)?;
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let events = store
         .read_stream(&customer.stream_id(), ReadStream::all_forwards())
         .await?;
@@ -211,7 +235,7 @@ pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn stats(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let stats = store.stats().await?;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())

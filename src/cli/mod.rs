@@ -49,7 +49,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import events from a file (CDNOW purchases or JSON lines), idempotently.
+    /// Import events from a file (CDNOW purchases, JSON lines or CloudEvents), idempotently.
     ///
     /// Importing the same file twice stores it once: event ids are derived
     /// from the file's content. A bad line stops the import with
@@ -105,7 +105,11 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Erase(audit::EraseArgs),
     /// Serve the GraphQL API (GraphiQL at /graphql, subscriptions at
-    /// /graphql/ws, /healthz, /metrics).
+    /// /graphql/ws, /healthz, /readyz, /metrics) and the pipeline endpoints.
+    ///
+    /// Segment / RudderStack SDKs: point their host at this server, with an
+    /// `app` API key as the write key (POST /v1/batch, /v1/track, ...);
+    /// CloudEvents: POST /cloudevents. Mapping: projections/ingest/segment.toml.
     ///
     /// Try it:  journey serve --demo
     /// Requests need `Authorization: Bearer <key>`; keys come from

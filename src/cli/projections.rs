@@ -14,7 +14,7 @@ use journey_ledger::projections::runner::{self, RebuildOptions};
 use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::projections::{bench, diff, query};
 
-use super::ledger::{open_store, progress_bar, rate_bar};
+use super::ledger::{open_existing_store, open_store, progress_bar, rate_bar};
 use super::projector_options;
 
 /// Where the read models live.
@@ -139,6 +139,7 @@ pub struct BenchDeadlinesArgs {
 
 async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadModelDb> {
     let url = args.read_models.as_deref().unwrap_or(&config.store);
+    super::ledger::require_existing(url)?;
     ReadModelDb::open(url).await.with_context(|| {
         format!("opening read models at {url} (use --read-models for stores without SQL)")
     })
@@ -236,7 +237,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<()> {
 pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
     let a = RuleSet::load(&args.rules_a)?;
     let b = RuleSet::load(&args.rules_b)?;
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let report = diff::diff(store, &a, &b, args.as_of).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -244,7 +245,7 @@ pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
 
 pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()> {
     let id = CustomerId::parse(&args.customer_id)?;
-    let store = open_store(config).await?;
+    let store = open_existing_store(config).await?;
     let db = open_db(config, &args.read_models).await?;
     // Instants are stored to the microsecond; "now" is too.
     let now = Utc::now().timestamp_micros();

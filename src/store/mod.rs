@@ -278,6 +278,17 @@ pub fn pool_options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
         .min_connections(0)
 }
 
+/// The file a `sqlite://` URL names (`None` for other URLs and for
+/// in-memory databases).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = sqlite::connect_options(url).ok()?;
+    let file = options.get_filename();
+    (file.as_os_str() != ":memory:" && !file.as_os_str().is_empty()).then(|| file.to_path_buf())
+}
+
 /// Opens the store a URL names, migrating it on first use.
 ///
 /// - `sqlite://path/to/journey.db` (created if missing) — embedded default;
