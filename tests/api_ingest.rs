@@ -499,3 +499,75 @@ async fn an_order_completed_twice_under_two_message_ids_is_stored_once() {
         ["CustomerRegistered", "OrderPlaced"]
     );
 }
+
+/// The same ingestion on PostgreSQL: registration, per-message results,
+/// held carts settled by an order or released, resends stored once.
+#[tokio::test]
+async fn ingestion_on_postgres_holds_settles_and_releases() {
+    use journey_ledger::import::held::HeldEvents;
+    use journey_ledger::import::ingest::{Ingestor, Status};
+    let db = journey_ledger::testing::TempDatabase::create()
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
+    let store = journey_ledger::store::open(&db.url).await.unwrap();
+    let held = HeldEvents::open_if_supported(&db.url).await.unwrap();
+    assert!(held.is_some(), "PostgreSQL keeps held events");
+    let ingestor = Ingestor::new(store.clone(), None, held);
+    let mapping = SegmentMapping::shipped();
+    let messages = [
+        track(
+            "p1",
+            "2024-04-01T10:00:00Z",
+            "Checkout Started",
+            json!({"order_id": "o-1", "value": 20, "currency": "EUR"}),
+        ),
+        track(
+            "p2",
+            "2024-04-01T10:05:00Z",
+            "Order Completed",
+            json!({"order_id": "o-1", "total": 20, "currency": "EUR"}),
+        ),
+        track(
+            "p3",
+            "2024-04-01T11:00:00Z",
+            "Cart Viewed",
+            json!({"cart_id": "c-2", "value": 5, "currency": "EUR"}),
+        ),
+    ];
+    let convert = || {
+        messages
+            .iter()
+            .map(|m| mapping.convert("pg-shop", None, m, Utc::now()))
+            .collect::<Vec<_>>()
+    };
+    let outcomes = ingestor.ingest(convert()).await.unwrap();
+    let got: Vec<Status> = outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(got, [Status::Held, Status::Accepted, Status::Held]);
+    let again = ingestor.ingest(convert()).await.unwrap();
+    let got: Vec<Status> = again.iter().map(|o| o.status).collect();
+    assert_eq!(got, [Status::Held, Status::Duplicate, Status::Held]);
+    let held = ingestor.held().unwrap();
+    assert_eq!(
+        held.count().await.unwrap(),
+        1,
+        "the order settled the checkout"
+    );
+    assert_eq!(ingestor.release_due(Utc::now()).await.unwrap(), 1);
+    assert_eq!(held.count().await.unwrap(), 0);
+    let stream = journey_ledger::domain::CustomerId::parse("seg-1")
+        .unwrap()
+        .stream_id();
+    let types: Vec<String> = store
+        .read_stream(&stream, ReadStream::all_forwards())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(
+        types,
+        ["CustomerRegistered", "OrderPlaced", "CartAbandoned"]
+    );
+    drop(store);
+    db.drop_database().await;
+}

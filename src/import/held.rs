@@ -190,23 +190,21 @@ impl HeldEvents {
                 p[0], p[1]
             )
         };
+        macro_rules! due {
+            ($pool:expr, $params:expr) => {
+                sqlx::query(&sql($params))
+                    .bind(micros(now))
+                    .bind(limit)
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| row_of(&r))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+        }
         let rows = match &self.table {
-            Table::Sqlite(pool) => sqlx::query(&sql(["?1", "?2"]))
-                .bind(micros(now))
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| row_of(&r))
-                .collect::<Result<Vec<_>, _>>()?,
-            Table::Postgres(pool) => sqlx::query(&sql(["$1", "$2"]))
-                .bind(micros(now))
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| row_of(&r))
-                .collect::<Result<Vec<_>, _>>()?,
+            Table::Sqlite(pool) => due!(pool, ["?1", "?2"]),
+            Table::Postgres(pool) => due!(pool, ["$1", "$2"]),
         };
         Ok(rows)
     }
