@@ -1,5 +1,10 @@
 //! The bulk write path of rebuilds and population refits: whole customers'
 //! rows and states, millions of them, each unit of work one transaction.
+//! On SQLite the live runner's batches and deadline ticks go through the
+//! same C-API statements ([`commit_sqlite_batch`]): a tick's thousands of
+//! customers are scattered over the version, and per-row statements on
+//! prepared handles cost a third of what multi-row statements through sqlx
+//! did there.
 //!
 //! - **SQLite** has one writer per file, so one thread owns a dedicated
 //!   connection and steps prepared `INSERT`s on it through the C API
@@ -26,7 +31,7 @@ use tokio::sync::mpsc;
 
 use super::runner::{decode_customer_state, RunnerError};
 use super::state::CustomerState;
-use super::storage::{ReadModelDb, StateRow, StorageError};
+use super::storage::{BatchWrite, ReadModelDb, StateRow, StorageError};
 use super::{Row, TableKind, TableSpec, Value};
 use crate::domain::CustomerId;
 use crate::store::sqlite_raw::{Bind, RawConnection, RawError};
@@ -342,6 +347,62 @@ impl TableInserts<'_> {
     }
 }
 
+/// Prepares every table's inserts, by table name.
+fn prepare_inserts<'c>(
+    raw_conn: &'c RawConnection<'_>,
+    tables: &'c [TableSpec],
+) -> Result<HashMap<&'static str, TableInserts<'c>>, StorageError> {
+    let mut inserts = HashMap::new();
+    for spec in tables {
+        let width = spec.columns.len() + 2;
+        let prepare = |rows: usize| {
+            let tuples: Vec<String> = (0..rows)
+                .map(|r| {
+                    let marks: Vec<String> =
+                        (1..=width).map(|i| format!("?{}", r * width + i)).collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect();
+            raw_conn.prepare(&format!(
+                "INSERT INTO {} (model_version, customer_id, {}) VALUES {}",
+                spec.name,
+                spec.columns.join(", "),
+                tuples.join(", ")
+            ))
+        };
+        let statements = TableInserts {
+            many: prepare(ROWS_PER_INSERT).map_err(raw)?,
+            one: prepare(1).map_err(raw)?,
+            spec,
+        };
+        inserts.insert(spec.name, statements);
+    }
+    Ok(inserts)
+}
+
+/// Inserts rows of any of the tables, table by table (in the given order
+/// within each), several per statement.
+fn insert_rows(
+    inserts: &mut HashMap<&'static str, TableInserts<'_>>,
+    model_version: i64,
+    rows: &[Row],
+) -> Result<(), StorageError> {
+    let mut by_table: Vec<&Row> = rows.iter().collect();
+    by_table.sort_by_key(|r| r.table);
+    for group in by_table.chunk_by(|a, b| a.table == b.table) {
+        let table = group[0].table;
+        let statements = inserts
+            .get_mut(table)
+            .ok_or_else(|| StorageError::RowShape {
+                table: table.to_owned(),
+                expected: 0,
+                got: group[0].values.len(),
+            })?;
+        statements.insert(model_version, group)?;
+    }
+    Ok(())
+}
+
 /// Binds one row's values from parameter `offset + 1` on.
 fn bind_row(
     statement: &mut crate::store::sqlite_raw::Statement<'_>,
@@ -386,31 +447,7 @@ fn sqlite_writer(
     raw_conn
         .execute("PRAGMA wal_autocheckpoint = 16384")
         .map_err(raw)?;
-    let mut inserts = HashMap::new();
-    for spec in tables {
-        let width = spec.columns.len() + 2;
-        let prepare = |rows: usize| {
-            let tuples: Vec<String> = (0..rows)
-                .map(|r| {
-                    let marks: Vec<String> =
-                        (1..=width).map(|i| format!("?{}", r * width + i)).collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect();
-            raw_conn.prepare(&format!(
-                "INSERT INTO {} (model_version, customer_id, {}) VALUES {}",
-                spec.name,
-                spec.columns.join(", "),
-                tuples.join(", ")
-            ))
-        };
-        let statements = TableInserts {
-            many: prepare(ROWS_PER_INSERT).map_err(raw)?,
-            one: prepare(1).map_err(raw)?,
-            spec,
-        };
-        inserts.insert(spec.name, statements);
-    }
+    let mut inserts = prepare_inserts(&raw_conn, tables)?;
     let mut insert_state = raw_conn
         .prepare(
             "INSERT INTO customer_state (model_version, customer_id, last_occurred_us, due_us, state) \
@@ -465,19 +502,7 @@ fn sqlite_writer(
             }
             // Rows come customer by customer; insert them table by table
             // (in customer order within each), several per statement.
-            let mut by_table: Vec<&Row> = work.rows.iter().collect();
-            by_table.sort_by_key(|r| r.table);
-            for group in by_table.chunk_by(|a, b| a.table == b.table) {
-                let table = group[0].table;
-                let statements = inserts
-                    .get_mut(table)
-                    .ok_or_else(|| StorageError::RowShape {
-                        table: table.to_owned(),
-                        expected: 0,
-                        got: group[0].values.len(),
-                    })?;
-                statements.insert(model_version, group)?;
-            }
+            insert_rows(&mut inserts, model_version, &work.rows)?;
             for state in &work.states {
                 insert_state
                     .bind(1, Bind::Int(model_version))
@@ -538,6 +563,188 @@ fn sqlite_writer(
     }
     outcome.map(|()| stats)
 }
+
+/// Runs `sql` (`SELECT customer_id, last_occurred_us, due_us, state …`
+/// with the version, the instant and the limit as parameters 1–3) through
+/// the C API. Call from a blocking thread.
+pub(crate) fn due_sqlite_states(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &str,
+    model_version: i64,
+    now_us: i64,
+    limit: i64,
+) -> Result<Vec<StateRow>, StorageError> {
+    let raw_conn = RawConnection::lock(conn)?;
+    let mut statement = raw_conn.prepare(sql).map_err(raw)?;
+    statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+    statement.bind(2, Bind::Int(now_us)).map_err(raw)?;
+    statement.bind(3, Bind::Int(limit)).map_err(raw)?;
+    let mut states = Vec::new();
+    while let Some(row) = statement.next_row().map_err(raw)? {
+        let customer_id = row
+            .text(0)
+            .map_err(|e| StorageError::Task(format!("customer_state.customer_id: {e}")))?;
+        states.push(StateRow {
+            customer_id: customer_id.to_owned(),
+            last_occurred_us: row.int(1),
+            due_us: (!row.is_null(2)).then(|| row.int(2)),
+            state: row.bytes(3).to_vec(),
+        });
+    }
+    Ok(states)
+}
+
+/// Commits a live batch or a deadline tick ([`BatchWrite`]) on SQLite
+/// through the C API, in one transaction with its checkpoint: per-customer
+/// deletes and single-row inserts stepped on prepared statements, and the
+/// states upserted in place. A tick's customers are scattered over the
+/// version, so each one is a few B-tree descents; through sqlx, statements
+/// of hundreds of bound values prepared per batch cost more than the
+/// descents themselves. Call from a blocking thread.
+pub(crate) fn commit_sqlite_batch(
+    conn: &mut sqlx::SqliteConnection,
+    model_version: i64,
+    tables: &[TableSpec],
+    batch: &BatchWrite,
+) -> Result<(), StorageError> {
+    let raw_conn = RawConnection::lock(conn)?;
+    let mut inserts = prepare_inserts(&raw_conn, tables)?;
+    let mut deletes = tables
+        .iter()
+        .map(|t| {
+            let sql = format!(
+                "DELETE FROM {} WHERE model_version = ?1 AND customer_id = ?2",
+                t.name
+            );
+            raw_conn.prepare(&sql).map(|statement| (t.name, statement))
+        })
+        .collect::<Result<HashMap<_, _>, _>>()
+        .map_err(raw)?;
+    let mut delete_state = raw_conn
+        .prepare("DELETE FROM customer_state WHERE model_version = ?1 AND customer_id = ?2")
+        .map_err(raw)?;
+    let mut upsert_state = raw_conn
+        .prepare(
+            "INSERT INTO customer_state (model_version, customer_id, last_occurred_us, due_us, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (model_version, customer_id) DO UPDATE SET \
+             last_occurred_us = excluded.last_occurred_us, due_us = excluded.due_us, \
+             state = excluded.state",
+        )
+        .map_err(raw)?;
+    let mut checkpoint = raw_conn
+        .prepare(
+            "UPDATE projection_versions SET checkpoint = ?1, events_applied = events_applied + ?2, \
+             watermark_us = CASE WHEN watermark_us IS NULL OR watermark_us < ?3 THEN ?3 ELSE watermark_us END, \
+             clock_us = COALESCE(?4, clock_us) WHERE model_version = ?5",
+        )
+        .map_err(raw)?;
+    let mut delete = |table: &str, customer: &str| -> Result<(), StorageError> {
+        let statement = deletes
+            .get_mut(table)
+            .ok_or_else(|| StorageError::RowShape {
+                table: table.to_owned(),
+                expected: 0,
+                got: 0,
+            })?;
+        statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+        statement.bind(2, Bind::Text(customer)).map_err(raw)?;
+        statement.execute().map_err(raw)
+    };
+    // A tick's commit leaves the write-ahead log to be checkpointed after
+    // its changes are published ([`ReadModelDb::checkpoint_wal`]): copying
+    // its pages into the database file is maintenance, not part of the
+    // latency of a silent customer's stage change.
+    if batch.checkpoint_later {
+        raw_conn
+            .execute("PRAGMA wal_autocheckpoint = 0")
+            .map_err(raw)?;
+    }
+    raw_conn.execute("BEGIN IMMEDIATE").map_err(raw)?;
+    let outcome = (|| {
+        // 1. Deletions, each table in customer order. States are replaced
+        // in place below; only a listed customer without a new state loses
+        // its stored one.
+        let restated: std::collections::HashSet<&str> = batch
+            .states
+            .iter()
+            .map(|s| s.customer_id.as_str())
+            .collect();
+        for (customers, scope) in [
+            (&batch.reset_customers, Some(true)),
+            (&batch.replace_customers, Some(false)),
+            (&batch.state_only, None),
+        ] {
+            for spec in tables.iter().filter(|t| match scope {
+                Some(all) => t.kind == TableKind::Current || (all && t.kind == TableKind::History),
+                None => false,
+            }) {
+                for customer in customers {
+                    delete(spec.name, customer)?;
+                }
+            }
+            for customer in customers.iter().filter(|c| !restated.contains(c.as_str())) {
+                delete_state
+                    .bind(1, Bind::Int(model_version))
+                    .map_err(raw)?;
+                delete_state.bind(2, Bind::Text(customer)).map_err(raw)?;
+                delete_state.execute().map_err(raw)?;
+            }
+        }
+        for (table, customer) in &batch.replace_in {
+            delete(table, customer)?;
+        }
+        // 2. Rows.
+        insert_rows(&mut inserts, model_version, &batch.rows)?;
+        // 3. States.
+        for state in &batch.states {
+            upsert_state
+                .bind(1, Bind::Int(model_version))
+                .map_err(raw)?;
+            upsert_state
+                .bind(2, Bind::Text(&state.customer_id))
+                .map_err(raw)?;
+            upsert_state
+                .bind(3, Bind::Int(state.last_occurred_us))
+                .map_err(raw)?;
+            upsert_state
+                .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
+                .map_err(raw)?;
+            upsert_state
+                .bind(5, Bind::Blob(&state.state))
+                .map_err(raw)?;
+            upsert_state.execute().map_err(raw)?;
+        }
+        // 4. Checkpoint.
+        checkpoint
+            .bind(1, Bind::Int(batch.checkpoint))
+            .map_err(raw)?;
+        checkpoint.bind(2, Bind::Int(batch.events)).map_err(raw)?;
+        checkpoint
+            .bind(3, batch.watermark_us.map_or(Bind::Null, Bind::Int))
+            .map_err(raw)?;
+        checkpoint
+            .bind(4, batch.clock_us.map_or(Bind::Null, Bind::Int))
+            .map_err(raw)?;
+        checkpoint.bind(5, Bind::Int(model_version)).map_err(raw)?;
+        checkpoint.execute().map_err(raw)?;
+        raw_conn.execute("COMMIT").map_err(raw)
+    })();
+    if outcome.is_err() {
+        let _ = raw_conn.execute("ROLLBACK");
+    }
+    if batch.checkpoint_later {
+        raw_conn
+            .execute(&format!(
+                "PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}"
+            ))
+            .map_err(raw)?;
+    }
+    outcome
+}
+
+/// SQLite's default automatic checkpoint threshold (pages of the log),
+/// which the read-model writer keeps outside ticks.
+const SQLITE_AUTOCHECKPOINT_PAGES: u32 = 1000;
 
 /// The PostgreSQL writer task: one connection, binary `COPY` per table.
 async fn postgres_writer(

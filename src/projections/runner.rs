@@ -420,6 +420,7 @@ impl Projector {
         let mut batch = BatchWrite {
             checkpoint: self.checkpoint as i64,
             clock_us: Some(now.timestamp_micros()),
+            checkpoint_later: true,
             ..Default::default()
         };
         for row in due {
@@ -466,6 +467,7 @@ impl Projector {
         let mut added = Vec::new();
         while let Some(Folded { batch, new_history }) = self.tick(limit).await? {
             self.commit(batch).await?;
+            self.checkpoint_wal().await?;
             added.extend(new_history);
         }
         Ok(added)
@@ -482,6 +484,15 @@ impl Projector {
         self.write_secs += started.elapsed().as_secs_f64();
         self.checkpoint = checkpoint;
         self.cache.shrink(|_| false);
+        Ok(())
+    }
+
+    /// Checkpoints the read models' write-ahead log after a tick's changes
+    /// are published (see [`BatchWrite::checkpoint_later`]).
+    pub async fn checkpoint_wal(&mut self) -> Result<(), RunnerError> {
+        let started = std::time::Instant::now();
+        self.db.checkpoint_wal().await?;
+        self.write_secs += started.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -807,6 +818,7 @@ impl Follower {
                             checkpoint: projector.checkpoint(),
                             new_history,
                         });
+                        projector.checkpoint_wal().await?;
                     }
                     next_tick = tokio::time::Instant::now() + TICK_EVERY;
                     continue;

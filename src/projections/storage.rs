@@ -257,6 +257,11 @@ pub struct BatchWrite {
     pub watermark_us: Option<i64>,
     /// The instant the touched customers were advanced to (µs).
     pub clock_us: Option<i64>,
+    /// Leave the write-ahead log's pages to [`ReadModelDb::checkpoint_wal`]
+    /// after the batch is published, instead of copying them into the
+    /// database file inside the commit (SQLite; a deadline tick rewrites
+    /// pages all over the version).
+    pub checkpoint_later: bool,
 }
 
 /// Criteria of [`ReadModelDb::filter_customers`]; `None` means any.
@@ -489,8 +494,19 @@ impl ReadModelDb {
             "SELECT customer_id, last_occurred_us, due_us, state FROM customer_state \
                            WHERE model_version = $1 AND due_us IS NOT NULL AND due_us <= $2 \
                            ORDER BY due_us LIMIT $3";
-        Ok(both!(self, pool => {
-            sqlx::query(SQL)
+        match self {
+            // Thousands of states at random places of the version: stepped
+            // through the C API on the writer's connection (sqlx hands each
+            // row across threads as owned values, several µs a row).
+            ReadModelDb::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                tokio::task::spawn_blocking(move || {
+                    super::bulk::due_sqlite_states(&mut conn, SQL, model_version, now_us, limit)
+                })
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?
+            }
+            ReadModelDb::Postgres(pool) => Ok(sqlx::query(SQL)
                 .bind(model_version)
                 .bind(now_us)
                 .bind(limit)
@@ -498,8 +514,8 @@ impl ReadModelDb {
                 .await?
                 .iter()
                 .map(|r| Ok::<_, sqlx::Error>(state_row!(r)))
-                .collect::<Result<Vec<_>, _>>()?
-        }))
+                .collect::<Result<Vec<_>, _>>()?),
+        }
     }
 
     /// The `n`-th earliest deadline of a version (µs), if that many are set.
@@ -738,6 +754,23 @@ impl ReadModelDb {
         }))
     }
 
+    /// Copies the write-ahead log's committed pages into the database file
+    /// (SQLite, passive: readers are not waited for; what they still use
+    /// is copied next time). Nothing to do on PostgreSQL. Returns the log's
+    /// pages and how many of them are now in the database file.
+    pub async fn checkpoint_wal(&self) -> Result<(i64, i64), StorageError> {
+        match self {
+            ReadModelDb::Sqlite(pool) => {
+                let (_busy, log, copied): (i64, i64, i64) =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(pool)
+                        .await?;
+                Ok((log, copied))
+            }
+            ReadModelDb::Postgres(_) => Ok((0, 0)),
+        }
+    }
+
     /// Commits one batch: deletions, rows, states, the optional population
     /// rewrite and the checkpoint, in one transaction.
     pub async fn commit_batch(
@@ -775,7 +808,19 @@ impl ReadModelDb {
             }
             by_table.entry(row.table).or_default().push(row);
         }
-        both!(self, pool => {
+        let pool = match self {
+            ReadModelDb::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                let tables = tables.to_vec();
+                return tokio::task::spawn_blocking(move || {
+                    super::bulk::commit_sqlite_batch(&mut conn, model_version, &tables, &batch)
+                })
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?;
+            }
+            ReadModelDb::Postgres(pool) => pool,
+        };
+        {
             let mut tx = pool.begin().await?;
             // 1. Deletions.
             for (customers, scope) in [
@@ -791,7 +836,9 @@ impl ReadModelDb {
                 let mut targets: Vec<&str> = tables
                     .iter()
                     .filter(|t| match scope {
-                        Some(all) => t.kind == TableKind::Current || (all && t.kind == TableKind::History),
+                        Some(all) => {
+                            t.kind == TableKind::Current || (all && t.kind == TableKind::History)
+                        }
                         None => false,
                     })
                     .map(|t| t.name)
@@ -799,7 +846,9 @@ impl ReadModelDb {
                 targets.push("customer_state");
                 for table in targets {
                     for chunk in customers.chunks(500) {
-                        let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
+                        let mut q = QueryBuilder::new(format!(
+                            "DELETE FROM {table} WHERE model_version = "
+                        ));
                         q.push_bind(model_version).push(" AND customer_id IN (");
                         let mut sep = q.separated(", ");
                         for c in chunk {
@@ -810,9 +859,14 @@ impl ReadModelDb {
                     }
                 }
             }
-            for (table, customers) in batch.replace_in.chunk_by(|a, b| a.0 == b.0).map(|c| (c[0].0, c)) {
+            for (table, customers) in batch
+                .replace_in
+                .chunk_by(|a, b| a.0 == b.0)
+                .map(|c| (c[0].0, c))
+            {
                 for chunk in customers.chunks(500) {
-                    let mut q = QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
+                    let mut q =
+                        QueryBuilder::new(format!("DELETE FROM {table} WHERE model_version = "));
                     q.push_bind(model_version).push(" AND customer_id IN (");
                     let mut sep = q.separated(", ");
                     for (_, c) in chunk {
@@ -842,7 +896,7 @@ impl ReadModelDb {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-        });
+        }
         Ok(())
     }
 }
