@@ -1,7 +1,7 @@
 //! The bulk write path of rebuilds and population refits: whole customers'
 //! rows and states, millions of them, each unit of work one transaction.
 //! On SQLite the live runner's batches and deadline ticks go through the
-//! same C-API statements ([`commit_sqlite_batch`]): a tick's thousands of
+//! same C-API statements (`commit_sqlite_batch`): a tick's thousands of
 //! customers are scattered over the version, and per-row statements on
 //! prepared handles cost a third of what multi-row statements through sqlx
 //! did there.
