@@ -279,6 +279,28 @@ async fn an_analyst_rebuilds_the_read_models_and_the_rebuild_is_recorded() {
         Some("BAD_USER_INPUT"),
         "{blank}"
     );
+    // A reason that could not be recorded (a control character) is refused
+    // before anything starts: no rebuild runs, none is reported.
+    let unprintable = server
+        .gql(
+            Some(Role::Analyst),
+            "mutation($r: String!) { rebuildReadModels(reason: $r) { rulesId } }",
+            json!({"r": "bad\u{1}reason"}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&unprintable).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{unprintable}"
+    );
+    assert_eq!(unprintable["errors"][0]["extensions"]["field"], "reason");
+    let last =
+        "{ projectionStatus { lastRebuild { requestedBy reason finishedAt modelVersion error } } }";
+    let after_refusal = server.ok(last, json!({})).await;
+    assert_eq!(
+        after_refusal["projectionStatus"]["lastRebuild"]["requestedBy"], "journey serve",
+        "only the start-up rebuild ran: {after_refusal}"
+    );
     let started = server.gql(Some(Role::Analyst), rebuild, json!({})).await;
     assert!(started["errors"].is_null(), "{started}");
 
@@ -293,6 +315,22 @@ async fn an_analyst_rebuilds_the_read_models_and_the_rebuild_is_recorded() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(switched, "no new read-model version became active");
+    let mut finished = Value::Null;
+    for _ in 0..200 {
+        let now = server.ok(last, json!({})).await;
+        if !now["projectionStatus"]["lastRebuild"]["finishedAt"].is_null() {
+            finished = now["projectionStatus"]["lastRebuild"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(finished["requestedBy"], "analyst-client", "{finished}");
+    assert_eq!(finished["reason"], "loyalty rates changed, ticket 7");
+    assert!(finished["error"].is_null(), "{finished}");
+    assert!(
+        finished["modelVersion"].as_i64().unwrap() >= 2,
+        "{finished}"
+    );
     order(&server, "rb-1", "2024-01-04T00:00:00Z", "o2", 1_000).await;
     caught_up(&server).await;
     let customer = server

@@ -76,8 +76,14 @@ impl Metrics {
         self.appended.fetch_add(count, Ordering::Relaxed);
     }
 
-    /// The Prometheus exposition text; `status` adds head and lag gauges.
-    pub fn render(&self, status: Option<&ProjectionStatus>) -> String {
+    /// The Prometheus exposition text; `status` adds head and lag gauges,
+    /// `rebuilds_failed` (a server running the projections) the count of
+    /// failed rebuilds.
+    pub fn render(
+        &self,
+        status: Option<&ProjectionStatus>,
+        rebuilds_failed: Option<u64>,
+    ) -> String {
         let mut out = String::new();
         let ops = self.operations.lock().expect("metrics lock").clone();
         let ingested = self.ingested.lock().expect("metrics lock").clone();
@@ -143,6 +149,13 @@ impl Metrics {
             "journey_events_appended_total {}",
             self.appended.load(Ordering::Relaxed)
         );
+        if let Some(failed) = rebuilds_failed {
+            out.push_str(
+                "# HELP journey_rebuilds_failed_total Read-model rebuilds that failed (the live read models stayed on their version).\n",
+            );
+            out.push_str("# TYPE journey_rebuilds_failed_total counter\n");
+            let _ = writeln!(out, "journey_rebuilds_failed_total {failed}");
+        }
         if let Some(status) = status {
             out.push_str("# HELP journey_store_head_position Last committed global position.\n");
             out.push_str("# TYPE journey_store_head_position gauge\n");
@@ -188,7 +201,7 @@ mod tests {
         m.observe_request("GetCustomer", Duration::from_micros(800), false);
         m.observe_request("GetCustomer", Duration::from_millis(30), true);
         m.observe_request("bad\"label", Duration::from_millis(1), false);
-        let text = m.render(None);
+        let text = m.render(None, None);
         assert!(text.contains("journey_graphql_requests_total{operation=\"GetCustomer\"} 2"));
         assert!(text.contains("journey_graphql_errors_total{operation=\"GetCustomer\"} 1"));
         assert!(text.contains(

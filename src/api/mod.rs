@@ -329,7 +329,13 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(status.as_ref()),
+        state.metrics.render(
+            status.as_ref(),
+            state
+                .projections
+                .get()
+                .map(|control| control.rebuilds_failed()),
+        ),
     )
         .into_response()
 }

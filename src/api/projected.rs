@@ -18,7 +18,7 @@ use super::live::LiveFeeds;
 use super::read_models::{
     Alert, Clv, CohortRow, CustomerFilter, CustomerPage, CustomerView, EventFoldReadModels,
     Loyalty, MoneyView, PointsLot, ProjectionState, ProjectionStatus, ReadModelError,
-    ReadModelSource, ReadModels, Rfm, StageChange, StageCount, StageTransition,
+    ReadModelSource, ReadModels, RebuildRun, Rfm, StageChange, StageCount, StageTransition,
 };
 use crate::domain::CustomerId;
 use crate::projections::analytics;
@@ -369,6 +369,7 @@ impl ReadModels for ProjectedReadModels {
                     head_position,
                     source: ReadModelSource::Projection,
                     projections: Vec::new(),
+                    last_rebuild: None,
                 })
             }
             Err(e) => return Err(e.into()),
@@ -387,6 +388,7 @@ impl ReadModels for ProjectedReadModels {
                     lag: head_position.saturating_sub(checkpoint),
                 })
                 .collect(),
+            last_rebuild: None,
         })
     }
 
@@ -414,6 +416,8 @@ pub struct ProjectionControl {
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     rebuilding: std::sync::atomic::AtomicBool,
     options: runner::ProjectorOptions,
+    last_rebuild: std::sync::Mutex<Option<RebuildRun>>,
+    rebuilds_failed: std::sync::atomic::AtomicU64,
 }
 
 /// Why a rebuild could not start.
@@ -422,6 +426,10 @@ pub enum RebuildRequestError {
     /// One rebuild at a time.
     #[error("a rebuild is already running")]
     AlreadyRunning,
+    /// Who or why could not be recorded (empty, too long, control
+    /// characters): the rebuild is refused, not run.
+    #[error("{0}")]
+    Invalid(#[from] crate::domain::ValidationError),
 }
 
 impl ProjectionControl {
@@ -433,6 +441,17 @@ impl ProjectionControl {
     /// Whether a rebuild is running.
     pub fn is_rebuilding(&self) -> bool {
         self.rebuilding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The last rebuild this server ran or runs.
+    pub fn last_rebuild(&self) -> Option<RebuildRun> {
+        self.last_rebuild.lock().expect("rebuild lock").clone()
+    }
+
+    /// Rebuilds that failed since the server started.
+    pub fn rebuilds_failed(&self) -> u64 {
+        self.rebuilds_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts following the active version (its states load on demand).
@@ -478,6 +497,7 @@ impl ProjectionControl {
         RebuildRequestError,
     > {
         use std::sync::atomic::Ordering;
+        crate::audit::check_rebuild_request(actor, reason)?;
         if self
             .rebuilding
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
@@ -490,14 +510,44 @@ impl ProjectionControl {
         Ok(tokio::spawn(async move {
             let result = control.rebuild_now(&actor, &reason).await;
             control.rebuilding.store(false, Ordering::SeqCst);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "rebuild failed");
-            }
             result
         }))
     }
 
+    /// Runs a rebuild now and keeps how it ended for `projectionStatus`
+    /// and `/metrics`. A rebuild that fails before its switch leaves the
+    /// follower on the version it follows; after the switch the follower
+    /// moves to the new version before anything else can fail.
     async fn rebuild_now(
+        &self,
+        actor: &str,
+        reason: &str,
+    ) -> Result<runner::RebuildReport, RunnerError> {
+        *self.last_rebuild.lock().expect("rebuild lock") = Some(RebuildRun {
+            requested_by: actor.to_owned(),
+            reason: reason.to_owned(),
+            started_at: now(),
+            finished_at: None,
+            model_version: None,
+            error: None,
+        });
+        let result = self.rebuild_and_switch(actor, reason).await;
+        if let Some(run) = self.last_rebuild.lock().expect("rebuild lock").as_mut() {
+            run.finished_at = Some(now());
+            match &result {
+                Ok(report) => run.model_version = Some(report.model_version),
+                Err(e) => run.error = Some(e.to_string()),
+            }
+        }
+        if let Err(e) = &result {
+            self.rebuilds_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "rebuild failed; the live read models stay on their version");
+        }
+        result
+    }
+
+    async fn rebuild_and_switch(
         &self,
         actor: &str,
         reason: &str,
@@ -518,6 +568,9 @@ impl ProjectionControl {
         )
         .await?;
         if report.activated {
+            // Follow the new version first: the old one is retired now,
+            // whatever happens to the record below.
+            self.start_follower().await?;
             crate::audit::record_rebuild(
                 self.store.as_ref(),
                 actor,
@@ -536,7 +589,6 @@ impl ProjectionControl {
             )
             .await
             .map_err(|e| RunnerError::Record(e.to_string()))?;
-            self.start_follower().await?;
         }
         tracing::info!(
             events = report.events,
@@ -568,6 +620,8 @@ pub async fn start_projections(
         follower: std::sync::Mutex::new(None),
         rebuilding: std::sync::atomic::AtomicBool::new(false),
         options,
+        last_rebuild: std::sync::Mutex::new(None),
+        rebuilds_failed: std::sync::atomic::AtomicU64::new(0),
     });
     match runner::active(&control.db).await {
         Err(RunnerError::NoActiveVersion) => {

@@ -328,6 +328,27 @@ pub struct ProjectionStatus {
     pub source: ReadModelSource,
     /// Running projections (empty when none is running).
     pub projections: Vec<ProjectionState>,
+    /// The last rebuild this server ran or is running (`rebuildReadModels`
+    /// or its own start-up rebuild); null before the first.
+    pub last_rebuild: Option<RebuildRun>,
+}
+
+/// A rebuild a server ran: who asked, why, and how it ended. A failed
+/// rebuild leaves the live read models on the version they followed.
+#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
+pub struct RebuildRun {
+    /// The API key's name, or `journey serve` for its own.
+    pub requested_by: String,
+    /// Why.
+    pub reason: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended; null while it runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The version it built and activated, once it has.
+    pub model_version: Option<i64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// The read side of the ledger, as the API needs it.
@@ -541,6 +562,7 @@ impl ReadModels for EventFoldReadModels {
             head_position: self.store.head_position().await?,
             source: ReadModelSource::EventFold,
             projections: Vec::new(),
+            last_rebuild: None,
         })
     }
 

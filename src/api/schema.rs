@@ -14,6 +14,7 @@ use super::error::{bad_input, camel_path, coded, command_error, internal, read_e
 use super::limits;
 use super::live::LiveFeeds;
 use super::metrics::Metrics;
+use super::projected::RebuildRequestError;
 use super::read_models::{
     Alert, CohortRow, CustomerFilter, CustomerView, ProjectionStatus, ReadModels, StageCount,
     StageTransition,
@@ -365,11 +366,16 @@ impl Query {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<ProjectionStatus> {
-        services(ctx)
+        let mut status = services(ctx)
             .read_models
             .projection_status()
             .await
-            .map_err(read_error)
+            .map_err(read_error)?;
+        status.last_rebuild = services(ctx)
+            .projections
+            .get()
+            .and_then(|control| control.last_rebuild());
+        Ok(status)
     }
 }
 
@@ -737,7 +743,10 @@ impl Mutation {
                 rules_id: control.rules().rules_id(),
                 rules_hash: control.rules().hash.clone(),
             }),
-            Err(e) => Err(coded("REBUILD_RUNNING", e.to_string())),
+            Err(RebuildRequestError::Invalid(e)) => Err(bad_input(&e.field, e.reason)),
+            Err(e @ RebuildRequestError::AlreadyRunning) => {
+                Err(coded("REBUILD_RUNNING", e.to_string()))
+            }
         }
     }
 

@@ -39,6 +39,22 @@ pub struct RebuildDetails {
     pub projections: Vec<String>,
 }
 
+/// Checks that a rebuild by `actor` for `reason` can be recorded (who and
+/// why are required, printable and bounded), before the rebuild starts:
+/// a request that could not be recorded must be refused, not run.
+pub fn check_rebuild_request(actor: &str, reason: &str) -> Result<(), ValidationError> {
+    rebuild_event(actor, reason, RebuildDetails::default()).validate()
+}
+
+fn rebuild_event(actor: &str, reason: &str, details: RebuildDetails) -> DomainEvent {
+    DomainEvent::ReadModelsRebuilt(ReadModelsRebuilt {
+        requested_by: actor.to_owned(),
+        reason: reason.to_owned(),
+        rules_version: details.rules_version,
+        projections: details.projections,
+    })
+}
+
 /// Records that read models were rebuilt, as a `ReadModelsRebuilt` event in
 /// the [`ADMIN_STREAM`] (who = `actor`, why = `reason`, when = now).
 pub async fn record_rebuild(
@@ -47,12 +63,7 @@ pub async fn record_rebuild(
     reason: &str,
     details: RebuildDetails,
 ) -> Result<AppendOutcome, RecordError> {
-    let event = DomainEvent::ReadModelsRebuilt(ReadModelsRebuilt {
-        requested_by: actor.to_owned(),
-        reason: reason.to_owned(),
-        rules_version: details.rules_version,
-        projections: details.projections,
-    });
+    let event = rebuild_event(actor, reason, details);
     let metadata = EventMetadata {
         actor: Some(actor.to_owned()),
         source: Some("rebuild".to_owned()),
