@@ -409,6 +409,38 @@ async fn profiles_are_sealed_revealed_and_erased_by_an_admin() {
     let erase = r#"mutation { eraseCustomer(customerId: "pii", reason: "GDPR art. 17 #42") { eventVersion } }"#;
     let denied = server.gql(Some(Role::Auditor), erase, json!({})).await;
     assert_eq!(error_code(&denied).as_deref(), Some("FORBIDDEN"));
+    // An unknown customer and an unrecordable reason are refused by code,
+    // and nothing is appended.
+    let head = server.store.head_position().await.unwrap();
+    let unknown = server
+        .gql(
+            Some(Role::Admin),
+            r#"mutation { eraseCustomer(customerId: "nobody-here", reason: "GDPR art. 17 #43") { eventVersion } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&unknown).as_deref(),
+        Some("NOT_FOUND"),
+        "{unknown}"
+    );
+    let control = server
+        .gql(
+            Some(Role::Admin),
+            r#"mutation($r: String!) { eraseCustomer(customerId: "pii", reason: $r) { eventVersion } }"#,
+            json!({"r": "tab\there"}),
+        )
+        .await;
+    assert_eq!(
+        error_code(&control).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{control}"
+    );
+    assert_eq!(
+        control["errors"][0]["extensions"]["field"], "reason",
+        "{control}"
+    );
+    assert_eq!(server.store.head_position().await.unwrap(), head);
     let done = server.ok(erase, json!({})).await;
     assert_eq!(done["eraseCustomer"]["eventVersion"], 2);
     let after = server.ok(query, json!({})).await;
@@ -543,7 +575,9 @@ async fn subscription_roles_are_enforced() {
         json!({"Authorization": "Bearer wrong-key-wrong-key-wrong"}),
     )
     .await;
-    assert_ne!(refused["type"], "connection_ack", "{refused}");
+    // graphql-ws's convention for a refused connection_init: 4403 Forbidden.
+    assert_eq!(refused["type"], "closed", "{refused}");
+    assert_eq!(refused["code"], 4403, "{refused}");
 }
 
 #[tokio::test]
@@ -738,6 +772,11 @@ async fn bad_input_gets_a_clear_error_and_appends_nothing() {
     }
     let (status, body) = server.post_raw(Some(Role::Admin), "{\"query\": ").await;
     assert_eq!(status, 400, "{body}");
+    // A GraphQL-shaped error clients can parse, not Rust's debug text.
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_REQUEST"), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("not a GraphQL request"), "{message}");
+    assert!(!message.contains("InvalidRequest("), "{message}");
     let (status, _) = server
         .post_raw(
             Some(Role::Admin),

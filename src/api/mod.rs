@@ -36,7 +36,9 @@ use std::time::Instant;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::Data;
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::{CloseFrame, Message};
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -177,6 +179,39 @@ pub async fn serve(
         .await
 }
 
+/// A body that is not a GraphQL request (malformed JSON, no `query`, a
+/// bad multipart upload): 400 (413 when too large) with a GraphQL-shaped
+/// error, as clients
+/// parse every response, naming what is wrong without Rust's debug text.
+fn bad_request(rejection: GraphQLRejection) -> Response {
+    use async_graphql::ParseRequestError;
+    let (status, message) = match &rejection.0 {
+        ParseRequestError::Io(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("the request body could not be read: {e}"),
+        ),
+        ParseRequestError::InvalidRequest(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not a GraphQL request: {e}"),
+        ),
+        ParseRequestError::PayloadTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large".to_owned(),
+        ),
+        other => (
+            StatusCode::BAD_REQUEST,
+            format!("the request could not be parsed: {other}"),
+        ),
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]
+        })),
+    )
+        .into_response()
+}
+
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
@@ -200,11 +235,15 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 async fn graphql_post(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    request: GraphQLRequest,
+    request: Result<GraphQLRequest, GraphQLRejection>,
 ) -> Response {
     let caller = match state.keys.from_header(authorization(&headers)) {
         Ok(caller) => caller,
         Err(auth::InvalidKey) => return unauthorized(),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(rejection) => return bad_request(rejection),
     };
     let mut request = request.into_inner();
     let operation = request
@@ -237,7 +276,11 @@ async fn graphql_ws(
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, schema, protocol)
+            let (sink, stream) = futures::StreamExt::split(socket);
+            let sink = futures::SinkExt::with(sink, |message: Message| async move {
+                Ok::<_, axum::Error>(forbidden_close(message))
+            });
+            GraphQLWebSocket::new_with_pair(sink, stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let mut data = Data::default();
                     match connection_caller(&keys, &payload) {
@@ -248,13 +291,31 @@ async fn graphql_ws(
                             }
                         }
                         Err(auth::InvalidKey) => {
-                            return Err(async_graphql::Error::new("invalid API key"));
+                            return Err(async_graphql::Error::new(INVALID_KEY_CLOSE));
                         }
                     }
                     Ok(data)
                 })
                 .serve()
         })
+}
+
+/// Why a websocket's `connection_init` was refused (the close reason).
+const INVALID_KEY_CLOSE: &str = "Forbidden: invalid API key";
+
+/// async-graphql closes a refused `connection_init` with 1002 (protocol
+/// error); graphql-ws clients expect 4403 Forbidden for a bad key, and
+/// retry on 1002 as if the server were at fault.
+fn forbidden_close(message: Message) -> Message {
+    match message {
+        Message::Close(Some(frame)) if frame.code == 1002 && frame.reason == INVALID_KEY_CLOSE => {
+            Message::Close(Some(CloseFrame {
+                code: 4403,
+                reason: frame.reason,
+            }))
+        }
+        other => other,
+    }
 }
 
 /// The caller named by a `connection_init` payload: `{"Authorization":

@@ -706,9 +706,12 @@ impl Mutation {
             &reason,
         )
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "erasure failed");
-            async_graphql::Error::new("erasure failed; see the server log")
+        .map_err(|e| match e {
+            crate::privacy::PrivacyError::UnknownCustomer(_) => {
+                coded("NOT_FOUND", format!("customerId: {e}"))
+            }
+            crate::privacy::PrivacyError::Invalid(e) => bad_input(&e.field, e.reason),
+            e => internal(&e),
         })?;
         Ok(ErasureResult {
             customer_id: report.customer_id,

@@ -80,7 +80,11 @@ pub async fn next_json(socket: &mut Socket) -> Value {
                 return value;
             }
             Some(Ok(Message::Close(frame))) => {
-                return json!({"type": "closed", "reason": frame.map(|f| f.reason.to_string())})
+                return json!({
+                    "type": "closed",
+                    "code": frame.as_ref().map(|f| u16::from(f.code)),
+                    "reason": frame.map(|f| f.reason.to_string()),
+                })
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return json!({"type": "closed", "reason": e.to_string()}),
