@@ -79,6 +79,27 @@ fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
     let stats = json(&ok(journey(&store, &["stats"])));
     assert_eq!(stats["events"], 0, "nothing of the batch was stored");
 
+    // Metadata is bounded like payload text: a 10 MB actor names its line
+    // and field, and nothing is stored.
+    let huge_actor = format!(
+        r#"{{"customer_id":"ada","event_type":"CustomerRegistered","occurred_at":"2024-05-01T00:00:00Z","payload":{{"channel":"web"}},"metadata":{{"actor":"{}"}}}}"#,
+        "a".repeat(10 * 1024 * 1024)
+    );
+    let file = dir.path().join("actor.jsonl");
+    std::fs::write(&file, format!("{}\n{huge_actor}\n", lines[0])).unwrap();
+    let out = journey(
+        &store,
+        &["import", file.to_str().unwrap(), "--format", "jsonl"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("actor.jsonl:2: ")
+            && stderr.contains("metadata.actor: must be at most 256 bytes"),
+        "{stderr}"
+    );
+    assert_eq!(json(&ok(journey(&store, &["stats"])))["events"], 0);
+
     let cdnow = dir.path().join("bad.txt");
     std::fs::write(
         &cdnow,

@@ -30,6 +30,36 @@ pub struct EventMetadata {
 }
 
 impl EventMetadata {
+    /// Longest `actor`, in bytes (API key names, user ids, tool names).
+    pub const MAX_ACTOR_BYTES: usize = 256;
+    /// Longest `source`, in bytes (a file path and line, an endpoint).
+    pub const MAX_SOURCE_BYTES: usize = 1024;
+
+    /// Checks the free-text fields: bounded and printable, like payload
+    /// text, so metadata cannot carry what a payload may not (a 10 MB
+    /// `actor` was once stored).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        for (field, value, max) in [
+            ("metadata.actor", &self.actor, Self::MAX_ACTOR_BYTES),
+            ("metadata.source", &self.source, Self::MAX_SOURCE_BYTES),
+        ] {
+            let Some(value) = value else { continue };
+            if value.len() > max {
+                return Err(ValidationError::new(
+                    field,
+                    format!("must be at most {max} bytes, got {}", value.len()),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(ValidationError::new(
+                    field,
+                    "must not contain control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Canonical JSON text of the metadata, as stored and hashed.
     pub fn to_canonical_json(&self) -> String {
         to_canonical_string(&serde_json::to_value(self).expect("metadata serializes"))
@@ -62,6 +92,7 @@ impl NewEvent {
         event: &DomainEvent,
     ) -> Result<Self, ValidationError> {
         event.validate()?;
+        metadata.validate()?;
         Ok(Self::from_parts(
             event_id,
             event.event_type(),

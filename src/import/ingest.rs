@@ -274,6 +274,7 @@ impl Ingestor {
                 }
                 event
                     .validate()
+                    .and_then(|()| incoming.metadata.validate())
                     .map_err(|e| format!("{} {e}", event.event_type()))?;
                 Work::Hold(HeldEvent {
                     event_id,
