@@ -57,6 +57,20 @@ fn jsonl_fixture_imports_once_and_reads_back() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no events for customer nobody"));
 }
 
+/// Runs an import that must fail; returns its standard error.
+fn failed_import(store: &str, file: &std::path::Path, format: &str) -> String {
+    let out = journey(
+        store,
+        &["import", file.to_str().unwrap(), "--format", format],
+    );
+    assert!(
+        !out.status.success(),
+        "the import of {} failed",
+        file.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
     let (dir, store) = temp_sqlite();
@@ -66,12 +80,7 @@ fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
     lines.push(bad);
     let file = dir.path().join("bad.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let out = journey(
-        &store,
-        &["import", file.to_str().unwrap(), "--format", "jsonl"],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_import(&store, &file, "jsonl");
     assert!(
         stderr.contains("bad.jsonl:7: ") && stderr.contains("ZZZ"),
         "error names file, line and value: {stderr}"
@@ -87,12 +96,7 @@ fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
     );
     let file = dir.path().join("actor.jsonl");
     std::fs::write(&file, format!("{}\n{huge_actor}\n", lines[0])).unwrap();
-    let out = journey(
-        &store,
-        &["import", file.to_str().unwrap(), "--format", "jsonl"],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_import(&store, &file, "jsonl");
     assert!(
         stderr.contains("actor.jsonl:2: ")
             && stderr.contains("metadata.actor: must be at most 256 bytes"),
@@ -106,12 +110,7 @@ fn a_bad_line_is_reported_with_its_number_and_stores_nothing() {
         " 00001 19970101  1   11.77\n 00002 19970112  x   12.00\n",
     )
     .unwrap();
-    let out = journey(
-        &store,
-        &["import", cdnow.to_str().unwrap(), "--format", "cdnow"],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_import(&store, &cdnow, "cdnow");
     assert!(stderr.contains("bad.txt:2: number_of_cds"), "{stderr}");
     assert_eq!(json(&ok(journey(&store, &["stats"])))["events"], 0);
 }

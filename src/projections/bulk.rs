@@ -403,6 +403,26 @@ fn insert_rows(
     Ok(())
 }
 
+/// Binds a state row to `(model_version, customer_id, last_occurred_us,
+/// due_us, state)` parameters 1–5.
+fn bind_state(
+    statement: &mut crate::store::sqlite_raw::Statement<'_>,
+    model_version: i64,
+    state: &StateRow,
+) -> Result<(), StorageError> {
+    statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
+    statement
+        .bind(2, Bind::Text(&state.customer_id))
+        .map_err(raw)?;
+    statement
+        .bind(3, Bind::Int(state.last_occurred_us))
+        .map_err(raw)?;
+    statement
+        .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
+        .map_err(raw)?;
+    statement.bind(5, Bind::Blob(&state.state)).map_err(raw)
+}
+
 /// Binds one row's values from parameter `offset + 1` on.
 fn bind_row(
     statement: &mut crate::store::sqlite_raw::Statement<'_>,
@@ -504,21 +524,7 @@ fn sqlite_writer(
             // (in customer order within each), several per statement.
             insert_rows(&mut inserts, model_version, &work.rows)?;
             for state in &work.states {
-                insert_state
-                    .bind(1, Bind::Int(model_version))
-                    .map_err(raw)?;
-                insert_state
-                    .bind(2, Bind::Text(&state.customer_id))
-                    .map_err(raw)?;
-                insert_state
-                    .bind(3, Bind::Int(state.last_occurred_us))
-                    .map_err(raw)?;
-                insert_state
-                    .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
-                    .map_err(raw)?;
-                insert_state
-                    .bind(5, Bind::Blob(&state.state))
-                    .map_err(raw)?;
+                bind_state(&mut insert_state, model_version, state)?;
                 insert_state.execute().map_err(raw)?;
             }
             if work.events > 0 || work.watermark_us.is_some() {
@@ -697,21 +703,7 @@ pub(crate) fn commit_sqlite_batch(
         insert_rows(&mut inserts, model_version, &batch.rows)?;
         // 3. States.
         for state in &batch.states {
-            upsert_state
-                .bind(1, Bind::Int(model_version))
-                .map_err(raw)?;
-            upsert_state
-                .bind(2, Bind::Text(&state.customer_id))
-                .map_err(raw)?;
-            upsert_state
-                .bind(3, Bind::Int(state.last_occurred_us))
-                .map_err(raw)?;
-            upsert_state
-                .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
-                .map_err(raw)?;
-            upsert_state
-                .bind(5, Bind::Blob(&state.state))
-                .map_err(raw)?;
+            bind_state(&mut upsert_state, model_version, state)?;
             upsert_state.execute().map_err(raw)?;
         }
         // 4. Checkpoint.
