@@ -14,6 +14,9 @@
 //! 3. [`BgNbdParams::fit`] / [`ParetoNbdParams::fit`] → [`PurchaseModel`];
 //!    [`GammaGammaParams::fit`] on repeat buyers for spend.
 //! 4. [`customer_lifetime_value`], [`holdout_report`], [`score_rfm`].
+//! 5. [`ranking`]: how well any score (P(alive), RFM, an alert) ranks who
+//!    then churned — ROC AUC with average ranks, the ROC curve, precision,
+//!    recall and lift among the top fraction.
 
 pub mod bgnbd;
 #[allow(clippy::module_inception)]
@@ -23,6 +26,7 @@ pub mod holdout;
 pub mod ledger;
 pub mod optimize;
 pub mod paretonbd;
+pub mod ranking;
 pub mod rfm;
 pub mod rules;
 pub mod special;
