@@ -181,8 +181,8 @@ pub async fn serve(
 
 /// A body that is not a GraphQL request (malformed JSON, no `query`, a
 /// bad multipart upload): 400 (413 when too large) with a GraphQL-shaped
-/// error, as clients
-/// parse every response, naming what is wrong without Rust's debug text.
+/// error, as clients parse every response, naming what is wrong without
+/// Rust's debug text.
 fn bad_request(rejection: GraphQLRejection) -> Response {
     use async_graphql::ParseRequestError;
     let (status, message) = match &rejection.0 {

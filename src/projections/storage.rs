@@ -756,19 +756,14 @@ impl ReadModelDb {
 
     /// Copies the write-ahead log's committed pages into the database file
     /// (SQLite, passive: readers are not waited for; what they still use
-    /// is copied next time). Nothing to do on PostgreSQL. Returns the log's
-    /// pages and how many of them are now in the database file.
-    pub async fn checkpoint_wal(&self) -> Result<(i64, i64), StorageError> {
-        match self {
-            ReadModelDb::Sqlite(pool) => {
-                let (_busy, log, copied): (i64, i64, i64) =
-                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                        .fetch_one(pool)
-                        .await?;
-                Ok((log, copied))
-            }
-            ReadModelDb::Postgres(_) => Ok((0, 0)),
+    /// is copied next time). Nothing to do on PostgreSQL.
+    pub async fn checkpoint_wal(&self) -> Result<(), StorageError> {
+        if let ReadModelDb::Sqlite(pool) = self {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(pool)
+                .await?;
         }
+        Ok(())
     }
 
     /// Commits one batch: deletions, rows, states, the optional population
