@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backtest;
 pub mod bench;
 pub mod clv;
 pub mod commands;

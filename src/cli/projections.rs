@@ -148,7 +148,7 @@ async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadMo
 /// The rules of `--rules DIR`, else of the configured rules directory; when
 /// that is the default and absent (run outside the repository), the rules
 /// built into the binary, as `journey serve` does.
-fn load_rules(config: &Config, dir: Option<&PathBuf>) -> anyhow::Result<RuleSet> {
+pub(crate) fn load_rules(config: &Config, dir: Option<&PathBuf>) -> anyhow::Result<RuleSet> {
     match dir {
         Some(dir) => Ok(RuleSet::load(dir)?),
         None if config.rules_dir.join("lifecycle.toml").exists()
