@@ -23,6 +23,7 @@ pub mod domain;
 pub mod import;
 pub mod privacy;
 pub mod projections;
+pub mod report;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

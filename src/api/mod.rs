@@ -3,6 +3,9 @@
 //! Routes:
 //! - `POST /graphql` — queries and mutations (bearer API key required);
 //! - `GET /graphql` — GraphiQL, served from files embedded in the binary;
+//! - `GET /workbench` — the analysts' charts (page and chart library
+//!   embedded; the data comes from the `workbench` query with the key the
+//!   analyst types);
 //! - `GET /graphql/ws` — subscriptions (graphql-transport-ws); the key goes
 //!   in the `connection_init` payload as `{"Authorization": "Bearer <key>"}`
 //!   or in the upgrade request's `Authorization` header;
@@ -75,6 +78,8 @@ pub struct ApiState {
     pub ingest: ingest::IngestSources,
     /// The projections, once started.
     projections: Arc<std::sync::OnceLock<Arc<projected::ProjectionControl>>>,
+    /// Rules and settings of `validation` and `workbench`.
+    analysis: Arc<std::sync::OnceLock<Arc<crate::report::AnalysisSettings>>>,
 }
 
 impl ApiState {
@@ -89,6 +94,7 @@ impl ApiState {
         let metrics = Arc::new(Metrics::default());
         let live = LiveFeeds::default();
         let projections = Arc::new(std::sync::OnceLock::new());
+        let analysis = Arc::new(std::sync::OnceLock::new());
         let ingest = ingest::IngestSources {
             ingestor: crate::import::ingest::Ingestor::new(store.clone(), vault.clone(), None),
             segment: Arc::new(crate::import::segment::SegmentMapping::shipped()),
@@ -107,6 +113,7 @@ impl ApiState {
             metrics: metrics.clone(),
             vault,
             projections: projections.clone(),
+            analysis: analysis.clone(),
         });
         Self {
             schema,
@@ -117,6 +124,7 @@ impl ApiState {
             live,
             ingest,
             projections,
+            analysis,
         }
     }
 
@@ -125,6 +133,11 @@ impl ApiState {
     pub fn with_ingest(mut self, sources: ingest::IngestSources) -> Self {
         self.ingest = sources;
         self
+    }
+
+    /// Sets the rules analysts validate and chart with (first call wins).
+    pub fn attach_analysis(&self, settings: crate::report::AnalysisSettings) {
+        let _ = self.analysis.set(Arc::new(settings));
     }
 
     /// Hands the running projections to the API (for `rebuildReadModels`).
@@ -158,6 +171,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/graphql/ws", get(graphql_ws))
         .route("/graphql/assets/{name}", get(graphiql::assets))
+        .route("/workbench", get(workbench_page))
+        .route("/workbench/assets/echarts.min.js", get(echarts_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -399,4 +414,20 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
         ),
     )
         .into_response()
+}
+
+/// `GET /workbench`: the analysts' charts (data over GraphQL with a key).
+async fn workbench_page() -> axum::response::Html<String> {
+    axum::response::Html(crate::report::page::workbench_page())
+}
+
+/// The vendored chart library, cached for a day.
+async fn echarts_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        crate::report::page::ECHARTS_JS,
+    )
 }

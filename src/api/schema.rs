@@ -44,6 +44,9 @@ pub struct Services {
     pub vault: Option<Arc<crate::privacy::Vault>>,
     /// The projections this server runs, once started (rebuilds go there).
     pub projections: Arc<std::sync::OnceLock<Arc<super::projected::ProjectionControl>>>,
+    /// Rules and settings for `validation` and `workbench` (the shipped
+    /// ones until the server attaches its own).
+    pub analysis: Arc<std::sync::OnceLock<Arc<crate::report::AnalysisSettings>>>,
 }
 
 /// What an erasure did.
@@ -73,6 +76,41 @@ pub fn sdl() -> String {
 
 fn services<'a>(ctx: &Context<'a>) -> &'a Services {
     ctx.data_unchecked::<Services>()
+}
+
+fn analysis(s: &Services) -> Arc<crate::report::AnalysisSettings> {
+    s.analysis
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(crate::report::AnalysisSettings::shipped()))
+}
+
+fn parse_unit(
+    unit: Option<&str>,
+    rules: &crate::projections::rules::RuleSet,
+) -> async_graphql::Result<crate::clv::TimeUnit> {
+    use crate::clv::TimeUnit;
+    match unit {
+        None => Ok(rules.clv.model.time_unit),
+        Some("day") => Ok(TimeUnit::Day),
+        Some("week") => Ok(TimeUnit::Week),
+        Some("month") => Ok(TimeUnit::Month),
+        Some(other) => Err(bad_input(
+            "unit",
+            format!("`{other}` is not a time unit; use day, week or month"),
+        )),
+    }
+}
+
+/// A request the backtest refuses (dates, too little data) is the caller's
+/// to fix; anything else is ours.
+fn backtest_error(e: crate::backtest::BacktestError) -> async_graphql::Error {
+    use crate::backtest::BacktestError;
+    match e {
+        BacktestError::Request { field, problem } => bad_input(field, problem),
+        BacktestError::Insufficient(why) => coded("INSUFFICIENT_DATA", why),
+        other => internal(&other),
+    }
 }
 
 fn parse_customer(field: &str, id: &str) -> async_graphql::Result<CustomerId> {
@@ -358,6 +396,70 @@ impl Query {
             .cohort_retention(from, to)
             .await
             .map_err(read_error)
+    }
+
+    /// Holdout validation of every churn signal, as `journey validate`:
+    /// the ledger folded as of `calibrationEnd` (end of that UTC day), each
+    /// customer scored, and compared with whether they bought again by
+    /// `holdoutEnd`. `unit`: `day`, `week` or `month` (default: the rules').
+    /// The report is JSON (see `BacktestReport` in the docs).
+    #[graphql(guard = "RoleGuard::new(Role::Analyst)")]
+    async fn validation(
+        &self,
+        ctx: &Context<'_>,
+        calibration_end: chrono::NaiveDate,
+        holdout_end: chrono::NaiveDate,
+        unit: Option<String>,
+    ) -> async_graphql::Result<Json<crate::backtest::BacktestReport>> {
+        let s = services(ctx);
+        let analysis = analysis(s);
+        let request = crate::backtest::BacktestRequest {
+            calibration_end,
+            holdout_end,
+            unit: parse_unit(unit.as_deref(), &analysis.rules)?,
+        };
+        crate::backtest::run(
+            s.store.clone(),
+            &analysis.rules,
+            &analysis.churn_score,
+            &request,
+        )
+        .await
+        .map(Json)
+        .map_err(backtest_error)
+    }
+
+    /// Everything the analysts' workbench (`/workbench`) charts, computed
+    /// for the two dates as in `validation`; the same data `journey report`
+    /// writes into its HTML file.
+    #[graphql(guard = "RoleGuard::new(Role::Analyst)")]
+    async fn workbench(
+        &self,
+        ctx: &Context<'_>,
+        calibration_end: chrono::NaiveDate,
+        holdout_end: chrono::NaiveDate,
+        unit: Option<String>,
+    ) -> async_graphql::Result<Json<crate::report::Workbench>> {
+        let s = services(ctx);
+        let analysis = analysis(s);
+        let request = crate::report::ReportRequest {
+            calibration_end,
+            holdout_end,
+            unit: parse_unit(unit.as_deref(), &analysis.rules)?,
+        };
+        crate::report::build(
+            s.store.clone(),
+            &analysis.rules,
+            analysis.compare.as_ref(),
+            &analysis.churn_score,
+            &request,
+        )
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            crate::report::ReportError::Backtest(e) => backtest_error(e),
+            other => internal(&other),
+        })
     }
 
     /// The store's head and each projection's checkpoint and lag.

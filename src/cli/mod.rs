@@ -4,6 +4,7 @@ mod audit;
 mod clv;
 mod ledger;
 mod projections;
+mod report;
 mod serve;
 mod validate;
 
@@ -173,6 +174,18 @@ pub enum Command {
     ///   journey validate --calibration-end 1997-09-30 --holdout-end 1998-06-30 --format json
     #[command(verbatim_doc_comment)]
     Validate(validate::ValidateArgs),
+    /// Write the analysts' workbench as one self-contained HTML file (charts
+    /// and data inline; opens offline): stages over time, stage flows
+    /// between the two dates, cohort retention, P(alive) and CLV
+    /// distributions, the holdout calibration and tracking plots, the churn
+    /// signals' ROC curves and, with --compare-rules, who moves where under
+    /// other rules. `journey serve` shows the same charts live at /workbench.
+    ///
+    ///   journey report --calibration-end 1997-09-30 --holdout-end 1998-06-30 --out report.html
+    ///   journey report --calibration-end 1997-09-30 --holdout-end 1998-06-30 \
+    ///       --compare-rules projections/presets/practice
+    #[command(verbatim_doc_comment)]
+    Report(report::ReportArgs),
 }
 
 impl Command {
@@ -257,5 +270,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Customer(args) => projections::customer(&config, args).await,
         Command::Versions(args) => projections::versions(&config, args).await,
         Command::Validate(args) => validate::run(&config, args).await,
+        Command::Report(args) => report::run(&config, args).await,
     }
 }

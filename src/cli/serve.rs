@@ -10,6 +10,7 @@ use journey_ledger::api::ingest::IngestSources;
 use journey_ledger::api::projected::{start_projections, ProjectedReadModels};
 use journey_ledger::api::read_models::{EventFoldReadModels, ReadModels};
 use journey_ledger::api::{router, serve as serve_http, ApiState};
+use journey_ledger::backtest::churn_score::ChurnScoreSettings;
 use journey_ledger::config::Config;
 use journey_ledger::import::cloudevents::CloudEventsOptions;
 use journey_ledger::import::held::HeldEvents;
@@ -19,6 +20,7 @@ use journey_ledger::import::{self, jsonl::JsonlParser, ImportFormat};
 use journey_ledger::privacy::Vault;
 use journey_ledger::projections::rules::RuleSet;
 use journey_ledger::projections::storage::{ReadModelDb, StorageError};
+use journey_ledger::report::AnalysisSettings;
 use journey_ledger::store::{self, EventStore};
 
 /// The hand-written demo stream (every event type), embedded so `--demo`
@@ -49,6 +51,10 @@ pub struct ServeArgs {
     /// `rules_dir` when it exists, else the rules built into the binary).
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
+    /// Rules the workbench's diff chart compares the served rules with
+    /// (default with --demo: projections/presets/practice when present).
+    #[arg(long, value_name = "DIR")]
+    pub compare_rules: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C.
@@ -134,6 +140,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let ingest = ingest_sources(config, &store, &store_url, vault.clone()).await?;
     let state = ApiState::new(store.clone(), read_models, keys, vault).with_ingest(ingest.clone());
     tokio::spawn(release_held_events(ingest.ingestor));
+    state.attach_analysis(analysis_settings(config, &args)?);
     if let Some((writer, _)) = projections {
         let rules = serve_rules(config, args.rules.as_deref())?;
         println!("projecting read models (rules {})…", rules.rules_id());
@@ -151,6 +158,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     println!("journey ledger serving {} store", store.backend());
     println!("  GraphiQL:      http://{local}/graphql");
     println!("  subscriptions: ws://{local}/graphql/ws");
+    println!("  workbench:     http://{local}/workbench (analyst key)");
     if let Some(key) = demo_key {
         println!("  demo admin key (paste into GraphiQL's Headers tab):");
         println!("    {{\"Authorization\": \"Bearer {key}\"}}");
@@ -224,6 +232,27 @@ async fn release_held_events(ingestor: Ingestor) {
             Err(e) => tracing::warn!(error = %e, "releasing held events failed; retrying"),
         }
     }
+}
+
+/// What `validation` and `/workbench` use: the served rules, the comparison
+/// rules, the churn score's settings from the same directory.
+fn analysis_settings(config: &Config, args: &ServeArgs) -> anyhow::Result<AnalysisSettings> {
+    let demo_compare = Path::new("projections/presets/practice");
+    let compare = match &args.compare_rules {
+        Some(dir) => Some(dir.as_path()),
+        None if args.demo && demo_compare.join("lifecycle.toml").exists() => Some(demo_compare),
+        None => None,
+    };
+    Ok(AnalysisSettings {
+        rules: serve_rules(config, args.rules.as_deref())?,
+        compare: compare
+            .map(RuleSet::load)
+            .transpose()
+            .context("reading --compare-rules")?,
+        churn_score: ChurnScoreSettings::load_dir(
+            args.rules.as_deref().unwrap_or(&config.rules_dir),
+        )?,
+    })
 }
 
 /// The rules a server projects with: `--rules`, else the configured

@@ -9,6 +9,7 @@ use journey_ledger::backtest::churn_score::ChurnScoreSettings;
 use journey_ledger::backtest::{self, BacktestReport, BacktestRequest};
 use journey_ledger::clv::TimeUnit;
 use journey_ledger::config::Config;
+use journey_ledger::projections::rules::RuleSet;
 
 use super::ledger::open_existing_store;
 use super::projections::load_rules;
@@ -36,7 +37,7 @@ pub struct ValidateArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Unit {
+pub(crate) enum Unit {
     Day,
     Week,
     Month,
@@ -48,18 +49,23 @@ enum Format {
     Json,
 }
 
+/// The unit asked for, else the one clv.toml sets.
+pub(crate) fn unit_or_rules(unit: Option<Unit>, rules: &RuleSet) -> TimeUnit {
+    match unit {
+        Some(Unit::Day) => TimeUnit::Day,
+        Some(Unit::Week) => TimeUnit::Week,
+        Some(Unit::Month) => TimeUnit::Month,
+        None => rules.clv.model.time_unit,
+    }
+}
+
 pub async fn run(config: &Config, args: ValidateArgs) -> anyhow::Result<()> {
     let rules = load_rules(config, args.rules.as_ref())?;
     let settings = match &args.rules {
         Some(dir) => ChurnScoreSettings::load_dir(dir)?,
         None => ChurnScoreSettings::load_dir(&config.rules_dir)?,
     };
-    let unit = match args.time_unit {
-        Some(Unit::Day) => TimeUnit::Day,
-        Some(Unit::Week) => TimeUnit::Week,
-        Some(Unit::Month) => TimeUnit::Month,
-        None => rules.clv.model.time_unit,
-    };
+    let unit = unit_or_rules(args.time_unit, &rules);
     let store = open_existing_store(config).await?;
     let report = backtest::run(
         store,
