@@ -7,11 +7,9 @@
 
 mod api_support;
 
-use api_support::{key, TestServer};
+use api_support::{key, TestServer, CHROMIUM};
 use journey_ledger::api::auth::Role;
 use serde_json::json;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[tokio::test]
 async fn graphiql_loads_offline_and_runs_a_query() {
@@ -34,21 +32,8 @@ async fn graphiql_loads_offline_and_runs_a_query() {
         .append_pair("query", query)
         .append_pair("headers", &headers);
     let profile = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let output = api_support::headless_chromium(profile.path())
+        .args(["--virtual-time-budget=20000", "--dump-dom"])
         .arg(url.as_str())
         .output()
         .await

@@ -166,6 +166,47 @@ async fn a_customer_query_returns_projected_stage_loyalty_clv_and_alerts() {
     assert!(view["valueTier"].is_string());
     assert_eq!(view["tier"], "regular");
 
+    // Every population figure names the instant it was computed for; with
+    // an explicit asOf the answer is for that one instant, or says which
+    // figures it cannot give and why.
+    let labelled = r#"query($id: ID!, $at: DateTime) { customer(id: $id, asOf: $at) {
+        asOf valueTier valueTierAsOf clv { probabilityAlive asOf } rfm { segment asOf }
+        unavailable { field reason } } }"#;
+    let latest = server.ok(labelled, json!({"id": "c04", "at": null})).await["customer"].clone();
+    let snapshot = latest["clv"]["asOf"].as_str().unwrap().to_owned();
+    assert_eq!(latest["rfm"]["asOf"], snapshot.as_str(), "{latest}");
+    assert_eq!(latest["valueTierAsOf"], snapshot.as_str(), "{latest}");
+    assert_eq!(latest["unavailable"], json!([]));
+    let then = server
+        .ok(labelled, json!({"id": "c04", "at": snapshot}))
+        .await["customer"]
+        .clone();
+    assert_eq!(then["asOf"], snapshot.as_str());
+    assert!(then["clv"]["probabilityAlive"].is_number(), "{then}");
+    assert!(then["rfm"]["segment"].is_string(), "{then}");
+    assert_eq!(then["unavailable"], json!([]));
+    let earlier = server
+        .ok(labelled, json!({"id": "c04", "at": "2023-06-01T00:00:00Z"}))
+        .await["customer"]
+        .clone();
+    assert!(
+        earlier["clv"].is_null() && earlier["rfm"].is_null(),
+        "{earlier}"
+    );
+    assert_eq!(earlier["valueTierAsOf"], earlier["asOf"], "{earlier}");
+    let missing: Vec<&str> = earlier["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(missing, ["rfm", "clv"]);
+    let reason = earlier["unavailable"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("population snapshot {snapshot}")),
+        "{reason}"
+    );
+
     // Filters and pages over the projected tables.
     let page = |after: Value| {
         let server = &server;

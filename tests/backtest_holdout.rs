@@ -55,6 +55,20 @@ async fn validate_cdnow(store: Arc<dyn EventStore>) -> BacktestReport {
     .unwrap()
 }
 
+/// The best AUC among the purchase models' and RFM's signals.
+fn best_textbook_auc(report: &BacktestReport) -> f64 {
+    [
+        "bgnbd_expected_purchases",
+        "bgnbd_p_alive",
+        "paretonbd_expected_purchases",
+        "paretonbd_p_alive",
+        "rfm_score",
+    ]
+    .into_iter()
+    .map(|s| auc(report, s))
+    .fold(f64::NEG_INFINITY, f64::max)
+}
+
 fn auc(report: &BacktestReport, signal: &str) -> f64 {
     report
         .signals
@@ -91,16 +105,7 @@ async fn cdnow_sample_signals_agree_with_lifetimes() {
     // BG/NBD calls every one-time buyer alive (no repeat purchase, no
     // chance to drop out), so its P(alive) ranks worse than chance here.
     assert!(auc(&report, "bgnbd_p_alive") < 0.5);
-    let best_textbook = [
-        "bgnbd_expected_purchases",
-        "bgnbd_p_alive",
-        "paretonbd_expected_purchases",
-        "paretonbd_p_alive",
-        "rfm_score",
-    ]
-    .iter()
-    .map(|s| auc(&report, s))
-    .fold(f64::MIN, f64::max);
+    let best_textbook = best_textbook_auc(&report);
     let churn = auc(&report, "churn_score");
     assert!(
         churn >= best_textbook,
@@ -230,4 +235,126 @@ async fn an_alert_rules_precision_and_recall_on_known_outcomes() {
         .unwrap();
     assert_eq!(outage.fired, 0);
     assert_eq!(outage.precision, None);
+}
+
+/// A ledger richer than purchases: customers whose relationship is about
+/// to end complain and abandon carts in the weeks before they go silent
+/// (the early signs this product exists to catch). The textbook models see
+/// only (frequency, recency, T), so a customer who is about to leave but
+/// bought recently looks alive to them; the churn score, fitted on an
+/// earlier window where the same pattern preceded leaving, must rank
+/// customers better than the best of them.
+#[tokio::test]
+async fn on_a_richer_history_the_churn_score_beats_the_textbook_models() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Exp, Gamma, Poisson};
+
+    let (_dir, url) = temp_sqlite();
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let start = Utc.with_ymd_and_hms(2021, 1, 1, 0, 0, 0).unwrap();
+    let at = |days: f64| start + Duration::seconds((days * 86_400.0) as i64);
+    let calibration_end = 270.0; // 2021-09-28
+    let end = calibration_end + 180.0;
+    let mut rng = StdRng::seed_from_u64(14);
+    let rate = Gamma::new(2.0, 1.0 / 60.0).unwrap(); // purchases per day, mean 1/30
+    let lifetime = Exp::new(1.0 / 300.0).unwrap(); // days, mean 300
+    let warning_complaints = Poisson::new(1.5).unwrap();
+    let warning_carts = Poisson::new(2.0).unwrap();
+    for i in 0..1_500 {
+        let first = rng.random_range(0.0..90.0);
+        let lambda: f64 = rate.sample(&mut rng);
+        let leaves = first + lifetime.sample(&mut rng);
+        let mut events: Vec<(f64, DomainEvent)> = vec![(
+            first,
+            DomainEvent::CustomerRegistered(CustomerRegistered {
+                channel: "web".into(),
+                acquisition_cost: None,
+                profile: Profile::default(),
+            }),
+        )];
+        let mut t = first;
+        let mut n = 0;
+        while t < leaves.min(end) {
+            events.push((t, order(&format!("o{n}"), rng.random_range(1_000..9_000))));
+            n += 1;
+            t += Exp::new(lambda).unwrap().sample(&mut rng);
+        }
+        // Sessions while active; a few complaints for anyone.
+        let mut s = first;
+        while s < leaves.min(end) {
+            events.push((s, session(&format!("s{s:.0}"))));
+            s += Exp::new(3.0 * lambda).unwrap().sample(&mut rng);
+        }
+        if rng.random::<f64>() < 0.1 {
+            let c = rng.random_range(first..end);
+            events.push((c, complaint("baseline")));
+        }
+        // The early signs: in the 45 days before leaving.
+        if leaves < end {
+            let from = (leaves - 45.0).max(first);
+            for k in 0..warning_complaints.sample(&mut rng) as u32 {
+                events.push((rng.random_range(from..=leaves), complaint(&format!("w{k}"))));
+            }
+            for k in 0..warning_carts.sample(&mut rng) as u32 {
+                events.push((rng.random_range(from..=leaves), cart(&format!("cart{k}"))));
+            }
+        }
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let id = CustomerId::parse(&format!("rich-{i:04}")).unwrap();
+        let batch = events
+            .iter()
+            .map(|(d, e)| {
+                NewEvent::from_domain(Uuid::new_v4(), at(*d), &EventMetadata::default(), e).unwrap()
+            })
+            .collect();
+        store
+            .append(&id.stream_id(), ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    let report = backtest::run(
+        store,
+        &RuleSet::shipped_defaults(),
+        &ChurnScoreSettings::shipped(),
+        &BacktestRequest {
+            calibration_end: at(calibration_end).date_naive(),
+            holdout_end: at(end).date_naive(),
+            unit: TimeUnit::Week,
+        },
+    )
+    .await
+    .unwrap();
+    let best_textbook = best_textbook_auc(&report);
+    let churn = auc(&report, "churn_score");
+    eprintln!("richer history: churn score AUC {churn:.4}, best textbook {best_textbook:.4}");
+    assert!(
+        churn > best_textbook + 0.02,
+        "churn score {churn:.4} does not beat the best textbook signal {best_textbook:.4}"
+    );
+    let fit = &report.churn_score.as_ref().unwrap().fit;
+    let complaints = fit
+        .features
+        .iter()
+        .position(|f| serde_json::to_value(f).unwrap() == "complaints")
+        .map(|k| fit.weights[k])
+        .unwrap();
+    // Complaints precede leaving, so they lower the odds of buying again.
+    assert!(complaints < 0.0, "{fit:?}");
+}
+
+fn session(id: &str) -> DomainEvent {
+    DomainEvent::SessionRecorded(journey_ledger::domain::events::SessionRecorded {
+        session_id: id.into(),
+        channel: "web".into(),
+        duration_secs: None,
+    })
+}
+
+fn cart(id: &str) -> DomainEvent {
+    DomainEvent::CartAbandoned(journey_ledger::domain::events::CartAbandoned {
+        cart_id: id.into(),
+        value: Money::new(3_000, Currency::USD),
+        item_count: 1,
+    })
 }

@@ -465,8 +465,11 @@ async fn as_of_equals_rebuilding_with_only_earlier_events(env: Env) {
                 v.map(|mut v| {
                     v.model_version = 0;
                     // Population figures exist only as of a version's
-                    // snapshot (the newest event), which differs here.
+                    // snapshot (the newest event), which differs here; so
+                    // does the instant a tier read from it is labelled with.
                     v.population = None;
+                    v.population_snapshot = None;
+                    v.value_tier_as_of = None;
                     v
                 })
             };

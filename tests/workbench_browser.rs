@@ -15,7 +15,7 @@ mod api_support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use api_support::{key, TestServer};
+use api_support::{key, TestServer, CHROMIUM};
 use chrono::NaiveDate;
 use journey_ledger::api::auth::Role;
 use journey_ledger::backtest::churn_score::ChurnScoreSettings;
@@ -25,8 +25,6 @@ use journey_ledger::projections::rules::RuleSet;
 use journey_ledger::report::{self, page, AnalysisSettings, ReportRequest};
 use journey_ledger::store::EventStore;
 use serde_json::Value;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Every chart the workbench must draw.
 const CHARTS: [&str; 9] = [
@@ -79,21 +77,8 @@ async fn import_sample(store: Arc<dyn EventStore>) {
 /// returns the DOM after the scripts ran.
 async fn chromium(url: &str, screenshot: Option<&Path>) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(CHROMIUM);
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--virtual-time-budget=30000",
-    ]);
-    command.arg(format!("--user-data-dir={}", profile.path().display()));
+    let mut command = api_support::headless_chromium(profile.path());
+    command.args(["--hide-scrollbars", "--virtual-time-budget=30000"]);
     match screenshot {
         Some(png) => {
             command.arg("--window-size=1280,560");

@@ -19,6 +19,7 @@ use super::read_models::{
     Alert, Clv, CohortRow, CustomerFilter, CustomerPage, CustomerView, EventFoldReadModels,
     Loyalty, MoneyView, PointsLot, ProjectionState, ProjectionStatus, ReadModelError,
     ReadModelSource, ReadModels, RebuildRun, Rfm, StageChange, StageCount, StageTransition,
+    UnavailableFigure,
 };
 use crate::domain::CustomerId;
 use crate::projections::analytics;
@@ -131,11 +132,42 @@ impl ProjectedReadModels {
             .await
     }
 
-    /// Adds the projected figures to a view folded from events.
-    fn fill(view: &mut CustomerView, projected: ProjectedView, as_of: DateTime<Utc>) {
+    /// Adds the projected figures to a view folded from events. With an
+    /// `explicit` instant, population figures computed for another instant
+    /// are left out and listed in `unavailable`.
+    fn fill(
+        view: &mut CustomerView,
+        projected: ProjectedView,
+        as_of: DateTime<Utc>,
+        explicit: bool,
+    ) {
         view.source = ReadModelSource::Projection;
+        view.as_of = as_of;
         view.stage = projected.stage.clone();
         view.value_tier = projected.value_tier.clone();
+        view.value_tier_as_of = projected
+            .value_tier_as_of
+            .as_deref()
+            .and_then(parse_instant);
+        let snapshot = projected
+            .population_snapshot
+            .as_deref()
+            .and_then(parse_instant);
+        let population_missing = match snapshot {
+            None => Some(
+                "no population snapshot yet (the population refit has not run on this \
+                 read-model version)"
+                    .to_owned(),
+            ),
+            Some(snap) if explicit && snap != as_of => Some(format!(
+                "computed only at the population snapshot {} (they rank or fit every \
+                 customer); ask with asOf: \"{}\", or compute them for any instant with \
+                 `journey clv score --calibration-end`",
+                snap.to_rfc3339(),
+                snap.to_rfc3339(),
+            )),
+            Some(_) => None,
+        };
         view.stage_history = Some(
             projected
                 .stage_history
@@ -203,6 +235,7 @@ impl ProjectedReadModels {
                         frequency: f as i32,
                         monetary: m as i32,
                         segment,
+                        as_of: snapshot.unwrap_or(as_of),
                     });
                 }
                 if let (Some(p_alive), Some(purchases)) =
@@ -216,11 +249,22 @@ impl ProjectedReadModels {
                         probability_alive: p_alive,
                         expected_purchases: purchases,
                         horizon_days: scores.horizon_days,
+                        as_of: snapshot.unwrap_or(as_of),
                     });
                 }
             }
         }
         view.alerts = Some(alerts);
+        if let Some(reason) = population_missing {
+            view.rfm = None;
+            view.clv = None;
+            for field in ["rfm", "clv"] {
+                view.unavailable.push(UnavailableFigure {
+                    field: field.into(),
+                    reason: reason.clone(),
+                });
+            }
+        }
     }
 }
 
@@ -239,7 +283,7 @@ impl ReadModels for ProjectedReadModels {
             return Ok(None);
         };
         match projected {
-            Ok(Some(projected)) => Self::fill(&mut view, projected, at),
+            Ok(Some(projected)) => Self::fill(&mut view, projected, at, as_of.is_some()),
             Ok(None) | Err(RunnerError::NoActiveVersion) => {}
             Err(e) => return Err(e.into()),
         }

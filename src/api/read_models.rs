@@ -149,6 +149,9 @@ pub struct Rfm {
     pub monetary: i32,
     /// Segment name, e.g. `champions`.
     pub segment: String,
+    /// The instant the scores were computed for: quintiles rank every
+    /// customer, so they exist only at the read model's population snapshot.
+    pub as_of: DateTime<Utc>,
 }
 
 /// Customer lifetime value figures.
@@ -163,6 +166,9 @@ pub struct Clv {
     pub expected_purchases: f64,
     /// Horizon in days.
     pub horizon_days: i32,
+    /// The instant the figures were computed for (the population snapshot
+    /// the models were fitted and scored at).
+    pub as_of: DateTime<Utc>,
 }
 
 /// A churn or service alert raised by the rules.
@@ -239,6 +245,26 @@ pub struct CustomerView {
     /// high-value-at-risk alert at the population snapshot). Null when not
     /// available until the projection is running.
     pub alerts: Option<Vec<Alert>>,
+    /// The instant the per-customer figures (stage, loyalty, alerts,
+    /// historical value) are for: `asOf`, or now when it was not given.
+    pub as_of: DateTime<Utc>,
+    /// The instant `valueTier` was computed for (tiers rank every customer's
+    /// revenue).
+    pub value_tier_as_of: Option<DateTime<Utc>>,
+    /// Figures this answer leaves null, and why. With an explicit `asOf`
+    /// every figure answered is for that one instant: population figures
+    /// (rfm, clv) computed for another instant are left out and listed
+    /// here. Without `asOf` they are the latest, each with its own `asOf`.
+    pub unavailable: Vec<UnavailableFigure>,
+}
+
+/// A figure the answer leaves null, and why.
+#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
+pub struct UnavailableFigure {
+    /// The field, as named in the schema (e.g. `clv`).
+    pub field: String,
+    /// Why, and how to get it.
+    pub reason: String,
 }
 
 /// Filters of the `customers` query. Every criterion but none needs the
@@ -414,7 +440,7 @@ impl EventFoldReadModels {
         self
     }
 
-    fn view(id: &CustomerId, history: &CustomerHistory) -> CustomerView {
+    fn view(id: &CustomerId, history: &CustomerHistory, as_of: DateTime<Utc>) -> CustomerView {
         let money = |m: &std::collections::BTreeMap<crate::domain::Currency, i64>| {
             m.iter()
                 .map(|(c, minor)| MoneyView {
@@ -455,6 +481,9 @@ impl EventFoldReadModels {
             rfm: None,
             clv: None,
             alerts: None,
+            as_of,
+            value_tier_as_of: None,
+            unavailable: Vec::new(),
         }
     }
 }
@@ -478,7 +507,7 @@ impl ReadModels for EventFoldReadModels {
             // Every event happened after `as_of`: not a customer yet.
             return Ok(None);
         }
-        let mut view = Self::view(id, &history);
+        let mut view = Self::view(id, &history, as_of.unwrap_or_else(Utc::now));
         if let (Some(vault), Some(profile)) = (&self.vault, view.profile.as_mut()) {
             let revealed = vault.reveal_profile(id, &history.profile).await?;
             if revealed.erased {

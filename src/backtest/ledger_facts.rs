@@ -16,16 +16,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::domain::{CustomerId, RecordedEvent, StreamId};
+use crate::domain::{CustomerId, RecordedEvent};
 use crate::projections::alerts::AlertRule;
 use crate::projections::query::fold_customer_events;
 use crate::projections::rules::RuleSet;
-use crate::store::{EventStore, ReadStream};
+use crate::store::{for_each_customer_stream, EventStore};
 
 use super::BacktestError;
-
-/// Streams listed per page.
-const PAGE: usize = 1_000;
 
 /// Facts about one customer as of one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,29 +73,17 @@ pub async fn collect(
     lookback: Duration,
 ) -> Result<FactsTable, BacktestError> {
     let mut table = FactsTable::default();
-    let mut after: Option<StreamId> = None;
-    loop {
-        let streams = store.list_streams(after.as_ref(), PAGE).await?;
-        let Some(last) = streams.last().cloned() else {
-            break;
-        };
-        for stream in &streams {
-            let Some(customer) = stream.customer_id() else {
-                continue;
-            };
-            let events = store
-                .read_stream(stream, ReadStream::all_forwards())
-                .await?;
-            let facts = instants
-                .iter()
-                .map(|&t| facts_at(rules, &customer, &events, t, lookback))
-                .collect::<Result<Vec<_>, _>>()?;
-            table
-                .by_customer
-                .insert(customer.as_str().to_owned(), facts);
-        }
-        after = Some(last);
-    }
+    for_each_customer_stream(store.as_ref(), |customer, events| {
+        let facts = instants
+            .iter()
+            .map(|&t| facts_at(rules, &customer, &events, t, lookback))
+            .collect::<Result<Vec<_>, _>>()?;
+        table
+            .by_customer
+            .insert(customer.as_str().to_owned(), facts);
+        Ok::<_, BacktestError>(())
+    })
+    .await?;
     Ok(table)
 }
 

@@ -14,22 +14,47 @@ use journey_ledger::projections::rules::RuleSet;
 use super::ledger::open_existing_store;
 use super::projections::load_rules;
 
+/// The period and rules of a holdout validation (shared with `journey
+/// report`).
 #[derive(Debug, Args)]
-pub struct ValidateArgs {
+pub struct HoldoutArgs {
     /// Last day of the calibration period (inclusive), YYYY-MM-DD: customers
     /// are scored on what happened up to the end of this day.
     #[arg(long)]
-    calibration_end: NaiveDate,
+    pub calibration_end: NaiveDate,
     /// Last day of the holdout (inclusive), YYYY-MM-DD: "bought again" means
     /// an order after the calibration end and by the end of this day.
     #[arg(long)]
-    holdout_end: NaiveDate,
+    pub holdout_end: NaiveDate,
     /// Model time unit (default from clv.toml).
     #[arg(long, value_enum)]
-    time_unit: Option<Unit>,
-    /// Rules directory (lifecycle, alerts, clv, validation/churn_score.toml).
+    pub time_unit: Option<Unit>,
+    /// Rules directory (lifecycle, alerts, clv, validation/churn_score.toml;
+    /// default: the config's rules_dir, else the built-in rules).
     #[arg(long, value_name = "DIR")]
-    rules: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+}
+
+impl HoldoutArgs {
+    /// The rules, the churn score's settings and the time unit asked for.
+    pub fn load(&self, config: &Config) -> anyhow::Result<(RuleSet, ChurnScoreSettings, TimeUnit)> {
+        let rules = load_rules(config, self.rules.as_ref())?;
+        let settings =
+            ChurnScoreSettings::load_dir(self.rules.as_ref().unwrap_or(&config.rules_dir))?;
+        let unit = match self.time_unit {
+            Some(Unit::Day) => TimeUnit::Day,
+            Some(Unit::Week) => TimeUnit::Week,
+            Some(Unit::Month) => TimeUnit::Month,
+            None => rules.clv.model.time_unit,
+        };
+        Ok((rules, settings, unit))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    holdout: HoldoutArgs,
     /// Output: a table for people, or the whole report as JSON (with ROC
     /// curves and the churn score's weights).
     #[arg(long, value_enum, default_value = "table")]
@@ -49,31 +74,16 @@ enum Format {
     Json,
 }
 
-/// The unit asked for, else the one clv.toml sets.
-pub(crate) fn unit_or_rules(unit: Option<Unit>, rules: &RuleSet) -> TimeUnit {
-    match unit {
-        Some(Unit::Day) => TimeUnit::Day,
-        Some(Unit::Week) => TimeUnit::Week,
-        Some(Unit::Month) => TimeUnit::Month,
-        None => rules.clv.model.time_unit,
-    }
-}
-
 pub async fn run(config: &Config, args: ValidateArgs) -> anyhow::Result<()> {
-    let rules = load_rules(config, args.rules.as_ref())?;
-    let settings = match &args.rules {
-        Some(dir) => ChurnScoreSettings::load_dir(dir)?,
-        None => ChurnScoreSettings::load_dir(&config.rules_dir)?,
-    };
-    let unit = unit_or_rules(args.time_unit, &rules);
+    let (rules, settings, unit) = args.holdout.load(config)?;
     let store = open_existing_store(config).await?;
     let report = backtest::run(
         store,
         &rules,
         &settings,
         &BacktestRequest {
-            calibration_end: args.calibration_end,
-            holdout_end: args.holdout_end,
+            calibration_end: args.holdout.calibration_end,
+            holdout_end: args.holdout.holdout_end,
             unit,
         },
     )

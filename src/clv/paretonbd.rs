@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::optimize::{fit_in_log_space, FitOptions};
-use super::special::{ln_gamma, ln_hyp2f1, log_diff_exp, log_sum_exp};
+use super::special::{ln_gamma, ln_hyp2f1_c_is_a_plus_1, log_diff_exp, log_sum_exp};
 use super::summary::{CompressedData, Indexed};
 use super::{check_history, check_positive, invalid, ClvError, FitResult};
 
@@ -30,8 +30,10 @@ pub struct ParetoNbdParams {
 /// Bound on |ln θ| for every parameter during the fit. When customers look
 /// alike (no heterogeneity in rates), the likelihood keeps rising as r, α,
 /// s, β grow together toward the homogeneous-Poisson limit; far out there
-/// the ₂F₁ argument approaches 1 with huge first parameters and one
-/// likelihood evaluation takes tens of millions of series terms. e¹² ≈
+/// the ₂F₁ argument approaches 1 with huge first parameters, where the
+/// connection formula ([`ln_hyp2f1_c_is_a_plus_1`]) answers fast except
+/// near integer second parameters, and there the series needs millions of
+/// terms per evaluation. e¹² ≈
 /// 160,000 is far beyond any fit on real purchase data (CDNOW: all of
 /// ln r, ln α, ln s, ln β within ±3) yet keeps each evaluation cheap; a fit
 /// that stops at this bound is the homogeneous limit.
@@ -99,10 +101,10 @@ impl ParetoNbdParams {
         let rho = self.r + self.s + x;
         if self.alpha >= self.beta {
             let z = (self.alpha - self.beta) / (self.alpha + t);
-            Ok(ln_hyp2f1(rho, self.s + 1.0, rho + 1.0, z)? - rho * (self.alpha + t).ln())
+            Ok(ln_hyp2f1_c_is_a_plus_1(rho, self.s + 1.0, z)? - rho * (self.alpha + t).ln())
         } else {
             let z = (self.beta - self.alpha) / (self.beta + t);
-            Ok(ln_hyp2f1(rho, self.r + x, rho + 1.0, z)? - rho * (self.beta + t).ln())
+            Ok(ln_hyp2f1_c_is_a_plus_1(rho, self.r + x, z)? - rho * (self.beta + t).ln())
         }
     }
 

@@ -59,8 +59,12 @@ pub struct CustomerView {
     pub stage_since: Option<String>,
     /// Every stage change up to the instant, oldest first.
     pub stage_history: Vec<TransitionView>,
-    /// Value tier as of the instant.
+    /// Value tier (tiers rank every customer's revenue).
     pub value_tier: Option<String>,
+    /// The instant the value tier was computed for: the population snapshot
+    /// when the instant is at or after it, else the instant itself (by a
+    /// replay of every customer's revenue).
+    pub value_tier_as_of: Option<String>,
     /// Orders minus refunds in `currency`, minor units.
     pub revenue_minor: i64,
     /// Currency of the revenue.
@@ -77,6 +81,9 @@ pub struct CustomerView {
     /// alerts, CLV and RFM); absent for earlier instants, whose population
     /// is not stored (`journey clv score|rfm --as-of` computes them).
     pub population: Option<PopulationView>,
+    /// The version's population snapshot instant, when it has one (also
+    /// when `population` is absent because the instant is earlier).
+    pub population_snapshot: Option<String>,
 }
 
 /// A customer's figures that depend on every customer, from the version's
@@ -202,7 +209,8 @@ pub async fn customer_in_version(
         rules,
         as_of,
     );
-    let value_tier = tier_as_of(store, tier_row.as_deref(), rules, customer, as_of).await?;
+    let (value_tier, value_tier_as_of) =
+        tier_as_of(store, tier_row.as_deref(), rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
         as_of: show(as_of),
@@ -212,6 +220,7 @@ pub async fn customer_in_version(
         stage_since: DateTime::from_timestamp_micros(state.stage_since_us).map(show),
         stage_history: history,
         value_tier,
+        value_tier_as_of: value_tier_as_of.map(show),
         revenue_minor: state.revenue_minor,
         currency: lc.currency.to_string(),
         orders: state.orders,
@@ -219,6 +228,9 @@ pub async fn customer_in_version(
         value: value::snapshot(&others.value, as_of),
         alerts: alerts::as_of(&others.alerts.alerts, &rules.alerts, as_of).alerts,
         population,
+        population_snapshot: snapshot_us
+            .and_then(DateTime::from_timestamp_micros)
+            .map(show),
     }))
 }
 
@@ -302,28 +314,29 @@ fn population_view(
     })
 }
 
-/// The value tier as of `as_of`: from the customer's `lifecycle_snapshot`
-/// row when `as_of` is at or after it, else by replaying every customer's
-/// revenue up to `as_of`.
+/// The value tier and the instant it was computed for: from the customer's
+/// `lifecycle_snapshot` row when `as_of` is at or after it, else by
+/// replaying every customer's revenue up to `as_of`.
 async fn tier_as_of(
     store: Arc<dyn EventStore>,
     snapshot: Option<&[Option<String>]>,
     rules: &RuleSet,
     customer: &CustomerId,
     as_of: DateTime<Utc>,
-) -> Result<Option<String>, RunnerError> {
+) -> Result<(Option<String>, Option<DateTime<Utc>>), RunnerError> {
     if let Some(row) = snapshot {
         let snap_us: i64 = row[1]
             .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or(i64::MAX);
         if as_of.timestamp_micros() >= snap_us {
-            return Ok(row[3].clone());
+            return Ok((row[3].clone(), DateTime::from_timestamp_micros(snap_us)));
         }
     }
     let revenues = revenue_as_of(store, rules, as_of).await?;
     let tiers = lifecycle::value_tiers(&rules.lifecycle, revenues.iter().map(|(c, r)| (c, *r)));
-    Ok(tiers.get(customer).map(|t| t.as_str().to_owned()))
+    let tier = tiers.get(customer).map(|t| t.as_str().to_owned());
+    Ok((tier.clone(), tier.map(|_| as_of)))
 }
 
 /// Every customer's revenue (orders minus refunds in the rules' currency)

@@ -64,7 +64,11 @@ const SCRIPT: &str = r#"
   }
   function sankeyOf(m, left, right) {
     const nodes = [], links = [];
-    m.stages.forEach((s) => { nodes.push({ name: left + s }); nodes.push({ name: right + s }); });
+    const palette = ['#5470c6', '#91cc75', '#fac858', '#ee6666', '#73c0de', '#3ba272', '#fc8452', '#9a60b4', '#ea7ccc'];
+    m.stages.forEach((s, i) => {
+      const itemStyle = { color: palette[i % palette.length] };
+      nodes.push({ name: left + s, itemStyle }); nodes.push({ name: right + s, itemStyle });
+    });
     m.counts.forEach((row, i) => row.forEach((n, j) => {
       if (n > 0) links.push({ source: left + m.stages[i], target: right + m.stages[j], value: n });
     }));

@@ -11,15 +11,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::domain::StreamId;
 use crate::projections::query::{fold_customer_events, TransitionView};
 use crate::projections::rules::RuleSet;
-use crate::store::{EventStore, ReadStream};
+use crate::store::{for_each_customer_stream, EventStore};
 
 use super::ReportError;
-
-/// Streams listed per page.
-const PAGE: usize = 1_000;
 
 /// Stage names in the order the charts stack and list them; "none" is a
 /// customer without events yet.
@@ -83,37 +79,25 @@ pub async fn collect(
         compare: Vec::new(),
         first: None,
     };
-    let mut after: Option<StreamId> = None;
-    loop {
-        let streams = store.list_streams(after.as_ref(), PAGE).await?;
-        let Some(last) = streams.last().cloned() else {
-            break;
-        };
-        for stream in &streams {
-            let Some(customer) = stream.customer_id() else {
-                continue;
-            };
-            let events = store
-                .read_stream(stream, ReadStream::all_forwards())
-                .await?;
-            if let Some(first) = events.iter().map(|e| e.occurred_at).min() {
-                out.first = Some(out.first.map_or(first, |f| f.min(first)));
-            }
-            let history = |rules: &RuleSet| {
-                fold_customer_events(rules, &events, as_of)
-                    .map(|f| parse_history(&f.stage_history))
-                    .map_err(|e| ReportError::Fold {
-                        customer: customer.as_str().to_owned(),
-                        reason: e.to_string(),
-                    })
-            };
-            out.primary.push(history(rules)?);
-            if let Some(compare) = compare {
-                out.compare.push(history(compare)?);
-            }
+    for_each_customer_stream(store.as_ref(), |customer, events| {
+        if let Some(first) = events.iter().map(|e| e.occurred_at).min() {
+            out.first = Some(out.first.map_or(first, |f| f.min(first)));
         }
-        after = Some(last);
-    }
+        let history = |rules: &RuleSet| {
+            fold_customer_events(rules, &events, as_of)
+                .map(|f| parse_history(&f.stage_history))
+                .map_err(|e| ReportError::Fold {
+                    customer: customer.as_str().to_owned(),
+                    reason: e.to_string(),
+                })
+        };
+        out.primary.push(history(rules)?);
+        if let Some(compare) = compare {
+            out.compare.push(history(compare)?);
+        }
+        Ok::<_, ReportError>(())
+    })
+    .await?;
     Ok(out)
 }
 

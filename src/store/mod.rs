@@ -252,6 +252,37 @@ pub fn read_all(
     subscription::read_all(store, from, page_size)
 }
 
+/// Calls `visit` with every customer's whole stream, one stream at a time in
+/// stream order (non-customer streams skipped): for analyses that fold each
+/// customer once and keep only a summary, so memory follows the number of
+/// customers, not the length of the log.
+pub async fn for_each_customer_stream<E>(
+    store: &dyn EventStore,
+    mut visit: impl FnMut(crate::domain::CustomerId, Vec<RecordedEvent>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<StoreError>,
+{
+    const PAGE: usize = 1_000;
+    let mut after: Option<StreamId> = None;
+    loop {
+        let streams = store.list_streams(after.as_ref(), PAGE).await?;
+        let Some(last) = streams.last().cloned() else {
+            return Ok(());
+        };
+        for stream in &streams {
+            let Some(customer) = stream.customer_id() else {
+                continue;
+            };
+            let events = store
+                .read_stream(stream, ReadStream::all_forwards())
+                .await?;
+            visit(customer, events)?;
+        }
+        after = Some(last);
+    }
+}
+
 /// Catch-up subscription: every event from `from` (inclusive), then live
 /// events as they commit — never skipping or repeating one.
 pub fn subscribe_all(

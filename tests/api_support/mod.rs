@@ -236,3 +236,27 @@ pub fn error_code(value: &Value) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
+
+/// Debian's Chromium, which `.ci/run` installs; browser tests skip without it.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Headless Chromium on a throw-away profile, with everything that would
+/// reach the network on its own turned off; the caller adds the output flag
+/// (`--dump-dom`, `--screenshot=…`) and the address.
+pub fn headless_chromium(profile: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(CHROMIUM);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
