@@ -91,6 +91,9 @@ pub enum BacktestError {
     /// A model refused the data.
     #[error(transparent)]
     Clv(#[from] ClvError),
+    /// A revenue sum left the range of 64-bit minor units.
+    #[error("holdout revenue of {0} overflows 64-bit minor units")]
+    Overflow(String),
 }
 
 /// What to backtest.
@@ -121,6 +124,10 @@ pub struct SignalReport {
     pub riskiest_20: Option<TopFraction>,
     /// The ROC curve (false positive rate, true positive rate), thinned.
     pub roc: Vec<(f64, f64)>,
+    /// Share of the holdout revenue made by the 20 % the signal ranks most
+    /// likely to buy again (ties at the cut split pro rata); `None` without
+    /// holdout revenue.
+    pub revenue_share_top_20: Option<f64>,
     /// Why the signal has no figures (its model did not fit), if so.
     pub unavailable: Option<String>,
 }
@@ -155,6 +162,9 @@ pub struct StageReport {
     pub bought_again: usize,
     /// The share.
     pub rate: f64,
+    /// What they spent in the holdout (orders net of refunds, minor units
+    /// of the rules' currency).
+    pub holdout_revenue_minor: i64,
 }
 
 /// One purchase model's calibration table.
@@ -194,6 +204,10 @@ pub struct BacktestReport {
     pub bought_again: usize,
     /// The share who bought again.
     pub base_rate: f64,
+    /// What they spent in the holdout: orders net of refunds, minor units.
+    pub holdout_revenue_minor: i64,
+    /// The currency of the revenue (the rules' CLV currency).
+    pub currency: String,
     /// Every ranking signal, best AUC first.
     pub signals: Vec<SignalReport>,
     /// Every alert rule as a binary predictor.
@@ -246,6 +260,8 @@ struct Column {
     signal: String,
     description: String,
     scored: Vec<Scored>,
+    /// Holdout revenue of each scored customer, in the order of `scored`.
+    revenue: Vec<i64>,
     unavailable: Option<String>,
 }
 
@@ -255,16 +271,23 @@ impl Column {
             signal: signal.into(),
             description,
             scored: Vec::new(),
+            revenue: Vec::new(),
             unavailable,
         }
     }
 
-    fn push(&mut self, score: Result<f64, ClvError>, positive: bool) -> Result<(), ClvError> {
+    fn push(
+        &mut self,
+        score: Result<f64, ClvError>,
+        positive: bool,
+        revenue: i64,
+    ) -> Result<(), ClvError> {
         if self.unavailable.is_none() {
             self.scored.push(Scored {
                 score: score?,
                 positive,
             });
+            self.revenue.push(revenue);
         }
         Ok(())
     }
@@ -345,6 +368,7 @@ pub async fn run(
     }
     let models = Models::fit(&summaries, d);
     let holdout_counts = holdout_repeat_counts(&transactions, d, e)?;
+    let holdout_revenue = holdout_revenue(&transactions, d, e)?;
     let facts = ledger_facts::collect(store, rules, &[d, fit_at], lookback).await?;
     let bought = |customer: &str| holdout_counts.get(customer).is_some_and(|&n| n > 0);
 
@@ -417,11 +441,12 @@ pub async fn run(
     let scoring_models = models.both().ok();
     let enabled = enabled_rules(rules);
     let mut fired: HashMap<AlertRule, (usize, usize)> = HashMap::new();
-    let mut stages: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut stages: HashMap<String, (usize, usize, i64)> = HashMap::new();
     let mut buyers = 0;
     for s in &summaries {
         let positive = bought(&s.customer);
         buyers += usize::from(positive);
+        let revenue = holdout_revenue.get(&s.customer).copied().unwrap_or(0);
         let (x, t_x, t) = (f64::from(s.frequency), s.recency, s.t);
         let f = facts.at(&s.customer, 0);
         let model = |m: &Result<PurchaseModel, String>| m.as_ref().ok().copied();
@@ -450,7 +475,7 @@ pub async fn run(
             Ok(churn),
         ];
         for (column, value) in columns.iter_mut().zip(values) {
-            column.push(value, positive)?;
+            column.push(value, positive, revenue)?;
         }
         for rule in &f.alerts_fired {
             let entry = fired.entry(*rule).or_default();
@@ -462,6 +487,9 @@ pub async fn run(
             .or_default();
         stage.0 += 1;
         stage.1 += usize::from(positive);
+        stage.2 = stage.2.checked_add(revenue).ok_or_else(|| {
+            BacktestError::Overflow(format!("stage {}", f.stage.as_deref().unwrap_or("none")))
+        })?;
     }
     let n = summaries.len();
     let churned = n - buyers;
@@ -490,12 +518,15 @@ pub async fn run(
         .collect();
     let mut stages: Vec<StageReport> = stages
         .into_iter()
-        .map(|(stage, (customers, bought_again))| StageReport {
-            rate: bought_again as f64 / customers as f64,
-            stage,
-            customers,
-            bought_again,
-        })
+        .map(
+            |(stage, (customers, bought_again, holdout_revenue_minor))| StageReport {
+                rate: bought_again as f64 / customers as f64,
+                stage,
+                customers,
+                bought_again,
+                holdout_revenue_minor,
+            },
+        )
         .collect();
     stages.sort_by(|a, b| {
         stage_rank(Some(&b.stage))
@@ -520,6 +551,11 @@ pub async fn run(
         customers: n,
         bought_again: buyers,
         base_rate: buyers as f64 / n as f64,
+        holdout_revenue_minor: summaries.iter().try_fold(0_i64, |sum, s| {
+            sum.checked_add(holdout_revenue.get(&s.customer).copied().unwrap_or(0))
+                .ok_or_else(|| BacktestError::Overflow("all customers".into()))
+        })?,
+        currency: rules.clv.currency.code().to_owned(),
         signals,
         alert_rules,
         stages,
@@ -597,6 +633,7 @@ fn signal_report(column: Column) -> SignalReport {
         signal,
         description,
         scored,
+        revenue,
         unavailable,
     } = column;
     let scored = &scored[..];
@@ -622,6 +659,106 @@ fn signal_report(column: Column) -> SignalReport {
         riskiest_10: top_fraction(&riskiest, 0.1),
         riskiest_20: top_fraction(&riskiest, 0.2),
         roc,
+        revenue_share_top_20: revenue_share_of_top(scored, &revenue, 0.2),
         unavailable,
+    }
+}
+
+/// Each customer's holdout spend: orders (net of their refunds) in
+/// `(from, to]`, summed with overflow checks.
+fn holdout_revenue(
+    transactions: &[Transaction],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<HashMap<String, i64>, BacktestError> {
+    let mut out: HashMap<String, i64> = HashMap::new();
+    for t in transactions.iter().filter(|t| t.at > from && t.at <= to) {
+        let sum = out.entry(t.customer.clone()).or_default();
+        *sum = sum
+            .checked_add(t.amount_minor)
+            .ok_or_else(|| BacktestError::Overflow(format!("customer {}", t.customer)))?;
+    }
+    Ok(out)
+}
+
+/// Share of the total revenue made by the `fraction` of customers with the
+/// highest scores; customers tied at the cut count pro rata.
+fn revenue_share_of_top(scored: &[Scored], revenue: &[i64], fraction: f64) -> Option<f64> {
+    let total: f64 = revenue.iter().map(|&r| r as f64).sum();
+    if scored.is_empty() || total <= 0.0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|&a, &b| scored[b].score.total_cmp(&scored[a].score));
+    let mut room = fraction * scored.len() as f64;
+    let mut captured = 0.0;
+    let mut i = 0;
+    while i < order.len() && room > 0.0 {
+        // The group tied at this score.
+        let mut j = i;
+        while j < order.len() && scored[order[j]].score == scored[order[i]].score {
+            j += 1;
+        }
+        let size = (j - i) as f64;
+        let take = room.min(size);
+        let group: f64 = order[i..j].iter().map(|&k| revenue[k] as f64).sum();
+        captured += group * take / size;
+        room -= take;
+        i = j;
+    }
+    Some(captured / total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn scored(scores: &[f64]) -> Vec<Scored> {
+        scores
+            .iter()
+            .map(|&score| Scored {
+                score,
+                positive: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_top_fifth_captures_its_revenue_with_ties_split_pro_rata() {
+        // Ten customers; the top 20 % is two of them.
+        let s = scored(&[9.0, 8.0, 7.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        let r = [50, 30, 20, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(revenue_share_of_top(&s, &r, 0.2), Some(0.8));
+        // Three tied at the top share the two places: 2/3 of their revenue.
+        let s = scored(&[5.0, 5.0, 5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        let r = [30, 30, 0, 40, 0, 0, 0, 0, 0, 0];
+        let share = revenue_share_of_top(&s, &r, 0.2).unwrap();
+        assert!((share - 0.6 * 2.0 / 3.0).abs() < 1e-12, "{share}");
+        assert_eq!(revenue_share_of_top(&s, &[0; 10], 0.2), None);
+    }
+
+    #[test]
+    fn holdout_revenue_counts_orders_after_the_start_through_the_end() {
+        let at = |d: u32| Utc.with_ymd_and_hms(2024, 1, d, 12, 0, 0).unwrap();
+        let t = |c: &str, d: u32, amount_minor: i64| Transaction {
+            customer: c.into(),
+            at: at(d),
+            amount_minor,
+        };
+        let txs = [
+            t("a", 1, 100),
+            t("a", 2, 200),
+            t("a", 3, -50),
+            t("b", 4, 70),
+        ];
+        let r = holdout_revenue(&txs, at(1), at(3)).unwrap();
+        assert_eq!(r.get("a"), Some(&150));
+        assert_eq!(r.get("b"), None);
+        let huge = [t("a", 2, i64::MAX), t("a", 3, 1)];
+        assert!(matches!(
+            holdout_revenue(&huge, at(1), at(3)),
+            Err(BacktestError::Overflow(_))
+        ));
     }
 }

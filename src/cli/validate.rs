@@ -115,15 +115,22 @@ pub fn table(r: &BacktestReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{} customers with an order by then; {} ({:.1}%) bought again in the holdout.\n",
+        "{} customers with an order by then; {} ({:.1}%) bought again in the holdout, \
+         spending {} {} (orders net of refunds, minor units).\n",
         r.customers,
         r.bought_again,
-        100.0 * r.base_rate
+        100.0 * r.base_rate,
+        r.holdout_revenue_minor,
+        r.currency
     );
     let _ = writeln!(
         out,
-        "{:<30} {:>6}   {:>22}   {:>22}",
-        "signal", "AUC", "riskiest 10%: prec/rec/lift", "riskiest 20%: prec/rec/lift"
+        "{:<30} {:>6}   {:>22}   {:>22}   {:>14}",
+        "signal",
+        "AUC",
+        "riskiest 10%: prec/rec/lift",
+        "riskiest 20%: prec/rec/lift",
+        "revenue top 20%"
     );
     for s in &r.signals {
         let top = |t: &Option<journey_ledger::clv::ranking::TopFraction>| {
@@ -141,11 +148,13 @@ pub fn table(r: &BacktestReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<30} {:>6}   {:>22}   {:>22}",
+            "{:<30} {:>6}   {:>22}   {:>22}   {:>14}",
             s.signal,
             num(s.auc, 4),
             top(&s.riskiest_10),
-            top(&s.riskiest_20)
+            top(&s.riskiest_20),
+            s.revenue_share_top_20
+                .map_or_else(|| "-".into(), |v| format!("{:.1}%", 100.0 * v))
         );
     }
     let _ = writeln!(
@@ -173,14 +182,19 @@ pub fn table(r: &BacktestReport) -> String {
             num(a.lift, 2)
         );
     }
-    let _ = writeln!(out, "\nStage at the calibration end → bought again:");
+    let _ = writeln!(
+        out,
+        "\nStage at the calibration end → bought again, and holdout revenue ({}, minor units):",
+        r.currency
+    );
     for s in &r.stages {
         let _ = writeln!(
             out,
-            "{:<14} {:>8} customers {:>7.1}%",
+            "{:<14} {:>8} customers {:>7.1}% {:>14}",
             s.stage,
             s.customers,
-            100.0 * s.rate
+            100.0 * s.rate,
+            s.holdout_revenue_minor
         );
     }
     for c in &r.calibration {

@@ -92,11 +92,13 @@ const SCRIPT: &str = r#"
     c.retention.forEach((row, y) => row.forEach((v, x) => { cells.push([x, y, +(100 * v).toFixed(1)]); width = Math.max(width, x + 1); }));
     return [{ animation: false, tooltip: { position: 'top', formatter: (p) =>
         c.cohorts[p.value[1]] + ' (' + c.sizes[p.value[1]] + ' customers), month ' + p.value[0] + ': ' + p.value[2] + '%' },
-      grid: { left: 80, right: 40, top: 20, bottom: 80 },
+      grid: { left: 80, right: 90, top: 20, bottom: 60 },
       xAxis: { type: 'category', name: 'months since acquisition', nameLocation: 'middle', nameGap: 30,
                data: Array.from({ length: width }, (_, i) => String(i)) },
       yAxis: { type: 'category', data: c.cohorts, inverse: true },
-      visualMap: { min: 0, max: 100, calculable: true, orient: 'horizontal', left: 'center', bottom: 0, text: ['100%', '0%'] },
+      // Month 0 is 100 % by definition; the scale follows the later months.
+      visualMap: { min: 0, max: Math.max(1, Math.ceil(Math.max(...cells.filter((c) => c[0] > 0).map((c) => c[2]), 0))),
+                   calculable: true, orient: 'vertical', right: 0, top: 'middle', text: ['%', ''] },
       series: [{ type: 'heatmap', data: cells, label: { show: width <= 24, fontSize: 9 } }] }, cells.length];
   }
   function histogram(hs, unitLabel) {
