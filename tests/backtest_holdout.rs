@@ -203,18 +203,7 @@ async fn an_alert_rules_precision_and_recall_on_known_outcomes() {
     append(&store, "grumpy", day(245), complaint("c0")).await;
     append(&store, "grumpy", day(255), complaint("c1")).await;
 
-    let report = backtest::run(
-        store,
-        &RuleSet::shipped_defaults(),
-        &ChurnScoreSettings::shipped(),
-        &BacktestRequest {
-            calibration_end: date(1997, 9, 30),
-            holdout_end: date(1998, 6, 30),
-            unit: TimeUnit::Week,
-        },
-    )
-    .await
-    .unwrap();
+    let report = validate_cdnow(store).await;
     // The sample alone: 2,357 customers, 684 bought again (1,673 did not).
     assert_eq!(report.customers, 2_357 + 4);
     assert_eq!(report.bought_again, 684 + 1);

@@ -333,9 +333,22 @@ fn stage_rank(stage: Option<&str>) -> f64 {
     }
 }
 
-/// Runs the backtest.
+/// Runs the backtest on every order in the rules' currency.
 pub async fn run(
     store: Arc<dyn EventStore>,
+    rules: &RuleSet,
+    settings: &ChurnScoreSettings,
+    request: &BacktestRequest,
+) -> Result<BacktestReport, BacktestError> {
+    let transactions = load_transactions(store.clone(), rules.clv.currency).await?;
+    run_on(store, &transactions, rules, settings, request).await
+}
+
+/// [`run`] with the orders already read (by [`load_transactions`] in the
+/// rules' currency), for callers that use them for more than the backtest.
+pub async fn run_on(
+    store: Arc<dyn EventStore>,
+    transactions: &[Transaction],
     rules: &RuleSet,
     settings: &ChurnScoreSettings,
     request: &BacktestRequest,
@@ -358,8 +371,7 @@ pub async fn run(
     let fit_horizon = f64::from(settings.fit_window_days) / unit.days();
     let lookback = Duration::days(i64::from(settings.lookback_days));
 
-    let transactions = load_transactions(store.clone(), rules.clv.currency).await?;
-    let summaries = summarize(&transactions, d, unit)?;
+    let summaries = summarize(transactions, d, unit)?;
     if summaries.is_empty() {
         return Err(BacktestError::Insufficient(format!(
             "no customer has an order in {} by the calibration end {}",
@@ -367,27 +379,19 @@ pub async fn run(
         )));
     }
     let models = Models::fit(&summaries, d);
-    let holdout_counts = holdout_repeat_counts(&transactions, d, e)?;
-    let holdout_revenue = holdout_revenue(&transactions, d, e)?;
+    let holdout_counts = holdout_repeat_counts(transactions, d, e)?;
+    let holdout_revenue = holdout_revenue(transactions, d, e)?;
     let facts = ledger_facts::collect(store, rules, &[d, fit_at], lookback).await?;
     let bought = |customer: &str| holdout_counts.get(customer).is_some_and(|&n| n > 0);
 
-    let churn = fit_churn_score(
-        settings,
-        &transactions,
-        &facts,
-        fit_at,
-        d,
-        fit_horizon,
-        unit,
-    );
+    let churn = fit_churn_score(settings, transactions, &facts, fit_at, d, fit_horizon, unit);
     let (churn_score, churn_score_unavailable) = match churn {
         Ok(fit) => (Some(fit), None),
         Err(BacktestError::Insufficient(why)) => (None, Some(why)),
         Err(other) => return Err(other),
     };
 
-    let rfm_inputs = rfm_inputs_from_transactions(&transactions, d);
+    let rfm_inputs = rfm_inputs_from_transactions(transactions, d);
     let rfm: HashMap<String, f64> =
         score_rfm(&rfm_inputs, &rules.clv.rfm.weights, &rules.clv.rfm.segments)?
             .into_iter()

@@ -198,10 +198,7 @@ pub fn table(r: &BacktestReport) -> String {
         );
     }
     for c in &r.calibration {
-        let name = match c.model {
-            journey_ledger::clv::PurchaseModel::BgNbd(_) => "BG/NBD",
-            journey_ledger::clv::PurchaseModel::ParetoNbd(_) => "Pareto/NBD",
-        };
+        let name = c.model.name();
         let _ = writeln!(
             out,
             "\n{name}: repeat purchases in the holdout by calibration frequency"

@@ -204,7 +204,8 @@ pub fn fit(
     })
 }
 
-fn minor_per_major(currency: Currency) -> u32 {
+/// Minor units in one major unit of `currency` (100 for USD, 1 for JPY).
+pub(crate) fn minor_per_major(currency: Currency) -> u32 {
     10u32.pow(u32::from(currency.minor_digits()))
 }
 

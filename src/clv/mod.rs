@@ -113,6 +113,22 @@ pub enum PurchaseModel {
 }
 
 impl PurchaseModel {
+    /// The model's usual name, for people ("BG/NBD", "Pareto/NBD").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::BgNbd(_) => "BG/NBD",
+            Self::ParetoNbd(_) => "Pareto/NBD",
+        }
+    }
+
+    /// Which of the rules' choices this model is.
+    pub fn choice(&self) -> rules::ModelChoice {
+        match self {
+            Self::BgNbd(_) => rules::ModelChoice::Bgnbd,
+            Self::ParetoNbd(_) => rules::ModelChoice::Paretonbd,
+        }
+    }
+
     /// Probability the customer is still active at `t_cal` given frequency `x`
     /// and recency `t_x` — drives churn-risk flags.
     pub fn p_alive(&self, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ClvError> {

@@ -115,9 +115,10 @@ impl RulesLabel {
     }
 }
 
-/// Computes the workbench: one pass over every stream for the stage charts,
-/// one read of the orders for cohorts and value charts, and the holdout
-/// validation.
+/// Computes the workbench: one read of the orders (for the validation,
+/// cohorts and value charts), the validation's pass over every stream for
+/// its ledger facts, and one more for the stage charts (folded as of the
+/// holdout end, and under the compared rules).
 pub async fn build(
     store: Arc<dyn EventStore>,
     rules: &RuleSet,
@@ -125,8 +126,10 @@ pub async fn build(
     settings: &ChurnScoreSettings,
     request: &ReportRequest,
 ) -> Result<Workbench, ReportError> {
-    let validation = backtest::run(
+    let transactions = load_transactions(store.clone(), rules.clv.currency).await?;
+    let validation = backtest::run_on(
         store.clone(),
+        &transactions,
         rules,
         settings,
         &BacktestRequest {
@@ -138,8 +141,7 @@ pub async fn build(
     .await?;
     let d = end_of_day(request.calibration_end);
     let e = end_of_day(request.holdout_end);
-    let histories = stages::collect(store.clone(), rules, compare, e).await?;
-    let transactions = load_transactions(store, rules.clv.currency).await?;
+    let histories = stages::collect(store, rules, compare, e).await?;
     Ok(Workbench {
         generated_at: Utc::now(),
         rules: RulesLabel::of(rules),

@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::backtest::BacktestReport;
+use crate::clv::ledger::minor_per_major;
 use crate::clv::{
     customer_lifetime_value, summarize, ClvOptions, CustomerSummary, FitOptions, GammaGammaData,
     GammaGammaParams, PurchaseModel, TimeUnit, Transaction,
@@ -87,13 +88,6 @@ pub struct ValueCharts {
     pub tracking: Vec<TrackingPoint>,
 }
 
-fn model_name(model: &PurchaseModel) -> &'static str {
-    match model {
-        PurchaseModel::BgNbd(_) => "BG/NBD",
-        PurchaseModel::ParetoNbd(_) => "Pareto/NBD",
-    }
-}
-
 impl ValueCharts {
     /// Computes the charts with the models `validation` fitted.
     pub fn compute(
@@ -114,7 +108,7 @@ impl ValueCharts {
                     .map(|s| m.p_alive(f64::from(s.frequency), s.recency, s.t))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Histogram::of(
-                    format!("{} P(alive) at {day}", model_name(m)),
+                    format!("{} P(alive) at {day}", m.name()),
                     &values,
                     0.0,
                     1.0,
@@ -124,18 +118,7 @@ impl ValueCharts {
             .collect::<Result<Vec<_>, ReportError>>()?;
         let chosen = models
             .iter()
-            .find(|m| {
-                matches!(
-                    (m, rules.clv.model.purchase_model),
-                    (
-                        PurchaseModel::BgNbd(_),
-                        crate::clv::rules::ModelChoice::Bgnbd
-                    ) | (
-                        PurchaseModel::ParetoNbd(_),
-                        crate::clv::rules::ModelChoice::Paretonbd
-                    )
-                )
-            })
+            .find(|m| m.choice() == rules.clv.model.purchase_model)
             .or(models.first());
         let (clv, clv_unavailable) = match chosen {
             None => (None, Some("no purchase model fitted".to_owned())),
@@ -146,7 +129,7 @@ impl ValueCharts {
         };
         Ok(Self {
             as_of: d,
-            models: models.iter().map(|m| model_name(m).to_owned()).collect(),
+            models: models.iter().map(|m| m.name().to_owned()).collect(),
             p_alive,
             clv,
             clv_unavailable,
@@ -168,7 +151,7 @@ fn clv_histogram(
     unit: TimeUnit,
     day: &str,
 ) -> Result<Histogram, String> {
-    let scale = 10u32.pow(u32::from(rules.clv.currency.minor_digits()));
+    let scale = minor_per_major(rules.clv.currency);
     let spend = GammaGammaData::from_summaries(summaries, scale)
         .and_then(|data| GammaGammaParams::fit(&data, &FitOptions::point_estimates()))
         .map_err(|e| format!("Gamma-Gamma did not fit: {e}"))?
@@ -193,7 +176,7 @@ fn clv_histogram(
         format!(
             "{}-month CLV ({}) at {day}, {} {}; the last bin holds the top 1 %",
             rules.clv.clv.horizon_months,
-            model_name(model),
+            model.name(),
             rules.clv.currency,
             "major units"
         ),
