@@ -356,6 +356,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             "status": "ok",
             "backend": state.store.backend(),
             "headPosition": head,
+            "role": state.projections.get().map(|control| control.role()),
         }))
         .into_response(),
         Err(e) => {

@@ -18,17 +18,18 @@ use super::live::LiveFeeds;
 use super::read_models::{
     Alert, Clv, CohortRow, CustomerFilter, CustomerPage, CustomerView, EventFoldReadModels,
     Loyalty, MoneyView, PointsLot, ProjectionState, ProjectionStatus, ReadModelError,
-    ReadModelSource, ReadModels, RebuildRun, Rfm, StageChange, StageCount, StageTransition,
-    UnavailableFigure,
+    ReadModelSource, ReadModels, RebuildRun, Rfm, ServerRole, StageChange, StageCount,
+    StageTransition, UnavailableFigure,
 };
 use crate::domain::CustomerId;
 use crate::projections::analytics;
 use crate::projections::cohorts::YearMonth;
+use crate::projections::leadership::{self, ProjectorLock};
+use crate::projections::live_feed::{FeedItem, FeedTail, FEED_RETENTION};
 use crate::projections::query::{self, CustomerView as ProjectedView};
 use crate::projections::rules::RuleSet;
 use crate::projections::runner::{self, Committed, RebuildOptions, RunnerError};
 use crate::projections::storage::{CustomerCriteria, ReadModelDb, VersionInfo, VersionStatus};
-use crate::projections::Value;
 use crate::store::EventStore;
 
 /// How long queries trust the active version number they last read: a
@@ -414,6 +415,7 @@ impl ReadModels for ProjectedReadModels {
                     source: ReadModelSource::Projection,
                     projections: Vec::new(),
                     last_rebuild: None,
+                    role: None,
                 })
             }
             Err(e) => return Err(e.into()),
@@ -433,6 +435,7 @@ impl ReadModels for ProjectedReadModels {
                 })
                 .collect(),
             last_rebuild: None,
+            role: None,
         })
     }
 
@@ -457,11 +460,22 @@ pub struct ProjectionControl {
     db: ReadModelDb,
     rules: RuleSet,
     live: LiveFeeds,
-    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    follower: std::sync::Mutex<Option<(tokio::task::JoinHandle<()>, i64)>>,
     rebuilding: std::sync::atomic::AtomicBool,
     options: runner::ProjectorOptions,
     last_rebuild: std::sync::Mutex<Option<RebuildRun>>,
     rebuilds_failed: std::sync::atomic::AtomicU64,
+    /// The projector role, while this server holds it.
+    lock: std::sync::Mutex<Option<ProjectorLock>>,
+    /// Set by [`ProjectionControl::stop`]: no more projecting, role given up.
+    stopped: std::sync::atomic::AtomicBool,
+    /// The fencing epoch this server projects under; 0 while it reads only.
+    fence: std::sync::atomic::AtomicI64,
+    /// Every fencing epoch this server projected under (the feed's rows of
+    /// these epochs were sent to subscribers when they were committed).
+    epochs: std::sync::Mutex<Vec<i64>>,
+    /// When this server last pruned the live feed.
+    pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a rebuild could not start.
@@ -498,11 +512,150 @@ impl ProjectionControl {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Starts following the active version (its states load on demand).
+    /// Whether this server is the projector or a reader.
+    pub fn role(&self) -> ServerRole {
+        if self.fence().is_some() {
+            ServerRole::Projector
+        } else {
+            ServerRole::Reader
+        }
+    }
+
+    /// The fencing epoch this server projects under, while it is the projector.
+    fn fence(&self) -> Option<i64> {
+        Some(self.fence.load(std::sync::atomic::Ordering::SeqCst)).filter(|epoch| *epoch > 0)
+    }
+
+    /// The version the live follower maintains, while it runs.
+    fn following(&self) -> Option<i64> {
+        match self.follower.lock().expect("follower lock").as_ref() {
+            Some((task, version)) if !task.is_finished() => Some(*version),
+            _ => None,
+        }
+    }
+
+    /// One step of the projector role: take it when it is free (or check
+    /// that it is still held), then, as the projector, make sure the active
+    /// version exists and is the one followed — a rebuild by anyone (the
+    /// CLI, another replica) switches versions under a running server.
+    async fn supervise_once(&self) -> Result<(), RunnerError> {
+        use std::sync::atomic::Ordering;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let held = self.lock.lock().expect("role lock").take();
+        let held = match held {
+            Some(mut held) => {
+                // A follower that stopped because a successor's epoch fenced
+                // it off gives the role up too.
+                let fenced = self.following().is_none()
+                    && Some(self.db.fence_holder().await?.0) != self.fence();
+                if fenced || !held.still_held().await {
+                    tracing::warn!(fenced, "this server lost the projector role; reading only");
+                    self.fence.store(0, Ordering::SeqCst);
+                    self.stop_follower();
+                    return Ok(());
+                }
+                held
+            }
+            None => {
+                let Some(acquired) = ProjectorLock::try_acquire(&self.db).await? else {
+                    return Ok(());
+                };
+                let epoch = self.db.take_fence(&leadership::holder_name()).await?;
+                self.epochs.lock().expect("epochs lock").push(epoch);
+                self.fence.store(epoch, Ordering::SeqCst);
+                tracing::info!(epoch, "this server is the projector");
+                acquired
+            }
+        };
+        if self.stopped.load(Ordering::SeqCst) {
+            self.fence.store(0, Ordering::SeqCst);
+            return Ok(());
+        }
+        *self.lock.lock().expect("role lock") = Some(held);
+        self.prune_feed().await;
+        if self.is_rebuilding() {
+            return Ok(());
+        }
+        let active = self.db.active_model_version().await?;
+        if active.is_some() && active == self.following() {
+            return Ok(());
+        }
+        match active {
+            None => {
+                self.rebuild_exclusive("journey serve", "no read-model version was active at start")
+                    .await
+            }
+            Some(version) => match self.start_follower().await {
+                Err(RunnerError::StateFormat { .. }) => {
+                    tracing::info!(
+                        model_version = version,
+                        "the active read-model version was built by an older build: rebuilding"
+                    );
+                    self.rebuild_exclusive(
+                        "journey serve",
+                        "the active read-model version's state format is not this build's",
+                    )
+                    .await
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Runs a rebuild unless one is running already.
+    async fn rebuild_exclusive(&self, actor: &str, reason: &str) -> Result<(), RunnerError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .rebuilding
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let result = self.rebuild_now(actor, reason).await;
+        self.rebuilding.store(false, Ordering::SeqCst);
+        result.map(|_| ())
+    }
+
+    /// Drops feed rows older than [`FEED_RETENTION`], once a minute, on the
+    /// projector.
+    async fn prune_feed(&self) {
+        {
+            let mut pruned = self.pruned_at.lock().expect("prune lock");
+            if pruned.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60)) {
+                return;
+            }
+            *pruned = Some(std::time::Instant::now());
+        }
+        let before = now() - Duration::from_std(FEED_RETENTION).expect("retention fits");
+        if let Err(e) = self.db.prune_feed(before.timestamp_micros()).await {
+            tracing::warn!(error = %e, "pruning the live feed failed");
+        }
+    }
+
+    /// Starts following the active version (its states load on demand),
+    /// when this server is the projector; a reader leaves it to the
+    /// projector.
     async fn start_follower(&self) -> Result<(), RunnerError> {
-        let follower =
-            runner::Follower::open(self.store.clone(), &self.db, self.options.clone()).await?;
-        tracing::info!("following the store");
+        let Some(fence) = self.fence() else {
+            return Ok(());
+        };
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let follower = runner::Follower::open(
+            self.store.clone(),
+            &self.db,
+            runner::ProjectorOptions {
+                fence: Some(fence),
+                ..self.options.clone()
+            },
+        )
+        .await?;
+        let version = follower.version();
+        tracing::info!(model_version = version, fence, "following the store");
         let live = self.live.clone();
         let task = tokio::spawn(async move {
             let result = follower
@@ -514,15 +667,29 @@ impl ProjectionControl {
                 tracing::error!(error = %e, "the projection runner stopped");
             }
         });
-        if let Some(old) = self.follower.lock().expect("follower lock").replace(task) {
+        if let Some((old, _)) = self
+            .follower
+            .lock()
+            .expect("follower lock")
+            .replace((task, version))
+        {
             old.abort();
         }
         Ok(())
     }
 
-    /// Stops following the store.
+    /// Stops projecting for good and gives the projector role up (another
+    /// server, or a restarted one, takes it over).
     pub fn stop(&self) {
-        if let Some(task) = self.follower.lock().expect("follower lock").take() {
+        use std::sync::atomic::Ordering;
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_follower();
+        self.fence.store(0, Ordering::SeqCst);
+        self.lock.lock().expect("role lock").take();
+    }
+
+    fn stop_follower(&self) {
+        if let Some((task, _)) = self.follower.lock().expect("follower lock").take() {
             task.abort();
         }
     }
@@ -656,6 +823,7 @@ pub async fn start_projections(
     live: LiveFeeds,
     options: runner::ProjectorOptions,
 ) -> Result<Arc<ProjectionControl>, RunnerError> {
+    let tail = FeedTail::from_now(db.clone()).await?;
     let control = Arc::new(ProjectionControl {
         store,
         db,
@@ -666,75 +834,88 @@ pub async fn start_projections(
         options,
         last_rebuild: std::sync::Mutex::new(None),
         rebuilds_failed: std::sync::atomic::AtomicU64::new(0),
+        lock: std::sync::Mutex::new(None),
+        stopped: std::sync::atomic::AtomicBool::new(false),
+        fence: std::sync::atomic::AtomicI64::new(0),
+        epochs: std::sync::Mutex::new(Vec::new()),
+        pruned_at: std::sync::Mutex::new(None),
     });
-    match runner::active(&control.db).await {
-        Err(RunnerError::NoActiveVersion) => {
-            tracing::info!("no active read-model version: rebuilding");
-            control
-                .rebuild_now("journey serve", "no read-model version was active at start")
-                .await?;
+    // The first step before serving: a lone server (or the first of
+    // several) has its read models built or followed before it answers.
+    control.supervise_once().await?;
+    let weak = Arc::downgrade(&control);
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(leadership::POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            poll.tick().await;
+            let Some(control) = weak.upgrade() else { break };
+            if let Err(e) = control.supervise_once().await {
+                tracing::warn!(error = %e, "projector supervision failed; retrying");
+            }
         }
-        Ok((version, _)) if !version.maintainable() => {
-            tracing::info!(
-                model_version = version.model_version,
-                state_format = version.state_format,
-                "the active read-model version was built by an older build: rebuilding"
-            );
-            control
-                .rebuild_now(
-                    "journey serve",
-                    "the active read-model version's state format is not this build's",
-                )
-                .await?;
-        }
-        _ => control.start_follower().await?,
-    }
+    });
+    tokio::spawn(tail_feed(Arc::downgrade(&control), tail));
     Ok(control)
 }
 
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::Text(t) => Some(t.clone()),
-        _ => None,
-    }
-}
+/// How often a server reads the feed of what the projector committed.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn instant(value: &Value) -> Option<DateTime<Utc>> {
-    match value {
-        Value::Int(us) => DateTime::from_timestamp_micros(*us),
-        _ => None,
+/// Sends what another server's projector committed to this server's
+/// subscribers, in commit order.
+async fn tail_feed(control: std::sync::Weak<ProjectionControl>, mut tail: FeedTail) {
+    let mut poll = tokio::time::interval(FEED_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let Some(control) = control.upgrade() else {
+            break;
+        };
+        let own = control.epochs.lock().expect("epochs lock").clone();
+        match tail.next_entries(|epoch| own.contains(&epoch)).await {
+            Ok(entries) => {
+                for entry in entries {
+                    publish_item(&control.live, entry.item);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the live feed failed; retrying"),
+        }
     }
 }
 
 /// Turns a batch's new history rows into subscription messages.
 fn publish(live: &LiveFeeds, committed: &Committed) {
-    for row in &committed.new_history {
-        let v = &row.values;
-        match row.table {
-            // seq, from_stage, to_stage, at_us, cause
-            "lifecycle_transitions" => {
-                if let (Some(to), Some(at)) = (text(&v[2]), instant(&v[3])) {
-                    live.publish_stage_transition(StageTransition {
-                        customer_id: row.customer_id.clone(),
-                        from: text(&v[1]),
-                        to,
-                        at,
-                    });
-                }
-            }
-            // seq, rule, at_us, event_ids, detail
-            "churn_alerts" => {
-                if let (Some(kind), Some(at)) = (text(&v[1]), instant(&v[2])) {
-                    live.publish_alert(Alert {
-                        id: format!("{}:{kind}:{}", row.customer_id, at.timestamp_micros()),
-                        customer_id: row.customer_id.clone(),
-                        kind,
-                        message: text(&v[4]).unwrap_or_default(),
-                        raised_at: at,
-                    });
-                }
-            }
-            _ => {}
-        }
+    for item in FeedItem::from_history(&committed.new_history) {
+        publish_item(live, item);
+    }
+}
+
+fn publish_item(live: &LiveFeeds, item: FeedItem) {
+    match item {
+        FeedItem::Stage {
+            customer_id,
+            from,
+            to,
+            at,
+        } => live.publish_stage_transition(StageTransition {
+            customer_id,
+            from,
+            to,
+            at,
+        }),
+        FeedItem::Alert {
+            customer_id,
+            kind,
+            message,
+            at,
+        } => live.publish_alert(Alert {
+            id: format!("{customer_id}:{kind}:{}", at.timestamp_micros()),
+            customer_id,
+            kind,
+            message,
+            raised_at: at,
+        }),
     }
 }

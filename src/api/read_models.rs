@@ -357,6 +357,21 @@ pub struct ProjectionStatus {
     /// The last rebuild this server ran or is running (`rebuildReadModels`
     /// or its own start-up rebuild); null before the first.
     pub last_rebuild: Option<RebuildRun>,
+    /// This server's part in maintaining the read models (null when it
+    /// runs no projections: an event-only store).
+    pub role: Option<ServerRole>,
+}
+
+/// What a server does with the read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Maintains the active version (folds events, runs deadline ticks);
+    /// one server at a time.
+    Projector,
+    /// Answers from what the projector writes; takes the role over when
+    /// the projector dies.
+    Reader,
 }
 
 /// A rebuild a server ran: who asked, why, and how it ended. A failed
@@ -592,6 +607,7 @@ impl ReadModels for EventFoldReadModels {
             source: ReadModelSource::EventFold,
             projections: Vec::new(),
             last_rebuild: None,
+            role: None,
         })
     }
 

@@ -473,10 +473,10 @@ impl Query {
             .projection_status()
             .await
             .map_err(read_error)?;
-        status.last_rebuild = services(ctx)
-            .projections
-            .get()
-            .and_then(|control| control.last_rebuild());
+        if let Some(control) = services(ctx).projections.get() {
+            status.last_rebuild = control.last_rebuild();
+            status.role = Some(control.role());
+        }
         Ok(status)
     }
 }

@@ -247,6 +247,7 @@ pub fn projector_options(
         clock,
         cache_bytes: config.projections.state_cache_mb.max(1) << 20,
         keep_versions: config.projections.keep_versions.max(1),
+        fence: None,
     })
 }
 

@@ -665,8 +665,30 @@ pub(crate) fn commit_sqlite_batch(
             .execute("PRAGMA wal_autocheckpoint = 0")
             .map_err(raw)?;
     }
+    let mut fence = raw_conn
+        .prepare("SELECT epoch FROM projector_fence WHERE id = 1")
+        .map_err(raw)?;
+    let mut feed = raw_conn
+        .prepare(
+            "INSERT INTO live_feed (epoch, model_version, kind, customer_id, from_stage, to_stage, \
+             message, at_us, recorded_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(raw)?;
     raw_conn.execute("BEGIN IMMEDIATE").map_err(raw)?;
     let outcome = (|| {
+        // 0. Fence: inside the write transaction, so no successor can bump
+        // the epoch between this check and the commit.
+        if let Some(epoch) = batch.fence {
+            let current = fence
+                .next_row()
+                .map_err(raw)?
+                .map(|row| row.int(0))
+                .unwrap_or(0);
+            fence.reset();
+            if current != epoch {
+                return Err(StorageError::Fenced { epoch, current });
+            }
+        }
         // 1. Deletions, each table in customer order. States are replaced
         // in place below; only a listed customer without a new state loses
         // its stored one.
@@ -706,7 +728,26 @@ pub(crate) fn commit_sqlite_batch(
             bind_state(&mut upsert_state, model_version, state)?;
             upsert_state.execute().map_err(raw)?;
         }
-        // 4. Checkpoint.
+        // 4. The live feed.
+        let recorded_us = chrono::Utc::now().timestamp_micros();
+        for item in &batch.feed {
+            let (kind, customer, from, to, message, at_us) = item.columns();
+            fn text(t: Option<&str>) -> Bind<'_> {
+                t.map_or(Bind::Null, Bind::Text)
+            }
+            feed.bind(1, Bind::Int(batch.fence.unwrap_or(0)))
+                .map_err(raw)?;
+            feed.bind(2, Bind::Int(model_version)).map_err(raw)?;
+            feed.bind(3, Bind::Text(kind)).map_err(raw)?;
+            feed.bind(4, Bind::Text(customer)).map_err(raw)?;
+            feed.bind(5, text(from)).map_err(raw)?;
+            feed.bind(6, text(to)).map_err(raw)?;
+            feed.bind(7, text(message)).map_err(raw)?;
+            feed.bind(8, Bind::Int(at_us)).map_err(raw)?;
+            feed.bind(9, Bind::Int(recorded_us)).map_err(raw)?;
+            feed.execute().map_err(raw)?;
+        }
+        // 5. Checkpoint.
         checkpoint
             .bind(1, Bind::Int(batch.checkpoint))
             .map_err(raw)?;

@@ -27,6 +27,7 @@ use thiserror::Error;
 use super::bulk::{scan_states, BulkWork, BulkWriter, CustomerRange};
 use super::cache::StateCache;
 use super::clock::Clock;
+use super::live_feed::FeedItem;
 use super::population::{PopulationChanged, PopulationInputs};
 use super::rules::RuleSet;
 use super::state::{CustomerState, Folds, StateError};
@@ -138,6 +139,10 @@ pub struct ProjectorOptions {
     /// Versions kept after a rebuild this runner's owner starts
     /// (`[projections] keep_versions`).
     pub keep_versions: usize,
+    /// The fencing epoch of a server's projector: its batches commit only
+    /// while no other server has taken the role over
+    /// ([`super::leadership`]). `None` when nothing else projects.
+    pub fence: Option<i64>,
 }
 
 /// The default state cache budget: `[projections] state_cache_mb`.
@@ -149,6 +154,7 @@ impl Default for ProjectorOptions {
             clock: Clock::Wall,
             cache_bytes: DEFAULT_STATE_CACHE_MB << 20,
             keep_versions: super::rebuild::DEFAULT_KEEP_VERSIONS,
+            fence: None,
         }
     }
 }
@@ -209,6 +215,8 @@ pub struct Projector {
     /// How long the last population refit took (live maintenance spaces
     /// refits by it).
     last_refit: std::time::Duration,
+    /// The fencing epoch every commit checks ([`ProjectorOptions::fence`]).
+    fence: Option<i64>,
 }
 
 impl Projector {
@@ -254,6 +262,7 @@ impl Projector {
             fold_secs: 0.0,
             write_secs: 0.0,
             last_refit: std::time::Duration::ZERO,
+            fence: options.fence,
         })
     }
 
@@ -475,8 +484,9 @@ impl Projector {
 
     /// Commits a folded batch (rows, states and checkpoint in one
     /// transaction), then trims the cache to its budget.
-    pub async fn commit(&mut self, batch: BatchWrite) -> Result<(), RunnerError> {
+    pub async fn commit(&mut self, mut batch: BatchWrite) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
+        batch.fence = self.fence;
         let checkpoint = batch.checkpoint as u64;
         self.db
             .commit_batch(self.version, &self.tables, batch)
@@ -785,6 +795,11 @@ impl Follower {
         Ok(Self { store, projector })
     }
 
+    /// The version it maintains.
+    pub fn version(&self) -> i64 {
+        self.projector.version()
+    }
+
     /// Follows the store forever (see [`follow`]).
     pub async fn run(
         self,
@@ -809,9 +824,10 @@ impl Follower {
                 chunk = events.next() => chunk,
                 _ = tokio::time::sleep_until(next_tick) => {
                     // Customers whose deadline passed, without an event.
-                    while let Some(Folded { batch, new_history }) =
+                    while let Some(Folded { mut batch, new_history }) =
                         projector.tick(TICK_CUSTOMERS).await?
                     {
+                        batch.feed = FeedItem::from_history(&new_history);
                         projector.commit(batch).await?;
                         population_stale = true;
                         on_batch(&Committed {
@@ -832,7 +848,11 @@ impl Follower {
             };
             let Some(chunk) = chunk else { break };
             let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-            let Folded { batch, new_history } = projector.fold(&chunk).await?;
+            let Folded {
+                mut batch,
+                new_history,
+            } = projector.fold(&chunk).await?;
+            batch.feed = FeedItem::from_history(&new_history);
             projector.commit(batch).await?;
             on_batch(&Committed {
                 checkpoint: projector.checkpoint(),

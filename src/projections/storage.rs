@@ -67,6 +67,15 @@ pub enum StorageError {
     /// A background writer or worker died.
     #[error("a read-model task failed: {0}")]
     Task(String),
+    /// Another server became the projector: this one's batch was not
+    /// committed (see `projections::leadership`).
+    #[error("fenced off: this server's projector epoch is {epoch}, the database's is {current} (another server took over projecting)")]
+    Fenced {
+        /// The epoch this server projects under.
+        epoch: i64,
+        /// The epoch in the database.
+        current: i64,
+    },
     /// A row does not fit its table.
     #[error("table {table}: row has {got} values, the table spec has {expected} columns")]
     RowShape {
@@ -262,6 +271,13 @@ pub struct BatchWrite {
     /// database file inside the commit (SQLite; a deadline tick rewrites
     /// pages all over the version).
     pub checkpoint_later: bool,
+    /// Stage changes and alerts for every server's subscribers
+    /// ([`super::live_feed`]), written with the batch.
+    pub feed: Vec<super::live_feed::FeedItem>,
+    /// The projector's fencing epoch: the batch commits only while the
+    /// database's epoch is still this one ([`super::leadership`]). `None`
+    /// for a process that projects alone (a CLI command, a test).
+    pub fence: Option<i64>,
 }
 
 /// Criteria of [`ReadModelDb::filter_customers`]; `None` means any.
@@ -817,6 +833,17 @@ impl ReadModelDb {
         };
         {
             let mut tx = pool.begin().await?;
+            // 0. Fence: the share lock makes a successor's epoch bump wait
+            // for this batch, and this batch see a bump that came first.
+            if let Some(epoch) = batch.fence {
+                let current: i64 =
+                    sqlx::query_scalar("SELECT epoch FROM projector_fence WHERE id = 1 FOR SHARE")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if current != epoch {
+                    return Err(StorageError::Fenced { epoch, current });
+                }
+            }
             // 1. Deletions.
             for (customers, scope) in [
                 (&batch.reset_customers, Some(true)),
@@ -877,7 +904,28 @@ impl ReadModelDb {
             }
             // 3. States (the touched customers' old states were deleted in 1).
             tx.insert_states(model_version, &batch.states).await?;
-            // 4. Checkpoint.
+            // 4. The live feed.
+            let recorded_us = chrono::Utc::now().timestamp_micros();
+            for chunk in batch.feed.chunks(1_000) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO live_feed (epoch, model_version, kind, customer_id, from_stage, \
+                     to_stage, message, at_us, recorded_us) ",
+                );
+                q.push_values(chunk, |mut b, item| {
+                    let (kind, customer, from, to, message, at_us) = item.columns();
+                    b.push_bind(batch.fence.unwrap_or(0))
+                        .push_bind(model_version)
+                        .push_bind(kind)
+                        .push_bind(customer.to_owned())
+                        .push_bind(from.map(str::to_owned))
+                        .push_bind(to.map(str::to_owned))
+                        .push_bind(message.map(str::to_owned))
+                        .push_bind(at_us)
+                        .push_bind(recorded_us);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            // 5. Checkpoint.
             sqlx::query(
                 "UPDATE projection_versions SET checkpoint = $1, events_applied = events_applied + $2, \
                  watermark_us = CASE WHEN watermark_us IS NULL OR watermark_us < $3 THEN $3 ELSE watermark_us END, \
