@@ -637,6 +637,44 @@ async fn a_mutation_reaches_a_running_subscription() {
     );
 }
 
+/// Amounts beyond GraphQL's 32-bit `Int` are `Long`s: accepted as a number
+/// or a decimal string, summed without wrapping, answered as numbers.
+#[tokio::test]
+async fn amounts_beyond_32_bits_travel_as_longs() {
+    let server = TestServer::start().await;
+    server
+        .ok(
+            &mutation("registerCustomer", "big", 1, r#"{channel: "web"}"#),
+            json!({}),
+        )
+        .await;
+    for (day, minor) in [(2, "2147483648"), (3, "\"2147483648\"")] {
+        let input = format!(
+            r#"{{orderId: "o{day}", amount: {{minor: {minor}, currency: "USD"}}, itemCount: 1}}"#
+        );
+        server
+            .ok(&mutation("placeOrder", "big", day, &input), json!({}))
+            .await;
+    }
+    let data = server
+        .ok(
+            r#"query($id: String!) { customer(id: $id) { historicalValue { gross { minor currency } } } }"#,
+            json!({"id": "big"}),
+        )
+        .await;
+    assert_eq!(
+        money_of(&data["customer"]["historicalValue"]["gross"], "USD"),
+        4_294_967_296
+    );
+    let sdl = server
+        .ok(
+            r#"{ __type(name: "Money") { fields { name type { ofType { name } } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(sdl.to_string().contains(r#""name":"Long""#), "{sdl}");
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_appends_nothing() {
     let server = TestServer::start().await;
@@ -676,6 +714,31 @@ async fn bad_input_gets_a_clear_error_and_appends_nothing() {
             mutation("placeOrder", "b1", 3, r#"{orderId: "o2", amount: {minor: -5, currency: "USD"}, itemCount: 1}"#),
             Some("BAD_USER_INPUT"),
             "input.amount.minor",
+        ),
+        (
+            mutation("placeOrder", "b1", 3, r#"{orderId: "o2", amount: {minor: "9223372036854775807", currency: "USD"}, itemCount: 1}"#),
+            Some("BAD_USER_INPUT"),
+            "input.amount.minor",
+        ),
+        (
+            mutation("placeOrder", "b1", 3, r#"{orderId: "o2", amount: {minor: 9223372036854775808, currency: "USD"}, itemCount: 1}"#),
+            None,
+            "64-bit",
+        ),
+        (
+            mutation("placeOrder", "b1", 3, r#"{orderId: "o2", amount: {minor: 12.5, currency: "USD"}, itemCount: 1}"#),
+            None,
+            "64-bit",
+        ),
+        (
+            r#"mutation { recordSession(customerId: "b1", occurredAt: "2024-02-03T00:00:00Z", expectedVersion: -1, input: {sessionId: "s", channel: "web"}) { version } }"#.into(),
+            Some("BAD_USER_INPUT"),
+            "expectedVersion",
+        ),
+        (
+            r#"mutation { recordSession(customerId: "b1", occurredAt: "2024-02-03T00:00:00Z", expectedVersion: 7749117461110, input: {sessionId: "s", channel: "web"}) { version } }"#.into(),
+            Some("CONCURRENCY_CONFLICT"),
+            "version 2",
         ),
         (
             mutation("placeOrder", "b1", 3, r#"{orderId: "o2", amount: {minor: 5, currency: "USX"}, itemCount: 1}"#),

@@ -31,6 +31,7 @@ pub mod live;
 pub mod metrics;
 pub mod projected;
 pub mod read_models;
+pub mod scalars;
 pub mod schema;
 
 use std::future::Future;

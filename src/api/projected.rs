@@ -185,12 +185,12 @@ impl ProjectedReadModels {
         let loyalty = &projected.loyalty;
         view.tier = Some(loyalty.tier.as_str().to_owned());
         view.loyalty = Some(Loyalty {
-            balance: loyalty.balance,
+            balance: loyalty.balance.into(),
             lots: loyalty
                 .lots
                 .iter()
                 .map(|lot| PointsLot {
-                    points: lot.remaining,
+                    points: lot.remaining.into(),
                     earned_at: lot.earned_at,
                     expires_at: Some(lot.expires_at),
                 })
@@ -244,7 +244,7 @@ impl ProjectedReadModels {
                 {
                     view.clv = Some(Clv {
                         expected_value: scores.clv_minor.map(|minor| MoneyView {
-                            minor,
+                            minor: minor.into(),
                             currency: scores.currency.clone(),
                         }),
                         probability_alive: p_alive,
@@ -308,8 +308,8 @@ impl ReadModels for ProjectedReadModels {
             stage: filter.stage.clone(),
             loyalty_tier: filter.tier.clone(),
             rfm_segment: filter.rfm_segment.clone(),
-            min_clv: filter.min_clv,
-            max_clv: filter.max_clv,
+            min_clv: filter.min_clv.map(i64::from),
+            max_clv: filter.max_clv.map(i64::from),
             has_alert: filter.has_alert,
             alert_since_us: snapshot
                 - Duration::days(OPEN_ALERT_DAYS)
@@ -411,7 +411,7 @@ impl ReadModels for ProjectedReadModels {
             Ok(active) => active,
             Err(RunnerError::NoActiveVersion) => {
                 return Ok(ProjectionStatus {
-                    head_position,
+                    head_position: head_position.into(),
                     source: ReadModelSource::Projection,
                     projections: Vec::new(),
                     last_rebuild: None,
@@ -422,7 +422,7 @@ impl ReadModels for ProjectedReadModels {
         };
         let checkpoint = version.checkpoint.max(0) as u64;
         Ok(ProjectionStatus {
-            head_position,
+            head_position: head_position.into(),
             source: ReadModelSource::Projection,
             projections: runner::folds_for(&rules)
                 .names()
@@ -430,8 +430,8 @@ impl ReadModels for ProjectedReadModels {
                 .map(|name| ProjectionState {
                     name: (*name).to_owned(),
                     version: format!("v{} {}", version.model_version, version.rules_id),
-                    checkpoint,
-                    lag: head_position.saturating_sub(checkpoint),
+                    checkpoint: checkpoint.into(),
+                    lag: head_position.saturating_sub(checkpoint).into(),
                 })
                 .collect(),
             last_rebuild: None,
@@ -746,7 +746,7 @@ impl ProjectionControl {
         if let Some(run) = self.last_rebuild.lock().expect("rebuild lock").as_mut() {
             run.finished_at = Some(now());
             match &result {
-                Ok(report) => run.model_version = Some(report.model_version),
+                Ok(report) => run.model_version = Some(report.model_version.into()),
                 Err(e) => run.error = Some(e.to_string()),
             }
         }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+pub use super::scalars::Long;
 use crate::commands::{BalanceSource, CustomerHistory};
 use crate::domain::customer::CUSTOMER_STREAM_PREFIX;
 use crate::domain::{CustomerId, StreamId};
@@ -63,7 +64,7 @@ pub enum ReadModelSource {
 #[graphql(name = "Money")]
 pub struct MoneyView {
     /// Minor units (cents for USD, yen for JPY).
-    pub minor: i64,
+    pub minor: Long,
     /// ISO 4217 code.
     pub currency: String,
 }
@@ -71,7 +72,7 @@ pub struct MoneyView {
 impl From<crate::domain::Money> for MoneyView {
     fn from(m: crate::domain::Money) -> Self {
         Self {
-            minor: m.minor,
+            minor: m.minor.into(),
             currency: m.currency.code().to_owned(),
         }
     }
@@ -122,7 +123,7 @@ pub struct StageChange {
 #[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
 pub struct PointsLot {
     /// Points left in the lot.
-    pub points: i64,
+    pub points: Long,
     /// When they were earned.
     pub earned_at: DateTime<Utc>,
     /// When they expire, if they do.
@@ -133,7 +134,7 @@ pub struct PointsLot {
 #[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
 pub struct Loyalty {
     /// Spendable points.
-    pub balance: i64,
+    pub balance: Long,
     /// The lots making up the balance, oldest first.
     pub lots: Vec<PointsLot>,
 }
@@ -208,7 +209,7 @@ pub struct CustomerView {
     /// Where these figures come from.
     pub source: ReadModelSource,
     /// Stream version (pass as `expectedVersion` to mutations).
-    pub version: u64,
+    pub version: Long,
     /// When the customer registered.
     pub registered_at: Option<DateTime<Utc>>,
     /// Acquisition channel.
@@ -278,9 +279,9 @@ pub struct CustomerFilter {
     /// RFM segment.
     pub rfm_segment: Option<String>,
     /// Minimum expected CLV, minor units.
-    pub min_clv: Option<i64>,
+    pub min_clv: Option<Long>,
     /// Maximum expected CLV, minor units.
-    pub max_clv: Option<i64>,
+    pub max_clv: Option<Long>,
     /// Only customers with (true) or without (false) open alerts: one fired
     /// in the 90 days before the population snapshot, or high value at risk.
     pub has_alert: Option<bool>,
@@ -340,16 +341,16 @@ pub struct ProjectionState {
     /// Rules/code version it was built with.
     pub version: String,
     /// Last global position applied.
-    pub checkpoint: u64,
+    pub checkpoint: Long,
     /// Events committed but not yet applied.
-    pub lag: u64,
+    pub lag: Long,
 }
 
 /// How far the read side is behind the log.
 #[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
 pub struct ProjectionStatus {
     /// Last committed global position of the store.
-    pub head_position: u64,
+    pub head_position: Long,
     /// Where the read models come from.
     pub source: ReadModelSource,
     /// Running projections (empty when none is running).
@@ -387,7 +388,7 @@ pub struct RebuildRun {
     /// When it ended; null while it runs.
     pub finished_at: Option<DateTime<Utc>>,
     /// The version it built and activated, once it has.
-    pub model_version: Option<i64>,
+    pub model_version: Option<Long>,
     /// Why it failed, when it did.
     pub error: Option<String>,
 }
@@ -459,7 +460,7 @@ impl EventFoldReadModels {
         let money = |m: &std::collections::BTreeMap<crate::domain::Currency, i64>| {
             m.iter()
                 .map(|(c, minor)| MoneyView {
-                    minor: *minor,
+                    minor: (*minor).into(),
                     currency: c.code().to_owned(),
                 })
                 .collect::<Vec<_>>()
@@ -468,7 +469,7 @@ impl EventFoldReadModels {
         CustomerView {
             id: id.to_string(),
             source: ReadModelSource::EventFold,
-            version: history.version,
+            version: history.version.into(),
             registered_at: history.registered_at,
             acquisition_channel: history.acquisition_channel.clone(),
             acquisition_cost: history.acquisition_cost.map(Into::into),
@@ -603,7 +604,7 @@ impl ReadModels for EventFoldReadModels {
 
     async fn projection_status(&self) -> Result<ProjectionStatus, ReadModelError> {
         Ok(ProjectionStatus {
-            head_position: self.store.head_position().await?,
+            head_position: self.store.head_position().await?.into(),
             source: ReadModelSource::EventFold,
             projections: Vec::new(),
             last_rebuild: None,

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use super::scalars::Long;
+
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, InputObject, Json, Object, Schema, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
@@ -55,9 +57,9 @@ pub struct ErasureResult {
     /// The customer erased.
     pub customer_id: String,
     /// Version of the `PersonalDataErased` event in their stream.
-    pub event_version: u64,
+    pub event_version: Long,
     /// Its global position.
-    pub event_position: u64,
+    pub event_position: Long,
 }
 
 /// Builds the schema with its depth and complexity limits.
@@ -128,9 +130,9 @@ pub struct EventView {
     /// Customer id, for customer streams.
     pub customer_id: Option<String>,
     /// Version within the stream (1-based).
-    pub version: u64,
+    pub version: Long,
     /// Global position.
-    pub position: u64,
+    pub position: Long,
     /// Event type, e.g. `OrderPlaced`.
     pub event_type: String,
     /// Payload schema version.
@@ -153,8 +155,8 @@ impl From<RecordedEvent> for EventView {
             event_id: e.event_id,
             customer_id: e.stream_id.customer_id().map(|c| c.to_string()),
             stream_id: e.stream_id.to_string(),
-            version: e.version,
-            position: e.position,
+            version: e.version.into(),
+            position: e.position.into(),
             event_type: e.event_type,
             schema_version: e.schema_version,
             occurred_at: e.occurred_at,
@@ -178,7 +180,7 @@ pub struct Verification {
     /// Streams seen.
     pub streams: u64,
     /// Last global position seen.
-    pub head_position: u64,
+    pub head_position: Long,
     /// What is wrong and where, most specific first (at most 1,000).
     pub problems: Vec<VerificationProblem>,
 }
@@ -191,9 +193,9 @@ pub struct VerificationProblem {
     /// The stream, when the problem has one.
     pub stream: Option<String>,
     /// The stream version concerned.
-    pub version: Option<u64>,
+    pub version: Option<Long>,
     /// The global position concerned.
-    pub position: Option<u64>,
+    pub position: Option<Long>,
     /// What is wrong, in words.
     pub message: String,
 }
@@ -213,8 +215,8 @@ impl From<crate::audit::verify::VerifyReport> for Verification {
                             .and_then(|v| v["kind"].as_str().map(str::to_owned))
                             .unwrap_or_default(),
                         stream: stream.map(|s| s.to_string()),
-                        version,
-                        position,
+                        version: version.map(Long::from),
+                        position: position.map(Long::from),
                         message: p.to_string(),
                     }
                 })
@@ -222,7 +224,7 @@ impl From<crate::audit::verify::VerifyReport> for Verification {
             scope: report.scope,
             events: report.events,
             streams: report.streams,
-            head_position: report.head_position,
+            head_position: report.head_position.into(),
         }
     }
 }
@@ -242,7 +244,7 @@ pub struct CommandResult {
     /// The appended events.
     pub events: Vec<EventView>,
     /// The customer stream's version afterwards (next `expectedVersion`).
-    pub version: u64,
+    pub version: Long,
 }
 
 /// The read side.
@@ -485,7 +487,7 @@ impl Query {
 #[derive(Debug, Clone, InputObject, serde::Serialize)]
 pub struct MoneyInput {
     /// Minor units (cents for USD).
-    pub minor: i64,
+    pub minor: Long,
     /// ISO 4217 code, upper case.
     pub currency: String,
 }
@@ -615,7 +617,7 @@ pub struct RedeemPointsInput {
     /// Redemption identifier.
     pub redemption_id: String,
     /// Points (positive, at most the balance).
-    pub points: i64,
+    pub points: Long,
     /// What they were spent on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward: Option<String>,
@@ -627,7 +629,7 @@ pub struct AdjustPointsInput {
     /// Adjustment identifier.
     pub adjustment_id: String,
     /// Points added (positive) or removed (negative).
-    pub points: i64,
+    pub points: Long,
     /// Why.
     pub reason: String,
 }
@@ -724,10 +726,14 @@ async fn record(
     ctx: &Context<'_>,
     customer_id: String,
     occurred_at: DateTime<Utc>,
-    expected_version: Option<u64>,
+    expected_version: Option<Long>,
     event: Result<DomainEvent, ValidationError>,
 ) -> async_graphql::Result<CommandResult> {
     let customer = parse_customer("customerId", &customer_id)?;
+    let expected_version = expected_version
+        .map(|v| u64::try_from(v.0))
+        .transpose()
+        .map_err(|_| bad_input("expectedVersion", "must be 0 (no stream yet) or more"))?;
     let event = event.map_err(|e| bad_input(&e.field, e.reason))?;
     let caller = ctx.data::<Caller>()?;
     let svc = services(ctx);
@@ -745,7 +751,7 @@ async fn record(
         .map_err(command_error)?;
     svc.metrics.events_appended(1);
     Ok(CommandResult {
-        version: stored.version,
+        version: stored.version.into(),
         events: vec![stored.into()],
     })
 }
@@ -817,8 +823,8 @@ impl Mutation {
         })?;
         Ok(ErasureResult {
             customer_id: report.customer_id,
-            event_version: report.event_version,
-            event_position: report.event_position,
+            event_version: report.event_version.into(),
+            event_position: report.event_position.into(),
         })
     }
 
@@ -862,7 +868,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: RegisterCustomerInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("CustomerRegistered", &input);
@@ -876,7 +882,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: ProfileInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ProfileChanged", &serde_json::json!({ "profile": input }));
@@ -890,7 +896,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: ConsentInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ConsentGiven", &input);
@@ -904,7 +910,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: ConsentInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ConsentWithdrawn", &input);
@@ -918,7 +924,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: RecordSessionInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SessionRecorded", &input);
@@ -932,7 +938,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: AbandonCartInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("CartAbandoned", &input);
@@ -946,7 +952,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: PlaceOrderInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("OrderPlaced", &input);
@@ -960,7 +966,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: RefundOrderInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("OrderRefunded", &input);
@@ -974,7 +980,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: FileComplaintInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ComplaintFiled", &input);
@@ -988,7 +994,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: ResolveComplaintInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ComplaintResolved", &input);
@@ -1003,7 +1009,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: RedeemPointsInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("PointsRedeemed", &input);
@@ -1017,7 +1023,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: AdjustPointsInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("PointsAdjusted", &input);
@@ -1031,7 +1037,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: TouchCampaignInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("CampaignTouched", &input);
@@ -1045,7 +1051,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: AnswerSurveyInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SurveyAnswered", &input);
@@ -1059,7 +1065,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: OpenTicketInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SupportTicketOpened", &input);
@@ -1073,7 +1079,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: CloseTicketInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SupportTicketClosed", &input);
@@ -1087,7 +1093,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: StartOutageInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ServiceOutageStarted", &input);
@@ -1101,7 +1107,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: EndOutageInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("ServiceOutageEnded", &input);
@@ -1115,7 +1121,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: StartSubscriptionInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SubscriptionStarted", &input);
@@ -1129,7 +1135,7 @@ impl Mutation {
         ctx: &Context<'_>,
         customer_id: String,
         occurred_at: DateTime<Utc>,
-        expected_version: Option<u64>,
+        expected_version: Option<Long>,
         input: CancelSubscriptionInput,
     ) -> async_graphql::Result<CommandResult> {
         let event = input_event("SubscriptionCancelled", &input);
