@@ -11,14 +11,6 @@ use journey_ledger::testing::temp_sqlite;
 #[path = "common/cli.rs"]
 mod cli;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
@@ -36,7 +28,7 @@ fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::proce
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let (_dir, store) = temp_sqlite();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", cli::free_port());
     let mut child = cli::journey_command(&store)
         .args(["serve", "--addr", &addr])
         .env("JOURNEY_API_KEYS", "ops:admin:ops-admin-key-0123456789")

@@ -28,14 +28,6 @@ const KEY: &str = "replica-test-admin-key-0123456789";
 /// so that a fresh rebuild at the same instant must give the same tables.
 const NOW: &str = "2026-06-30T00:00:00Z";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `journey serve` process.
 struct Server {
     child: Child,
@@ -46,7 +38,7 @@ struct Server {
 impl Server {
     /// Starts a server on `store` and waits until it answers `/healthz`.
     async fn start(store: &str) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", cli::free_port());
         let child = cli::journey_command(store)
             .args(["serve", "--addr", &addr])
             .env("JOURNEY_API_KEYS", format!("ops:admin:{KEY}"))

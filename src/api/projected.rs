@@ -549,7 +549,7 @@ impl ProjectionControl {
                 // A follower that stopped because a successor's epoch fenced
                 // it off gives the role up too.
                 let fenced = self.following().is_none()
-                    && Some(self.db.fence_holder().await?.0) != self.fence();
+                    && Some(self.db.fence_epoch().await?) != self.fence();
                 if fenced || !held.still_held().await {
                     tracing::warn!(fenced, "this server lost the projector role; reading only");
                     self.fence.store(0, Ordering::SeqCst);
@@ -885,10 +885,10 @@ async fn tail_feed(control: std::sync::Weak<ProjectionControl>, mut tail: FeedTa
     }
 }
 
-/// Turns a batch's new history rows into subscription messages.
+/// Sends a committed batch's stage transitions and alerts to subscribers.
 fn publish(live: &LiveFeeds, committed: &Committed) {
-    for item in FeedItem::from_history(&committed.new_history) {
-        publish_item(live, item);
+    for item in &committed.feed {
+        publish_item(live, item.clone());
     }
 }
 

@@ -135,10 +135,10 @@ impl ReadModelDb {
         }))
     }
 
-    /// The current projector as the fence records it: epoch, holder, since (µs).
-    pub async fn fence_holder(&self) -> Result<(i64, Option<String>, Option<i64>), StorageError> {
+    /// The current fencing epoch (the projector's, while there is one).
+    pub async fn fence_epoch(&self) -> Result<i64, StorageError> {
         Ok(both!(self, pool => {
-            sqlx::query_as("SELECT epoch, holder, since_us FROM projector_fence WHERE id = 1")
+            sqlx::query_scalar("SELECT epoch FROM projector_fence WHERE id = 1")
                 .fetch_one(pool)
                 .await?
         }))

@@ -497,6 +497,23 @@ impl Projector {
         Ok(())
     }
 
+    /// Commits a live batch (an event batch or a deadline tick) with its
+    /// stage transitions and alerts in the live feed, and returns them for
+    /// this server's own subscribers.
+    pub async fn commit_live(&mut self, folded: Folded) -> Result<Committed, RunnerError> {
+        let Folded {
+            mut batch,
+            new_history,
+        } = folded;
+        let feed = FeedItem::from_history(&new_history);
+        batch.feed = feed.clone();
+        self.commit(batch).await?;
+        Ok(Committed {
+            checkpoint: self.checkpoint(),
+            feed,
+        })
+    }
+
     /// Checkpoints the read models' write-ahead log after a tick's changes
     /// are published (see [`BatchWrite::checkpoint_later`]).
     pub async fn checkpoint_wal(&mut self) -> Result<(), RunnerError> {
@@ -751,10 +768,10 @@ pub const POPULATION_EVERY: std::time::Duration = std::time::Duration::from_secs
 pub struct Committed {
     /// The checkpoint now committed.
     pub checkpoint: u64,
-    /// History rows the batch appended (stage transitions, alerts), except
-    /// those of customers refolded because of a late event (their history
-    /// was regenerated, not extended).
-    pub new_history: Vec<Row>,
+    /// The stage transitions and alerts the batch appended (also written to
+    /// the live feed with it), except those of customers refolded because
+    /// of a late event (their history was regenerated, not extended).
+    pub feed: Vec<FeedItem>,
 }
 
 /// Follows the store's subscription forever, maintaining the active
@@ -824,16 +841,10 @@ impl Follower {
                 chunk = events.next() => chunk,
                 _ = tokio::time::sleep_until(next_tick) => {
                     // Customers whose deadline passed, without an event.
-                    while let Some(Folded { mut batch, new_history }) =
-                        projector.tick(TICK_CUSTOMERS).await?
-                    {
-                        batch.feed = FeedItem::from_history(&new_history);
-                        projector.commit(batch).await?;
+                    while let Some(folded) = projector.tick(TICK_CUSTOMERS).await? {
+                        let committed = projector.commit_live(folded).await?;
                         population_stale = true;
-                        on_batch(&Committed {
-                            checkpoint: projector.checkpoint(),
-                            new_history,
-                        });
+                        on_batch(&committed);
                         projector.checkpoint_wal().await?;
                     }
                     next_tick = tokio::time::Instant::now() + TICK_EVERY;
@@ -848,16 +859,9 @@ impl Follower {
             };
             let Some(chunk) = chunk else { break };
             let chunk: Vec<RecordedEvent> = chunk.into_iter().collect::<Result<_, _>>()?;
-            let Folded {
-                mut batch,
-                new_history,
-            } = projector.fold(&chunk).await?;
-            batch.feed = FeedItem::from_history(&new_history);
-            projector.commit(batch).await?;
-            on_batch(&Committed {
-                checkpoint: projector.checkpoint(),
-                new_history,
-            });
+            let folded = projector.fold(&chunk).await?;
+            let committed = projector.commit_live(folded).await?;
+            on_batch(&committed);
             if tokio::time::Instant::now() >= population_due {
                 projector.write_population().await?;
                 population_stale = false;

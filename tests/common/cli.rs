@@ -46,3 +46,12 @@ pub fn ok(output: Output) -> String {
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
+
+/// A local port free at the moment of asking, for a `journey serve --addr`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
