@@ -14,6 +14,7 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/events.jsonl");
+const CDNOW_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/cdnow_sample.txt");
 
 #[test]
 fn jsonl_fixture_imports_once_and_reads_back() {
@@ -248,4 +249,190 @@ fn read_only_commands_on_a_missing_store_fail_and_create_nothing() {
         );
         assert!(!missing.exists(), "{args:?} created {}", missing.display());
     }
+}
+
+/// The commands that only read, with arguments that make their output
+/// independent of the wall clock (`as_of`: an instant after every event).
+fn read_only_commands(as_of: &str) -> Vec<Vec<&str>> {
+    vec![
+        vec!["verify"],
+        vec!["stats"],
+        vec!["events", "grace", "--reveal"],
+        vec!["customer", "grace", "--as-of", "2025-01-01T00:00:00Z"],
+        vec!["export", "grace", "--as-of", as_of],
+        vec!["versions"],
+    ]
+}
+
+/// A command's output without the instant it ran (an export's
+/// `exported_at`).
+fn without_run_instant(output: String) -> String {
+    match serde_json::from_str::<serde_json::Value>(&output) {
+        Ok(serde_json::Value::Object(mut doc)) if doc.contains_key("exported_at") => {
+            doc.remove("exported_at");
+            serde_json::Value::Object(doc).to_string()
+        }
+        _ => output,
+    }
+}
+
+/// Runs `journey --store URL ARGS…` as the unprivileged user `nobody`
+/// (file modes do not bind root, who runs CI): `None` when this process
+/// cannot switch users or `nobody` cannot run the test binary.
+fn as_nobody(url: &str, args: &[&str]) -> Option<std::process::Output> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let run = |args: &[&str]| {
+        let mut cmd = if root {
+            let mut cmd = std::process::Command::new("setpriv");
+            cmd.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                env!("CARGO_BIN_EXE_journey"),
+            ]);
+            cmd
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_journey"))
+        };
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--store")
+            .arg(url)
+            .args(args)
+            .output()
+    };
+    match run(&["--version"]) {
+        Ok(out) if out.status.success() => Some(run(args).expect("run journey")),
+        other => {
+            eprintln!("skipped: cannot run journey as another user here ({other:?})");
+            None
+        }
+    }
+}
+
+/// An auditor reads a ledger they may not change — an archived copy, the
+/// service user's file, a read-only mount: every read-only command answers
+/// exactly as it does for the owner, and the file is not touched. In a
+/// read-only directory with the log and index a server left beside the
+/// file, in one with the file alone (read as immutable), and with only the
+/// file read-only (SQLite makes its index beside it). A log of commits not
+/// yet in the file that cannot be read is refused with what to do.
+#[test]
+fn read_only_commands_work_on_a_store_this_user_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.db");
+    let url = format!("sqlite://{}", file.display());
+    ok(journey(&url, &["import", FIXTURE, "--format", "jsonl"]));
+    ok(journey(&url, &["rebuild"]));
+    let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let commands = read_only_commands(&as_of);
+    let owners: Vec<String> = commands
+        .iter()
+        .map(|args| without_run_instant(ok(journey(&url, args))))
+        .collect();
+    let sibling = |suffix: &str| dir.path().join(format!("ledger.db{suffix}"));
+    assert!(sibling("-wal").exists() && sibling("-shm").exists());
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let answers_as_for_the_owner = |case: &str| {
+        for (args, owner) in commands.iter().zip(&owners) {
+            let Some(out) = as_nobody(&url, args) else {
+                return false;
+            };
+            assert!(
+                out.status.success(),
+                "{case}: {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                &without_run_instant(String::from_utf8(out.stdout).unwrap()),
+                owner,
+                "{case}: {args:?} answers as for the owner"
+            );
+        }
+        let refused = as_nobody(&url, &["import", CDNOW_SAMPLE, "--format", "cdnow"]).unwrap();
+        assert!(!refused.status.success(), "{case}: an import cannot write");
+        true
+    };
+    set_mode(&file, 0o444);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // A copy of a file in use, taken with its log but not its index, where
+    // no index can be made: refused, naming the log.
+    let live = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&file, live.path().join("ledger.db")).unwrap();
+    let live_url = format!("sqlite://{}", live.path().join("ledger.db").display());
+    runtime.block_on(async {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&live_url)
+            .await
+            .unwrap();
+        for sql in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA wal_autocheckpoint = 0",
+            "CREATE TABLE scratch (x)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        for name in ["ledger.db", "ledger.db-wal"] {
+            std::fs::copy(live.path().join(name), copy.path().join(name)).unwrap();
+        }
+        pool.close().await;
+    });
+    assert!(
+        std::fs::metadata(copy.path().join("ledger.db-wal"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    set_mode(copy.path(), 0o555);
+    let copy_url = format!("sqlite://{}", copy.path().join("ledger.db").display());
+    let refused = as_nobody(&copy_url, &["stats"]);
+    set_mode(copy.path(), 0o700);
+    if let Some(refused) = refused {
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("ledger.db-wal holds commits not yet in")
+                && stderr.contains("is not writable"),
+            "{stderr}"
+        );
+    }
+
+    set_mode(dir.path(), 0o555);
+    let ran = answers_as_for_the_owner("read-only directory, log and index beside the file");
+    set_mode(dir.path(), 0o700);
+    if !ran {
+        return;
+    }
+    // Copy the log into the file and close it: the log and index go away.
+    let bytes = {
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+        std::fs::read(&file).unwrap()
+    };
+    assert!(!sibling("-wal").exists() && !sibling("-shm").exists());
+    set_mode(dir.path(), 0o555);
+    answers_as_for_the_owner("read-only directory, the file alone");
+    set_mode(dir.path(), 0o777);
+    answers_as_for_the_owner("read-only file in a writable directory");
+    set_mode(dir.path(), 0o700);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "the file is unchanged"
+    );
 }

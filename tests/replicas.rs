@@ -465,3 +465,153 @@ async fn sqlite_a_stale_projector_is_fenced_off() {
     let (_dir, url) = temp_sqlite();
     a_stale_projector_is_fenced_off(&url).await;
 }
+
+/// What the database answers to a rebuild's switch while the test's
+/// trigger is installed.
+const REFUSAL: &str = "the database refuses to activate a read-model version";
+
+/// Installs (or, with `refuse = false`, removes) a trigger that makes the
+/// database refuse any version's activation: the failure a rebuild meets
+/// at its very end (disk full, permissions, a cancelled statement) after
+/// all its work, with the live follower still on the old version.
+async fn refuse_activations(url: &str, refuse: bool) {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let sql = if refuse {
+            format!(
+                "CREATE TRIGGER refuse_activation BEFORE UPDATE OF status ON projection_versions \
+                 WHEN NEW.status = 'active' AND OLD.status <> 'active' \
+                 BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"
+            )
+        } else {
+            "DROP TRIGGER refuse_activation".to_owned()
+        };
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let statements = if refuse {
+            vec![
+                format!(
+                    "CREATE FUNCTION refuse_activation() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION '{REFUSAL}'; END $$"
+                ),
+                "CREATE TRIGGER refuse_activation BEFORE UPDATE ON projection_versions \
+                 FOR EACH ROW WHEN (NEW.status = 'active' AND OLD.status <> 'active') \
+                 EXECUTE FUNCTION refuse_activation()"
+                    .to_owned(),
+            ]
+        } else {
+            vec!["DROP FUNCTION refuse_activation() CASCADE".to_owned()]
+        };
+        for sql in statements {
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+}
+
+/// `projectionStatus.lastRebuild` once it has finished.
+async fn finished_rebuild(server: &Server) -> Value {
+    let query =
+        "{ projectionStatus { lastRebuild { requestedBy finishedAt modelVersion error } } }";
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let last = server.ok(query).await["projectionStatus"]["lastRebuild"].clone();
+        if last["requestedBy"] != "journey serve" && !last["finishedAt"].is_null() {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rebuild did not finish within 60 s");
+}
+
+async fn rebuilds_failed(server: &Server) -> u64 {
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("journey_rebuilds_failed_total "))
+        .unwrap_or_else(|| panic!("no journey_rebuilds_failed_total in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A rebuild that fails at its switch, after all its work, leaves the live
+/// read models current: the server keeps following the store on the old
+/// version (lag back to 0 after new orders, the orders in the answers),
+/// `projectionStatus` says why the rebuild failed and `/metrics` counts
+/// it; once the cause is gone the next rebuild switches as usual.
+async fn a_failed_rebuild_leaves_the_live_read_models_current(url: &str) {
+    let server = Server::start(url).await;
+    server
+        .wait_for("projecting", Duration::from_secs(60), |s| {
+            s["role"] == "PROJECTOR" && caught_up(s)
+        })
+        .await;
+    register(&server, "steady").await;
+    order(&server, "steady", 1).await;
+    server
+        .wait_for("caught up", Duration::from_secs(30), caught_up)
+        .await;
+    let version = version_of(&server.status().await.unwrap()).unwrap();
+    assert_eq!(rebuilds_failed(&server).await, 0);
+
+    refuse_activations(url, true).await;
+    let rebuild = r#"mutation { rebuildReadModels(reason: "rules review") { rulesId } }"#;
+    server.ok(rebuild).await;
+    let failed = finished_rebuild(&server).await;
+    assert!(
+        failed["error"].as_str().unwrap_or("").contains(REFUSAL),
+        "{failed}"
+    );
+    assert!(failed["modelVersion"].is_null(), "{failed}");
+    assert_eq!(rebuilds_failed(&server).await, 1);
+
+    for n in 2..5 {
+        order(&server, "steady", n).await;
+    }
+    server
+        .wait_for(
+            "caught up after the failure",
+            Duration::from_secs(10),
+            caught_up,
+        )
+        .await;
+    let now = server.status().await.unwrap();
+    assert_eq!(version_of(&now).as_deref(), Some(version.as_str()), "{now}");
+    let answer = server
+        .ok(r#"{ customer(id: "steady") { historicalValue { orderCount } } }"#)
+        .await;
+    assert_eq!(answer["customer"]["historicalValue"]["orderCount"], 4);
+
+    refuse_activations(url, false).await;
+    server.ok(rebuild).await;
+    server
+        .wait_for("on a new version", Duration::from_secs(60), |s| {
+            caught_up(s) && version_of(s).as_deref() != Some(version.as_str())
+        })
+        .await;
+    let last = finished_rebuild(&server).await;
+    assert!(last["error"].is_null(), "{last}");
+    assert_eq!(rebuilds_failed(&server).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failed_rebuild_leaves_the_live_read_models_current() {
+    let db = TempDatabase::create().await.unwrap();
+    a_failed_rebuild_leaves_the_live_read_models_current(&db.url).await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_rebuild_leaves_the_live_read_models_current() {
+    let (_dir, url) = temp_sqlite();
+    a_failed_rebuild_leaves_the_live_read_models_current(&url).await;
+}

@@ -35,6 +35,8 @@ pub struct QueryBenchReport {
     pub customers: u64,
     /// Customers appended to reach `customers`.
     pub populated: u64,
+    /// Where the requests went: `in-process`, or the `--servers` in turn.
+    pub targets: Vec<String>,
     /// Requested rate.
     pub target_rps: u64,
     /// Seconds of requests at the same rate before measuring (not counted
@@ -85,55 +87,94 @@ pub enum QueryBenchError {
     Privacy(#[from] crate::privacy::PrivacyError),
 }
 
+/// What `bench query` measures.
+#[derive(Debug, Clone)]
+pub struct QueryBench {
+    /// Customers to spread lookups over.
+    pub customers: u64,
+    /// Append synthetic customers if the store has fewer.
+    pub populate: bool,
+    /// Requests per second.
+    pub rps: u64,
+    /// Seconds measured.
+    pub seconds: u64,
+    /// Seconds at the same rate before measuring, not counted.
+    pub warmup_seconds: u64,
+    /// Running servers (`http://host:port`) to drive, request by request
+    /// in turn, instead of one started in this process: a deployment of
+    /// several replicas on one store. Empty: serve in-process.
+    pub servers: Vec<String>,
+    /// The API key for `servers` (a role that may read customers).
+    pub api_key: Option<String>,
+}
+
 /// Runs the benchmark on the store at `url`.
 pub async fn query(
     url: &str,
-    customers: u64,
-    populate: bool,
-    rps: u64,
-    seconds: u64,
-    warmup_seconds: u64,
+    bench: &QueryBench,
     options: crate::projections::runner::ProjectorOptions,
 ) -> Result<QueryBenchReport, QueryBenchError> {
+    let QueryBench {
+        customers,
+        populate,
+        rps,
+        seconds,
+        warmup_seconds,
+        ..
+    } = *bench;
     if rps == 0 || seconds == 0 || customers == 0 {
         return Err(QueryBenchError::Arguments(
             "--customers, --rps and --seconds must be positive".into(),
         ));
     }
+    let external = !bench.servers.is_empty();
+    if external && bench.api_key.is_none() {
+        return Err(QueryBenchError::Arguments(
+            "--servers needs --api-key (or JOURNEY_API_KEY): a key of those servers".into(),
+        ));
+    }
     let store = store::open(url).await?;
-    let vault = crate::privacy::Vault::open_if_supported(url)
-        .await?
-        .map(Arc::new);
     let mut ids = customer_ids(&store, customers).await?;
     let populated = customers.saturating_sub(ids.len() as u64);
-    if populated > 0 && !populate {
+    if populated > 0 && (!populate || external) {
         return Err(QueryBenchError::Arguments(format!(
             "the store has {} customers, fewer than --customers {customers}; \
-             pass --populate to append synthetic ones (on a scratch store)",
+             pass --populate to append synthetic ones (on a scratch store, without --servers)",
             ids.len()
         )));
     }
     if populated > 0 {
-        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-        let mut next = 0u64;
-        while next < populated {
-            let end = (next + POPULATE_BATCH).min(populated);
-            let writes = (next..end)
-                .map(|i| {
-                    let (id, events) = crate::bench::synthetic_history(&run, i);
-                    ids.push(id.to_string());
-                    StreamWrite {
-                        stream: id.stream_id(),
-                        expected: ExpectedVersion::NoStream,
-                        events,
-                    }
-                })
-                .collect();
-            store.append_batch(writes).await?;
-            next = end;
-        }
+        populate_customers(&store, populated, &mut ids).await?;
+    }
+    let ids = Arc::new(ids);
+    let report = |load: LoadFigures, targets: Vec<String>| QueryBenchReport {
+        backend: store.backend(),
+        customers: ids.len() as u64,
+        populated,
+        targets,
+        target_rps: rps,
+        warmup_seconds,
+        requests: load.requests,
+        errors: load.errors,
+        achieved_rps: load.achieved_rps,
+        p50_ms: load.p50_ms,
+        p99_ms: load.p99_ms,
+        max_ms: load.max_ms,
+    };
+    if external {
+        let endpoints = bench
+            .servers
+            .iter()
+            .map(|s| format!("{}/graphql", s.trim_end_matches('/')))
+            .collect();
+        let key = bench.api_key.clone().expect("checked above");
+        let load = drive(endpoints, key, ids.clone(), rps, seconds, warmup_seconds).await?;
+        return Ok(report(load, bench.servers.clone()));
     }
 
+    let vault = crate::privacy::Vault::open_if_supported(url)
+        .await?
+        .map(Arc::new);
     let key = random_key();
     let mut keys = ApiKeys::default();
     keys.add("bench", Role::Admin, &key)
@@ -186,24 +227,91 @@ pub async fn query(
     let server = tokio::spawn(serve(listener, router(state), async move {
         let _ = stopped.await;
     }));
+    let endpoint = format!("http://{addr}/graphql");
+    let load = drive(
+        vec![endpoint],
+        key,
+        ids.clone(),
+        rps,
+        seconds,
+        warmup_seconds,
+    )
+    .await;
+    let _ = stop.send(());
+    let _ = server.await;
+    runner.stop();
+    Ok(report(load?, vec!["in-process".to_owned()]))
+}
 
+/// Appends `count` synthetic customers, adding their ids to `ids`.
+async fn populate_customers(
+    store: &Arc<dyn store::EventStore>,
+    count: u64,
+    ids: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut next = 0u64;
+    while next < count {
+        let end = (next + POPULATE_BATCH).min(count);
+        let writes = (next..end)
+            .map(|i| {
+                let (id, events) = crate::bench::synthetic_history(&run, i);
+                ids.push(id.to_string());
+                StreamWrite {
+                    stream: id.stream_id(),
+                    expected: ExpectedVersion::NoStream,
+                    events,
+                }
+            })
+            .collect();
+        store.append_batch(writes).await?;
+        next = end;
+    }
+    Ok(())
+}
+
+/// Latency figures of one open-loop run.
+struct LoadFigures {
+    requests: u64,
+    errors: u64,
+    achieved_rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Issues `customer(id)` lookups at `rps` for `warmup + seconds`, request
+/// `i` to `endpoints[i % n]`, and measures each from its scheduled start.
+async fn drive(
+    endpoints: Vec<String>,
+    key: String,
+    ids: Arc<Vec<String>>,
+    rps: u64,
+    seconds: u64,
+    warmup_seconds: u64,
+) -> Result<LoadFigures, QueryBenchError> {
+    if ids.is_empty() {
+        return Err(QueryBenchError::Arguments(
+            "the store has no customers to look up".into(),
+        ));
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| QueryBenchError::Arguments(e.to_string()))?;
-    let endpoint = format!("http://{addr}/graphql");
     let warmup = rps * warmup_seconds;
     let total = warmup + rps * seconds;
     let period = Duration::from_secs_f64(1.0 / rps as f64);
-    let ids = Arc::new(ids);
+    let auth = Arc::new(format!("Bearer {key}"));
+    let endpoints: Vec<Arc<str>> = endpoints.into_iter().map(Arc::from).collect();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
         let scheduled = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
         let client = client.clone();
-        let endpoint = endpoint.clone();
-        let auth = format!("Bearer {key}");
+        let endpoint = endpoints[(i % endpoints.len() as u64) as usize].clone();
+        let auth = auth.clone();
         let id = ids[(i.wrapping_mul(2_654_435_761) % ids.len() as u64) as usize].clone();
         tasks.push(tokio::spawn(async move {
             let body = serde_json::json!({
@@ -212,8 +320,8 @@ pub async fn query(
                 "variables": {"id": id},
             });
             let ok = match client
-                .post(&endpoint)
-                .header("authorization", auth)
+                .post(&*endpoint)
+                .header("authorization", auth.as_str())
                 .json(&body)
                 .send()
                 .await
@@ -238,20 +346,12 @@ pub async fn query(
         }
     }
     let wall = started.elapsed() - period.mul_f64(warmup as f64);
-    let _ = stop.send(());
-    let _ = server.await;
-    runner.stop();
     latencies.sort();
     let pick = |q: f64| {
         let idx = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[idx].as_secs_f64() * 1e3
     };
-    Ok(QueryBenchReport {
-        backend: store.backend(),
-        customers: ids.len() as u64,
-        populated,
-        target_rps: rps,
-        warmup_seconds,
+    Ok(LoadFigures {
         requests: total - warmup,
         errors,
         achieved_rps: (total - warmup) as f64 / wall.as_secs_f64(),

@@ -30,7 +30,7 @@ use crate::projections::query::{self, CustomerView as ProjectedView};
 use crate::projections::rules::RuleSet;
 use crate::projections::runner::{self, Committed, RebuildOptions, RunnerError};
 use crate::projections::storage::{CustomerCriteria, ReadModelDb, VersionInfo, VersionStatus};
-use crate::store::EventStore;
+use crate::store::{EventStore, ReadStream};
 
 /// How long queries trust the active version number they last read: a
 /// newly activated version (a rebuild finished) answers within this long.
@@ -277,16 +277,48 @@ impl ReadModels for ProjectedReadModels {
         as_of: Option<DateTime<Utc>>,
     ) -> Result<Option<CustomerView>, ReadModelError> {
         let at = as_of.unwrap_or_else(now);
-        // Both halves wait on the database; ask for them together.
-        let (view, projected) =
-            tokio::join!(self.events.customer(id, as_of), self.projected(id, at));
-        let Some(mut view) = view? else {
+        // The stream is read once, for both the event-folded half and the
+        // projected one, concurrently with the customer's rows.
+        let active = match self.active().await {
+            Ok(active) => Some(active),
+            Err(RunnerError::NoActiveVersion) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let stream_id = id.stream_id();
+        let stream = self
+            .store
+            .read_stream(&stream_id, ReadStream::all_forwards());
+        let (recorded, rows) = match &active {
+            Some((version, _)) => {
+                let (recorded, rows) = tokio::join!(
+                    stream,
+                    query::CustomerRows::read(&self.db, version.model_version, id)
+                );
+                (recorded?, Some(rows?))
+            }
+            None => (stream.await?, None),
+        };
+        let Some(mut view) = self
+            .events
+            .customer_from_events(id, &recorded, as_of)
+            .await?
+        else {
             return Ok(None);
         };
-        match projected {
-            Ok(Some(projected)) => Self::fill(&mut view, projected, at, as_of.is_some()),
-            Ok(None) | Err(RunnerError::NoActiveVersion) => {}
-            Err(e) => return Err(e.into()),
+        if let (Some((version, rules)), Some(rows)) = (active, rows) {
+            let projected = query::customer_from_parts(
+                self.store.clone(),
+                &version,
+                &rules,
+                id,
+                &recorded,
+                rows,
+                at,
+            )
+            .await?;
+            if let Some(projected) = projected {
+                Self::fill(&mut view, projected, at, as_of.is_some());
+            }
         }
         Ok(Some(view))
     }

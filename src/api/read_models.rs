@@ -20,7 +20,7 @@ use thiserror::Error;
 pub use super::scalars::Long;
 use crate::commands::{BalanceSource, CustomerHistory};
 use crate::domain::customer::CUSTOMER_STREAM_PREFIX;
-use crate::domain::{CustomerId, StreamId};
+use crate::domain::{CustomerId, RecordedEvent, StreamId};
 use crate::store::{EventStore, ReadStream, StoreError};
 
 /// Why a read-model query failed.
@@ -456,6 +456,38 @@ impl EventFoldReadModels {
         self
     }
 
+    /// [`ReadModels::customer`] from the customer's events already read
+    /// (all of them, oldest first), for callers that need them too.
+    pub async fn customer_from_events(
+        &self,
+        id: &CustomerId,
+        events: &[RecordedEvent],
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<Option<CustomerView>, ReadModelError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let history = CustomerHistory::fold(events, as_of)?;
+        if history.version == 0 {
+            // Every event happened after `as_of`: not a customer yet.
+            return Ok(None);
+        }
+        let mut view = Self::view(id, &history, as_of.unwrap_or_else(Utc::now));
+        if let (Some(vault), Some(profile)) = (&self.vault, view.profile.as_mut()) {
+            let revealed = vault.reveal_profile(id, &history.profile).await?;
+            if revealed.erased {
+                view.profile = None;
+                view.erased = true;
+            } else {
+                profile.name = revealed.name;
+                profile.email = revealed.email;
+                profile.phone = revealed.phone;
+                profile.address = revealed.address;
+            }
+        }
+        Ok(Some(view))
+    }
+
     fn view(id: &CustomerId, history: &CustomerHistory, as_of: DateTime<Utc>) -> CustomerView {
         let money = |m: &std::collections::BTreeMap<crate::domain::Currency, i64>| {
             m.iter()
@@ -515,28 +547,7 @@ impl ReadModels for EventFoldReadModels {
             .store
             .read_stream(&id.stream_id(), ReadStream::all_forwards())
             .await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
-        let history = CustomerHistory::fold(&events, as_of)?;
-        if history.version == 0 {
-            // Every event happened after `as_of`: not a customer yet.
-            return Ok(None);
-        }
-        let mut view = Self::view(id, &history, as_of.unwrap_or_else(Utc::now));
-        if let (Some(vault), Some(profile)) = (&self.vault, view.profile.as_mut()) {
-            let revealed = vault.reveal_profile(id, &history.profile).await?;
-            if revealed.erased {
-                view.profile = None;
-                view.erased = true;
-            } else {
-                profile.name = revealed.name;
-                profile.email = revealed.email;
-                profile.phone = revealed.phone;
-                profile.address = revealed.address;
-            }
-        }
-        Ok(Some(view))
+        self.customer_from_events(id, &events, as_of).await
     }
 
     async fn customers(

@@ -471,7 +471,7 @@ async fn bare_insert(
     let hash = vec![0u8; 32];
     match backend {
         Backend::Sqlite(s) => {
-            let pool = s.writer();
+            let pool = s.writer()?;
             if create {
                 pool.execute("DROP TABLE IF EXISTS bench_bare").await?;
                 pool.execute(
@@ -564,7 +564,7 @@ async fn bare_insert(
 async fn drop_bare_table(backend: &Backend) -> Result<(), BenchError> {
     match backend {
         Backend::Sqlite(s) => {
-            s.writer()
+            s.writer()?
                 .execute("DROP TABLE IF EXISTS bench_bare")
                 .await?;
         }

@@ -12,7 +12,7 @@ use journey_ledger::config::Config;
 use journey_ledger::domain::CustomerId;
 use journey_ledger::privacy::{erase_customer, Vault};
 
-use super::ledger::{open_existing_store, progress_bar};
+use super::ledger::{open_existing_store, open_store_read_only, progress_bar};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -59,7 +59,7 @@ pub async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     if let Some(file) = args.file {
         return finish(verify_export_file(&file)?);
     }
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     if let Some(id) = args.customer {
         let customer = CustomerId::parse(&id)?;
         return finish(verify_customer(store.as_ref(), &customer).await?);
@@ -81,13 +81,15 @@ pub async fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--as-of {text:?} is not an RFC 3339 instant"))
         })
         .transpose()?;
-    let store = open_existing_store(config).await?;
-    let vault = Vault::open_if_supported(&config.store)
+    let store = open_store_read_only(config).await?;
+    let vault = Vault::open_read_only_if_supported(&config.store)
         .await
         .context("opening the key table")?;
     // The projected state rides along when the store has SQL read models.
     // The rules of the active read models, when the store has them.
-    let db = match journey_ledger::projections::storage::ReadModelDb::open(&config.store).await {
+    let db = match journey_ledger::projections::storage::ReadModelDb::open_read_only(&config.store)
+        .await
+    {
         Ok(db) => Some(db),
         Err(e) => {
             tracing::warn!(error = %e, "no read models: the export folds with the shipped rules");

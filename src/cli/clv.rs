@@ -10,7 +10,7 @@ use journey_ledger::clv::rules::{ClvRules, ModelChoice};
 use journey_ledger::clv::{end_of_day, TimeUnit};
 use journey_ledger::config::Config;
 
-use super::ledger::open_existing_store;
+use super::ledger::open_store_read_only;
 
 #[derive(Debug, Subcommand)]
 pub enum ClvCommand {
@@ -112,7 +112,7 @@ pub async fn run(config: &Config, cmd: ClvCommand) -> anyhow::Result<()> {
     } = &cmd
     {
         let rules = ClvRules::load_dir(rules.as_ref().unwrap_or(&config.rules_dir))?;
-        let store = open_existing_store(config).await?;
+        let store = open_store_read_only(config).await?;
         let transactions = ledger::load_transactions(store, rules.currency)
             .await
             .context("reading orders")?;
@@ -142,7 +142,7 @@ pub async fn run(config: &Config, cmd: ClvCommand) -> anyhow::Result<()> {
         .map(Into::into)
         .unwrap_or(rules.model.time_unit);
     let calibration_end = end_of_day(period.calibration_end);
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let transactions = ledger::load_transactions(store.clone(), rules.currency)
         .await
         .context("reading orders")?;

@@ -110,6 +110,20 @@ pub enum BenchCommand {
         /// start-up memory; lookups then go to other customers).
         #[arg(long, default_value_t = 5)]
         warmup_seconds: u64,
+        /// Drive running servers instead of one started in-process, the
+        /// requests spread over them in turn (e.g. two `journey serve`
+        /// replicas on one PostgreSQL):
+        /// --servers http://127.0.0.1:8080,http://127.0.0.1:8081
+        #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+        servers: Vec<String>,
+        /// An API key of those servers that may read customers.
+        #[arg(
+            long,
+            env = "JOURNEY_API_KEY",
+            hide_env_values = true,
+            requires = "servers"
+        )]
+        api_key: Option<String>,
     },
     /// Rebuild every projection into a fresh version; prints one JSON line
     /// with `events_per_sec`, `peak_rss_bytes` and a bare ordered-scan rate.
@@ -138,6 +152,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
 pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     require_existing(&config.store)?;
     open_store(config).await
+}
+
+/// Opens the configured store for a command that only reads: as
+/// [`open_existing_store`], and on SQLite the file is opened read-only, so
+/// the command works on a file this process may not write (an archived
+/// copy, another user's file, a read-only mount) and never changes it.
+pub async fn open_store_read_only(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    require_existing(&config.store)?;
+    store::open_read_only(&config.store)
+        .await
+        .with_context(|| format!("opening store {} to read", config.store))
 }
 
 /// Fails with "no store at …" when `url` names a SQLite file that does not
@@ -205,7 +230,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
 
 pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
     let customer = CustomerId::parse(&args.customer_id)?;
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let events = store
         .read_stream(&customer.stream_id(), ReadStream::all_forwards())
         .await?;
@@ -213,7 +238,7 @@ pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
         anyhow::bail!("no events for customer {customer}");
     }
     let vault = if args.reveal {
-        Some(journey_ledger::privacy::Vault::open(&config.store).await?)
+        Some(journey_ledger::privacy::Vault::open_read_only(&config.store).await?)
     } else {
         None
     };
@@ -235,7 +260,7 @@ pub async fn events(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn stats(config: &Config) -> anyhow::Result<()> {
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let stats = store.stats().await?;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())
@@ -301,14 +326,20 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             rps,
             seconds,
             warmup_seconds,
+            servers,
+            api_key,
         } => serde_json::to_string(
             &journey_ledger::api::bench::query(
                 &config.store,
-                customers,
-                populate,
-                rps,
-                seconds,
-                warmup_seconds,
+                &journey_ledger::api::bench::QueryBench {
+                    customers,
+                    populate,
+                    rps,
+                    seconds,
+                    warmup_seconds,
+                    servers,
+                    api_key,
+                },
                 super::projector_options(config)?,
             )
             .await?,

@@ -14,7 +14,7 @@ use journey_ledger::projections::runner::{self, RebuildOptions};
 use journey_ledger::projections::storage::ReadModelDb;
 use journey_ledger::projections::{bench, diff, query};
 
-use super::ledger::{open_existing_store, open_store, progress_bar, rate_bar};
+use super::ledger::{open_store, open_store_read_only, progress_bar, rate_bar};
 use super::projector_options;
 
 /// Where the read models live.
@@ -145,6 +145,16 @@ async fn open_db(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadMo
     })
 }
 
+/// [`open_db`] for a command that only reads the read models: on SQLite the
+/// file is opened read-only (see [`ReadModelDb::open_read_only`]).
+async fn open_db_read_only(config: &Config, args: &ReadModelArgs) -> anyhow::Result<ReadModelDb> {
+    let url = args.read_models.as_deref().unwrap_or(&config.store);
+    super::ledger::require_existing(url)?;
+    ReadModelDb::open_read_only(url).await.with_context(|| {
+        format!("opening read models at {url} to read (use --read-models for stores without SQL)")
+    })
+}
+
 /// The rules of `--rules DIR`, else of the configured rules directory; when
 /// that is the default and absent (run outside the repository), the rules
 /// built into the binary, as `journey serve` does.
@@ -237,7 +247,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<()> {
 pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
     let a = RuleSet::load(&args.rules_a)?;
     let b = RuleSet::load(&args.rules_b)?;
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let report = diff::diff(store, &a, &b, args.as_of).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -245,8 +255,8 @@ pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
 
 pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()> {
     let id = CustomerId::parse(&args.customer_id)?;
-    let store = open_existing_store(config).await?;
-    let db = open_db(config, &args.read_models).await?;
+    let store = open_store_read_only(config).await?;
+    let db = open_db_read_only(config, &args.read_models).await?;
     // Instants are stored to the microsecond; "now" is too.
     let now = Utc::now().timestamp_micros();
     let as_of = args
@@ -269,7 +279,11 @@ pub async fn customer(config: &Config, args: CustomerArgs) -> anyhow::Result<()>
 }
 
 pub async fn versions(config: &Config, args: VersionsArgs) -> anyhow::Result<()> {
-    let db = open_db(config, &args.read_models).await?;
+    let db = if args.prune {
+        open_db(config, &args.read_models).await?
+    } else {
+        open_db_read_only(config, &args.read_models).await?
+    };
     let folds = runner::folds_for(&RuleSet::shipped_defaults());
     if args.prune {
         let keep = args.keep.unwrap_or(config.projections.keep_versions).max(1);
@@ -338,7 +352,7 @@ pub async fn bench_deadlines(config: &Config, args: BenchDeadlinesArgs) -> anyho
 
 pub async fn export_analytics(config: &Config, args: ExportAnalyticsArgs) -> anyhow::Result<()> {
     let key = journey_ledger::privacy::PseudonymKey::from_env()?;
-    let db = open_db(config, &args.read_models).await?;
+    let db = open_db_read_only(config, &args.read_models).await?;
     let bar = progress_bar(0, "exporting customers");
     let progress = |n: u64| bar.set_position(n);
     let summary = match &args.out {

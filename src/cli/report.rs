@@ -8,7 +8,7 @@ use journey_ledger::config::Config;
 use journey_ledger::projections::rules::RuleSet;
 use journey_ledger::report::{self, page, ReportRequest};
 
-use super::ledger::open_existing_store;
+use super::ledger::open_store_read_only;
 use super::validate::HoldoutArgs;
 
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub async fn run(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
         .map(RuleSet::load)
         .transpose()
         .context("reading --compare-rules")?;
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let workbench = report::build(
         store,
         &rules,

@@ -11,7 +11,7 @@ use journey_ledger::clv::TimeUnit;
 use journey_ledger::config::Config;
 use journey_ledger::projections::rules::RuleSet;
 
-use super::ledger::open_existing_store;
+use super::ledger::open_store_read_only;
 use super::projections::load_rules;
 
 /// The period and rules of a holdout validation (shared with `journey
@@ -76,7 +76,7 @@ enum Format {
 
 pub async fn run(config: &Config, args: ValidateArgs) -> anyhow::Result<()> {
     let (rules, settings, unit) = args.holdout.load(config)?;
-    let store = open_existing_store(config).await?;
+    let store = open_store_read_only(config).await?;
     let report = backtest::run(
         store,
         &rules,

@@ -112,6 +112,36 @@ impl Vault {
         }
     }
 
+    /// Opens the key table for a command that only reads keys (revealing
+    /// sealed fields): on SQLite the file is never created or written, as
+    /// [`crate::store::open_read_only`] does.
+    pub async fn open_read_only(url: &str) -> Result<Self, PrivacyError> {
+        if url.starts_with("sqlite:") {
+            match crate::store::sqlite::open_read_only_pool(url, 1).await? {
+                Some(pool) => Ok(Self::from_sqlite_pool(pool)),
+                None => Self::open(url).await.map_err(|e| {
+                    crate::store::StoreError::NeedsMigration {
+                        store: url.to_owned(),
+                        reason: e.to_string(),
+                    }
+                    .into()
+                }),
+            }
+        } else {
+            Self::open(url).await
+        }
+    }
+
+    /// [`Vault::open_read_only`] for backends that have a key table; `None`
+    /// for others.
+    pub async fn open_read_only_if_supported(url: &str) -> Result<Option<Self>, PrivacyError> {
+        match Self::open_read_only(url).await {
+            Ok(vault) => Ok(Some(vault)),
+            Err(PrivacyError::UnsupportedUrl(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Vault::open`] for backends that have a key table (SQLite,
     /// PostgreSQL); `None` for others (EventStoreDB), whose writers must
     /// then refuse personal data.

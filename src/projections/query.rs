@@ -26,7 +26,7 @@ use super::storage::ReadModelDb;
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
 use crate::domain::events::DomainEvent;
-use crate::domain::CustomerId;
+use crate::domain::{CustomerId, RecordedEvent};
 use crate::store::{EventStore, ReadStream};
 
 /// One transition as shown to users.
@@ -162,7 +162,8 @@ pub async fn customer_as_of(
 }
 
 /// [`customer_as_of`] in a given version with its (already parsed) rules,
-/// for callers that keep them between queries (the API).
+/// for callers that keep them between queries. The stream and the
+/// customer's rows are read concurrently.
 pub async fn customer_in_version(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
@@ -171,13 +172,60 @@ pub async fn customer_in_version(
     customer: &CustomerId,
     as_of: DateTime<Utc>,
 ) -> Result<Option<CustomerView>, RunnerError> {
+    let stream = customer.stream_id();
+    let (recorded, rows) = tokio::join!(
+        store.read_stream(&stream, ReadStream::all_forwards()),
+        CustomerRows::read(db, version.model_version, customer),
+    );
+    customer_from_parts(store, version, rules, customer, &recorded?, rows?, as_of).await
+}
+
+/// A customer's rows of the one-row-per-customer tables a projected view
+/// reads (value tier, value alert, scores) with the version's population
+/// snapshot instant: one statement.
+pub struct CustomerRows {
+    snapshot_us: Option<i64>,
+    rows: Vec<Option<Vec<Option<String>>>>,
+}
+
+impl CustomerRows {
+    /// Reads them from `model_version`.
+    pub async fn read(
+        db: &ReadModelDb,
+        model_version: i64,
+        customer: &CustomerId,
+    ) -> Result<Self, RunnerError> {
+        let (snapshot_us, rows) = db
+            .customer_rows(
+                model_version,
+                customer.as_str(),
+                &[
+                    lifecycle::TABLES[2],
+                    alerts::TABLES[1],
+                    clv_scores::TABLES[0],
+                ],
+            )
+            .await?;
+        Ok(Self { snapshot_us, rows })
+    }
+}
+
+/// The customer's projected state as of `as_of` in `version` from their
+/// recorded events and rows already read (a caller that also needs the
+/// events reads the stream once).
+pub async fn customer_from_parts(
+    store: Arc<dyn EventStore>,
+    version: &crate::projections::storage::VersionInfo,
+    rules: &RuleSet,
+    customer: &CustomerId,
+    recorded: &[RecordedEvent],
+    rows: CustomerRows,
+    as_of: DateTime<Utc>,
+) -> Result<Option<CustomerView>, RunnerError> {
     let version = version.clone();
     let lc = &rules.lifecycle;
-    let recorded = store
-        .read_stream(&customer.stream_id(), ReadStream::all_forwards())
-        .await?;
     let mut events = Vec::with_capacity(recorded.len());
-    for r in &recorded {
+    for r in recorded {
         if let Some((_, e)) = fold_event(r)? {
             events.push(e);
         }
@@ -190,17 +238,7 @@ pub async fn customer_in_version(
         return Ok(None);
     };
     let others = Others::fold(rules, &events, as_of);
-    let (snapshot_us, rows) = db
-        .customer_rows(
-            version.model_version,
-            customer.as_str(),
-            &[
-                lifecycle::TABLES[2],
-                alerts::TABLES[1],
-                clv_scores::TABLES[0],
-            ],
-        )
-        .await?;
+    let CustomerRows { snapshot_us, rows } = rows;
     let [tier_row, value_alert_row, scores_row] = <[_; 3]>::try_from(rows).expect("three tables");
     let population = population_view(
         snapshot_us,

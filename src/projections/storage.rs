@@ -76,6 +76,10 @@ pub enum StorageError {
         /// The epoch in the database.
         current: i64,
     },
+    /// Opening the file for reading only failed (see
+    /// [`ReadModelDb::open_read_only`]).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A row does not fit its table.
     #[error("table {table}: row has {got} values, the table spec has {expected} columns")]
     RowShape {
@@ -330,6 +334,28 @@ impl ReadModelDb {
             Ok(ReadModelDb::Postgres(pool))
         } else {
             Err(StorageError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Opens the read models for a command that only reads them. On SQLite
+    /// the file is never created or written (it may belong to another user
+    /// or sit on a read-only mount; see
+    /// [`crate::store::sqlite::read_only_options`]) unless its schema is an
+    /// older build's, which is migrated first when the file is writable.
+    pub async fn open_read_only(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            match crate::store::sqlite::open_read_only_pool(url, 1).await? {
+                Some(pool) => Ok(ReadModelDb::Sqlite(pool)),
+                None => Self::open(url).await.map_err(|e| {
+                    crate::store::StoreError::NeedsMigration {
+                        store: url.to_owned(),
+                        reason: e.to_string(),
+                    }
+                    .into()
+                }),
+            }
+        } else {
+            Self::open(url).await
         }
     }
 

@@ -64,6 +64,21 @@ pub enum StoreError {
     /// The store's committer has stopped (the runtime is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// An append to a store opened for reading only.
+    #[error("the store was opened for reading only")]
+    ReadOnly,
+    /// A read-only command found a store written by an older build, whose
+    /// schema it cannot migrate (the file is not writable).
+    #[error(
+        "the store at {store} was written by an older journey and needs a schema migration, \
+         which failed ({reason}); run any journey command once as a user who may write it"
+    )]
+    NeedsMigration {
+        /// The store URL.
+        store: String,
+        /// Why migrating failed.
+        reason: String,
+    },
     /// A backend-specific failure (e.g. EventStoreDB gRPC).
     #[error("{backend} error: {message}")]
     Backend {

@@ -339,6 +339,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     }
 }
 
+/// Opens the store a URL names for a command that only reads. On SQLite
+/// the file must exist and is never written (see
+/// [`sqlite::SqliteStore::open_read_only`]): a mistyped path is "no store
+/// at …", not a new empty ledger, and a file this process may not write is
+/// read as it is. Other backends open as [`open`] does.
+pub async fn open_read_only(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open_read_only(url).await?))
+    } else {
+        open(url).await
+    }
+}
+
 #[cfg(test)]
 mod pool_tests {
     use super::*;

@@ -83,9 +83,117 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
 /// An event store in one SQLite file.
 pub struct SqliteStore {
     reader: SqlitePool,
-    writer: SqlitePool,
+    /// `None` when opened with [`SqliteStore::open_read_only`].
+    write: Option<WritePath>,
     head: Arc<watch::Sender<u64>>,
+}
+
+/// What appending needs: the single-connection pool read models in the
+/// same file write through, and the group committer's own connection.
+struct WritePath {
+    writer: SqlitePool,
     committer: GroupCommitter,
+}
+
+/// Connection options for reading a SQLite file that may not be writable
+/// by this process (`journey verify` on an archived copy, a file owned by
+/// the service's user, a read-only mount): never creates the file, never
+/// writes to it.
+///
+/// A WAL-mode file is read through its `-shm` index, which SQLite creates
+/// beside the file if it is missing. When it is missing and the directory
+/// is not writable, nothing can be writing the file either (a writer keeps
+/// `-shm` while it runs), so the file is opened `immutable` — unless a
+/// non-empty `-wal` holds commits not yet copied into the file, which could
+/// only be read through an index that cannot be created: that is an error
+/// that says what to do, not a silently older ledger.
+pub fn read_only_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = connect_options(url)?.read_only(true);
+    let file = options.get_filename().to_path_buf();
+    if file.as_os_str() == ":memory:" {
+        return Ok(options);
+    }
+    let sibling = |suffix: &str| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if sibling("-shm").exists() || directory_writable(&dir) {
+        return Ok(options);
+    }
+    let wal = sibling("-wal");
+    if std::fs::metadata(&wal)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+    {
+        return Err(StoreError::Backend {
+            backend: "sqlite",
+            message: format!(
+                "{} holds commits not yet in {} and {} is not writable, so they cannot be read; \
+                 open the store once as a user who may write there (any journey command does)",
+                wal.display(),
+                file.display(),
+                dir.display()
+            ),
+        });
+    }
+    Ok(options.immutable(true))
+}
+
+fn directory_writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The embedded migrations a database has not applied yet (empty when its
+/// schema is this build's).
+pub async fn pending_migrations(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
+    let applied: Vec<i64> = match sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(applied) => applied,
+        // No migration table: nothing has been applied.
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .filter(|v| applied.binary_search(v).is_err())
+        .collect())
+}
+
+/// Opens a read-only pool on a SQLite file whose schema is this build's
+/// (see [`read_only_options`]); `Ok(None)` when it needs migrations first.
+pub async fn open_read_only_pool(
+    url: &str,
+    connections: u32,
+) -> Result<Option<SqlitePool>, StoreError> {
+    let options = read_only_options(url)?
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("cache_size", "-65536");
+    let pool = crate::store::pool_options::<sqlx::Sqlite>()
+        .max_connections(connections.max(1))
+        .connect_with(options)
+        .await?;
+    if pending_migrations(&pool).await?.is_empty() {
+        Ok(Some(pool))
+    } else {
+        pool.close().await;
+        Ok(None)
+    }
 }
 
 /// WAL pages the committer lets accumulate before it checkpoints them into
@@ -123,13 +231,43 @@ impl SqliteStore {
         let committer = start_committer(committer_options, head.clone()).await?;
         let store = Self {
             reader,
-            writer,
+            write: Some(WritePath { writer, committer }),
             head,
-            committer,
         };
         let head = store.head_position().await?;
         store.head.send_replace(head);
         Ok(store)
+    }
+
+    /// Opens an existing file for reading only: no file is created, nothing
+    /// is written (it works on a file this process may not write), and
+    /// appends fail with [`StoreError::ReadOnly`]. A file written by an
+    /// older build is migrated first when it is writable, and refused with
+    /// [`StoreError::NeedsMigration`] when it is not.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let reader = match open_read_only_pool(url, 4).await? {
+            Some(reader) => reader,
+            None => return Self::open_to_migrate(url).await,
+        };
+        let store = Self {
+            reader,
+            write: None,
+            head: Arc::new(watch::channel(0).0),
+        };
+        let head = store.head_position().await?;
+        store.head.send_replace(head);
+        Ok(store)
+    }
+
+    /// [`SqliteStore::open`] for a read-only command that found the schema
+    /// behind this build's.
+    async fn open_to_migrate(url: &str) -> Result<Self, StoreError> {
+        Self::open(url)
+            .await
+            .map_err(|e| StoreError::NeedsMigration {
+                store: url.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// The read pool, for read models that live in the same file.
@@ -138,8 +276,11 @@ impl SqliteStore {
     }
 
     /// The single-connection write pool, for read models in the same file.
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
+    pub fn writer(&self) -> Result<&SqlitePool, StoreError> {
+        self.write
+            .as_ref()
+            .map(|w| &w.writer)
+            .ok_or(StoreError::ReadOnly)
     }
 }
 
@@ -264,7 +405,8 @@ impl EventStore for SqliteStore {
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         batch::check_writes(&writes)?;
-        self.committer.append(writes).await
+        let write = self.write.as_ref().ok_or(StoreError::ReadOnly)?;
+        write.committer.append(writes).await
     }
 
     async fn read_stream(
