@@ -132,6 +132,18 @@ impl Server {
             .to_owned()
     }
 
+    /// `/readyz`, which must answer 200.
+    async fn readyz(&self) -> Value {
+        let answer = self
+            .client
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json().await.unwrap()
+    }
+
     fn ws_url(&self) -> String {
         format!("{}/graphql/ws", self.base.replace("http://", "ws://"))
     }
@@ -239,6 +251,7 @@ async fn projector_dies_and_a_reader_takes_over(store_url: &str, fresh: &ReadMod
         .wait_for("reading version 1", Duration::from_secs(30), caught_up)
         .await;
     assert_eq!(second.role().await, "READER");
+    assert_eq!(second.readyz().await["role"], "reader");
 
     // A subscriber on the reader hears what the projector folds.
     let init = json!({"headers": {"Authorization": format!("Bearer {KEY}")}});
@@ -292,6 +305,7 @@ async fn projector_dies_and_a_reader_takes_over(store_url: &str, fresh: &ReadMod
         took_over < Duration::from_secs(5),
         "the reader took over after {took_over:?}"
     );
+    assert_eq!(second.readyz().await["role"], "projector");
     for (i, c) in customers.iter().enumerate() {
         order(&second, c, 10 + i as u32).await;
     }

@@ -391,6 +391,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
             "status": "ready",
             "backend": state.store.backend(),
             "headPosition": head,
+            "role": state.projections.get().map(|control| control.role()),
             "projections": status.projections.iter().map(|p| serde_json::json!({
                 "name": p.name, "version": p.version, "checkpoint": p.checkpoint, "lag": p.lag,
             })).collect::<Vec<_>>(),
