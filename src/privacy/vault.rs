@@ -117,16 +117,10 @@ impl Vault {
     /// [`crate::store::open_read_only`] does.
     pub async fn open_read_only(url: &str) -> Result<Self, PrivacyError> {
         if url.starts_with("sqlite:") {
-            match crate::store::sqlite::open_read_only_pool(url, 1).await? {
-                Some(pool) => Ok(Self::from_sqlite_pool(pool)),
-                None => Self::open(url).await.map_err(|e| {
-                    crate::store::StoreError::NeedsMigration {
-                        store: url.to_owned(),
-                        reason: e.to_string(),
-                    }
-                    .into()
-                }),
-            }
+            crate::store::sqlite::open_read_only_with(url, 1, Self::from_sqlite_pool, || {
+                Self::open(url)
+            })
+            .await
         } else {
             Self::open(url).await
         }

@@ -344,16 +344,10 @@ impl ReadModelDb {
     /// older build's, which is migrated first when the file is writable.
     pub async fn open_read_only(url: &str) -> Result<Self, StorageError> {
         if url.starts_with("sqlite:") {
-            match crate::store::sqlite::open_read_only_pool(url, 1).await? {
-                Some(pool) => Ok(ReadModelDb::Sqlite(pool)),
-                None => Self::open(url).await.map_err(|e| {
-                    crate::store::StoreError::NeedsMigration {
-                        store: url.to_owned(),
-                        reason: e.to_string(),
-                    }
-                    .into()
-                }),
-            }
+            crate::store::sqlite::open_read_only_with(url, 1, ReadModelDb::Sqlite, || {
+                Self::open(url)
+            })
+            .await
         } else {
             Self::open(url).await
         }

@@ -175,6 +175,32 @@ pub async fn pending_migrations(pool: &SqlitePool) -> Result<Vec<i64>, StoreErro
         .collect())
 }
 
+/// How a command that only reads opens something kept in a SQLite file
+/// (events, read models, keys): `from_pool` on a read-only pool when the
+/// schema is this build's; otherwise `migrate` (the writable open, which
+/// migrates), whose failure is [`StoreError::NeedsMigration`].
+pub async fn open_read_only_with<T, E, M>(
+    url: &str,
+    connections: u32,
+    from_pool: impl FnOnce(SqlitePool) -> T,
+    migrate: impl FnOnce() -> M,
+) -> Result<T, E>
+where
+    M: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display + From<StoreError>,
+{
+    match open_read_only_pool(url, connections).await? {
+        Some(pool) => Ok(from_pool(pool)),
+        None => migrate().await.map_err(|e| {
+            StoreError::NeedsMigration {
+                store: url.to_owned(),
+                reason: e.to_string(),
+            }
+            .into()
+        }),
+    }
+}
+
 /// Opens a read-only pool on a SQLite file whose schema is this build's
 /// (see [`read_only_options`]); `Ok(None)` when it needs migrations first.
 pub async fn open_read_only_pool(
@@ -245,29 +271,20 @@ impl SqliteStore {
     /// older build is migrated first when it is writable, and refused with
     /// [`StoreError::NeedsMigration`] when it is not.
     pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
-        let reader = match open_read_only_pool(url, 4).await? {
-            Some(reader) => reader,
-            None => return Self::open_to_migrate(url).await,
-        };
-        let store = Self {
-            reader,
-            write: None,
-            head: Arc::new(watch::channel(0).0),
-        };
+        let store = open_read_only_with(
+            url,
+            4,
+            |reader| Self {
+                reader,
+                write: None,
+                head: Arc::new(watch::channel(0).0),
+            },
+            || Self::open(url),
+        )
+        .await?;
         let head = store.head_position().await?;
         store.head.send_replace(head);
         Ok(store)
-    }
-
-    /// [`SqliteStore::open`] for a read-only command that found the schema
-    /// behind this build's.
-    async fn open_to_migrate(url: &str) -> Result<Self, StoreError> {
-        Self::open(url)
-            .await
-            .map_err(|e| StoreError::NeedsMigration {
-                store: url.to_owned(),
-                reason: e.to_string(),
-            })
     }
 
     /// The read pool, for read models that live in the same file.
