@@ -111,13 +111,38 @@ async fn an_edited_threshold_reports_the_customers_that_move() {
         RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("projections")).unwrap();
     let as_of = Some(day(175));
 
-    let same = diff(store.clone(), &shipped, &shipped, as_of)
+    let same = diff(store.clone(), &shipped, &shipped, as_of, |_| {})
         .await
         .unwrap();
     assert_eq!(same.customers, 2);
     assert_eq!(same.lifecycle.stage_changes, 0);
     assert_eq!(same.loyalty.balance_changes, 0);
     assert!(same.loyalty.examples.is_empty() && same.alerts.examples.is_empty());
+
+    // Without an instant: the newest customer event's, not that of the
+    // admin stream's records (written at the wall clock).
+    let record = NewEvent::from_parts(
+        Uuid::new_v4(),
+        "SessionRecorded",
+        1,
+        day(400),
+        &EventMetadata::default(),
+        &serde_json::json!({"session_id": "admin", "channel": "web"}),
+    );
+    let admin = journey_ledger::domain::StreamId::parse("ledger-admin").unwrap();
+    store
+        .append(&admin, ExpectedVersion::Any, vec![record])
+        .await
+        .unwrap();
+    let newest = diff(store.clone(), &shipped, &shipped, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(newest.customers, 2);
+    assert_eq!(
+        newest.as_of.as_deref(),
+        Some(journey_ledger::domain::envelope::display_instant(&day(150)).as_str()),
+        "{newest:#?}"
+    );
 
     // at_risk after 60 days instead of 90; half the points per dollar.
     let (_edited, edited) = edited_rules(&[
@@ -129,7 +154,9 @@ async fn an_edited_threshold_reports_the_customers_that_move() {
         ("loyalty.toml", "regular = 100", "regular = 50"),
     ]);
     assert_ne!(edited.hash, shipped.hash);
-    let report = diff(store.clone(), &shipped, &edited, as_of).await.unwrap();
+    let report = diff(store.clone(), &shipped, &edited, as_of, |_| {})
+        .await
+        .unwrap();
 
     // a: 75 days without an order on day 175 — active under 90, at_risk under 60.
     assert_eq!(report.lifecycle.stage_changes, 1, "{report:#?}");

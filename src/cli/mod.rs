@@ -133,9 +133,10 @@ pub enum Command {
     /// Keep the active read models up to date: follow the store and apply
     /// new events as they are committed (--once: catch up and exit).
     Run(projections::RunArgs),
-    /// Compare two rule sets: replay the log in memory under both and report,
-    /// per projection, how many customers change stage or value tier, with
-    /// examples (JSON). Nothing is written.
+    /// Compare two rule sets: replay the log under both, customer by
+    /// customer, and report per projection how many customers change stage
+    /// or value tier, with examples (JSON). Nothing is written; memory holds
+    /// a few dozen bytes per customer.
     ///
     ///   cp -r projections /tmp/rules-b && $EDITOR /tmp/rules-b/lifecycle.toml
     ///   journey diff --rules-a projections --rules-b /tmp/rules-b

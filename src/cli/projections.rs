@@ -248,7 +248,10 @@ pub async fn diff(config: &Config, args: DiffArgs) -> anyhow::Result<()> {
     let a = RuleSet::load(&args.rules_a)?;
     let b = RuleSet::load(&args.rules_b)?;
     let store = open_store_read_only(config).await?;
-    let report = diff::diff(store, &a, &b, args.as_of).await?;
+    let bar = rate_bar(store.head_position().await?, "comparing", "events");
+    let report = diff::diff(store, &a, &b, args.as_of, |events| bar.set_position(events)).await;
+    bar.finish_and_clear();
+    let report = report?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -10,6 +10,11 @@ use super::validation::ValidationError;
 /// The prefix of every customer stream: one stream per customer.
 pub const CUSTOMER_STREAM_PREFIX: &str = "customer-";
 
+/// The first stream id after every customer stream (`customer.` sorts
+/// right after `customer-` and every id character): customer streams are
+/// the range `CUSTOMER_STREAM_PREFIX..CUSTOMER_STREAMS_END`.
+pub const CUSTOMER_STREAMS_END: &str = "customer.";
+
 /// A customer identifier as the business knows it (e.g. `00003`).
 ///
 /// Restricted to `[A-Za-z0-9_.:@-]`, 1–64 bytes, so it can be embedded in

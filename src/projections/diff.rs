@@ -1,24 +1,24 @@
 //! `journey diff`: what changing the rules would change. Replays the whole
-//! log in memory under two rule sets (nothing is written) and compares, as
-//! of one instant (default: the newest event's `occurred_at`), every
-//! customer's lifecycle stage and value tier, loyalty tier, balance and
-//! conflicts (a past redemption the new rules cannot cover), and alerts.
+//! log under two rule sets, customer by customer (nothing is written, and
+//! nothing is held per customer but what the value tiers rank), and
+//! compares, as of one instant (default: the newest event's `occurred_at`),
+//! every customer's lifecycle stage and value tier, loyalty tier, balance
+//! and conflicts (a past redemption the new rules cannot cover), and alerts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Serialize;
 
 use super::alerts::{self, Alert, AlertState};
-use super::lifecycle::{value_tiers, LifecycleState, Stage, Transition};
+use super::lifecycle::{value_tiers_in_order, LifecycleState, Stage, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{fold_event, RunnerError};
 use super::FoldEvent;
 use crate::domain::CustomerId;
-use crate::store::{EventStore, ReadStream};
+use crate::store::EventStore;
 
 /// Examples listed per projection.
 pub const MAX_EXAMPLES: usize = 20;
@@ -156,66 +156,35 @@ impl Side {
     }
 }
 
-struct Pair {
-    a: Side,
-    b: Side,
-    last_us: i64,
+/// What the value tiers need of a customer once the rest is compared: the
+/// tiers rank the whole population, so this is all a diff keeps per
+/// customer.
+struct Compared {
+    customer: CustomerId,
+    revenue: [i64; 2],
+    stage: [Option<Stage>; 2],
 }
 
 /// Replays the log under both rule sets and compares them as of `as_of`
-/// (default: the newest `occurred_at`).
+/// (default: the newest `occurred_at` of a customer event), customer by
+/// customer: each stream is read once, folded under A and under B,
+/// compared and dropped; only what the value tiers rank stays (a few dozen
+/// bytes a customer). `progress` gets the number of events read so far.
 pub async fn diff(
     store: Arc<dyn EventStore>,
     rules_a: &RuleSet,
     rules_b: &RuleSet,
     as_of: Option<DateTime<Utc>>,
+    mut progress: impl FnMut(u64),
 ) -> Result<DiffReport, RunnerError> {
     let (ra, rb) = (&rules_a.lifecycle, &rules_b.lifecycle);
-    let mut customers: HashMap<CustomerId, Pair> = HashMap::new();
-    let mut newest: Option<DateTime<Utc>> = None;
-    let mut events = crate::store::read_all(store.clone(), 1, 5_000);
-    let mut sink = Vec::new();
-    while let Some(recorded) = events.next().await {
-        let recorded = recorded?;
-        if as_of.is_some_and(|t| recorded.occurred_at > t) {
-            continue;
-        }
-        let Some((customer, event)) = fold_event(&recorded)? else {
-            continue;
-        };
-        newest = newest.max(Some(event.occurred_at));
-        let at_us = event.occurred_at.timestamp_micros();
-        let pair = customers.entry(customer.clone()).or_insert_with(|| Pair {
-            a: Side::default(),
-            b: Side::default(),
-            last_us: i64::MIN,
-        });
-        if at_us < pair.last_us {
-            // Late event: refold this customer in (occurred_at, version) order.
-            let stream = store
-                .read_stream(&customer.stream_id(), ReadStream::all_forwards())
-                .await?;
-            let mut folded: Vec<FoldEvent> = Vec::new();
-            for r in stream.iter().filter(|r| r.position <= recorded.position) {
-                if let Some((_, e)) = fold_event(r)? {
-                    if as_of.is_none_or(|t| e.occurred_at <= t) {
-                        folded.push(e);
-                    }
-                }
-            }
-            pair.a = Side::refold(rules_a, &folded);
-            pair.b = Side::refold(rules_b, &folded);
-            continue;
-        }
-        sink.clear();
-        pair.a.apply(rules_a, &event, &mut sink);
-        pair.b.apply(rules_b, &event, &mut sink);
-        pair.last_us = at_us;
-    }
-    let at = as_of.or(newest);
+    let at = match as_of {
+        Some(t) => Some(t),
+        None => store.newest_customer_occurred_at().await?,
+    };
     let mut report = DiffReport {
         as_of: at.map(|t| crate::domain::envelope::display_instant(&t)),
-        customers: customers.len(),
+        customers: 0,
         rules_a: RulesLabel {
             rules_id: rules_a.rules_id(),
             hash: rules_a.hash.clone(),
@@ -232,43 +201,65 @@ pub async fn diff(
         return Ok(report);
     };
     let t = at.timestamp_micros();
-    for pair in customers.values_mut() {
-        if pair.a.lifecycle.stage.is_some() {
-            pair.a.lifecycle.advance_to(ra, t, &mut sink);
+    let mut compared: Vec<Compared> = Vec::new();
+    let mut read = 0u64;
+    let mut sink = Vec::new();
+    crate::store::for_each_customer_stream(&*store, |customer, recorded| {
+        read += recorded.len() as u64;
+        progress(read);
+        let mut events: Vec<FoldEvent> = Vec::with_capacity(recorded.len());
+        for r in &recorded {
+            if let Some((_, e)) = fold_event(r)? {
+                if e.occurred_at <= at {
+                    events.push(e);
+                }
+            }
         }
-        if pair.b.lifecycle.stage.is_some() {
-            pair.b.lifecycle.advance_to(rb, t, &mut sink);
+        if events.is_empty() {
+            // Every event happened after the instant: not a customer yet.
+            return Ok(());
         }
-        sink.clear();
-    }
-    let tiers_a = value_tiers(
-        ra,
-        customers
-            .iter()
-            .map(|(c, p)| (c, p.a.lifecycle.revenue_minor)),
-    );
-    let tiers_b = value_tiers(
-        rb,
-        customers
-            .iter()
-            .map(|(c, p)| (c, p.b.lifecycle.revenue_minor)),
-    );
-    let mut ids: Vec<&CustomerId> = customers.keys().collect();
-    ids.sort();
-    for id in ids {
-        let pair = &customers[id];
+        let mut sides = [
+            Side::refold(rules_a, &events),
+            Side::refold(rules_b, &events),
+        ];
+        for (side, rules) in sides.iter_mut().zip([ra, rb]) {
+            if side.lifecycle.stage.is_some() {
+                side.lifecycle.advance_to(rules, t, &mut sink);
+            }
+            sink.clear();
+        }
+        let [a, b] = &sides;
+        let la = loyalty::as_of(&a.loyalty, &rules_a.loyalty, at);
+        let lb = loyalty::as_of(&b.loyalty, &rules_b.loyalty, at);
+        compare_loyalty(&mut report.loyalty, &customer, &la, &lb);
+        let aa = alerts::as_of(&a.alerts, &rules_a.alerts, at).alerts;
+        let ab = alerts::as_of(&b.alerts, &rules_b.alerts, at).alerts;
+        compare_alerts(&mut report.alerts, &customer, &aa, &ab);
+        compared.push(Compared {
+            customer,
+            revenue: [a.lifecycle.revenue_minor, b.lifecycle.revenue_minor],
+            stage: [a.lifecycle.stage, b.lifecycle.stage],
+        });
+        Ok::<_, RunnerError>(())
+    })
+    .await?;
+    report.customers = compared.len();
+    // Streams come in name order, which is customer id order; the tiers
+    // break revenue ties by that order.
+    compared.sort_by(|x, y| x.customer.cmp(&y.customer));
+    let tiers = |rules, side: usize| {
+        let revenues: Vec<i64> = compared.iter().map(|c| c.revenue[side]).collect();
+        value_tiers_in_order(rules, &revenues)
+    };
+    let (tiers_a, tiers_b) = (tiers(ra, 0), tiers(rb, 1));
+    for ((c, tier_a), tier_b) in compared.iter().zip(&tiers_a).zip(&tiers_b) {
         compare_lifecycle(
             &mut report.lifecycle,
-            id,
-            (&pair.a.lifecycle, &pair.b.lifecycle),
-            (tiers_a[id].as_str(), tiers_b[id].as_str()),
+            &c.customer,
+            (c.stage[0], c.stage[1]),
+            (tier_a.as_str(), tier_b.as_str()),
         );
-        let la = loyalty::as_of(&pair.a.loyalty, &rules_a.loyalty, at);
-        let lb = loyalty::as_of(&pair.b.loyalty, &rules_b.loyalty, at);
-        compare_loyalty(&mut report.loyalty, id, &la, &lb);
-        let aa = alerts::as_of(&pair.a.alerts, &rules_a.alerts, at).alerts;
-        let ab = alerts::as_of(&pair.b.alerts, &rules_b.alerts, at).alerts;
-        compare_alerts(&mut report.alerts, id, &aa, &ab);
     }
     Ok(report)
 }
@@ -276,16 +267,16 @@ pub async fn diff(
 fn compare_lifecycle(
     diff: &mut ProjectionDiff,
     id: &CustomerId,
-    (a, b): (&LifecycleState, &LifecycleState),
+    (a, b): (Option<Stage>, Option<Stage>),
     (tier_a, tier_b): (&str, &str),
 ) {
-    let stage_changed = a.stage != b.stage;
+    let stage_changed = a != b;
     let tier_changed = tier_a != tier_b;
     if stage_changed {
         diff.stage_changes += 1;
         *diff
             .stage_moves
-            .entry(format!("{}->{}", name(a.stage), name(b.stage)))
+            .entry(format!("{}->{}", name(a), name(b)))
             .or_default() += 1;
     }
     if tier_changed {
@@ -294,8 +285,8 @@ fn compare_lifecycle(
     if (stage_changed || tier_changed) && diff.examples.len() < MAX_EXAMPLES {
         diff.examples.push(CustomerDiff {
             customer_id: id.to_string(),
-            stage_a: a.stage.map(|s| s.as_str().to_owned()),
-            stage_b: b.stage.map(|s| s.as_str().to_owned()),
+            stage_a: a.map(|s| s.as_str().to_owned()),
+            stage_b: b.map(|s| s.as_str().to_owned()),
             tier_a: tier_a.to_owned(),
             tier_b: tier_b.to_owned(),
         });

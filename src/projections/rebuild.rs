@@ -46,7 +46,7 @@ use super::runner::{refit_population, Projector, ProjectorOptions, RunnerError};
 use super::state::Folds;
 use super::storage::{both, ReadModelDb, StateRow, StorageError, VersionStatus};
 use super::FoldEvent;
-use crate::domain::customer::CUSTOMER_STREAM_PREFIX;
+use crate::domain::customer::{CUSTOMER_STREAMS_END, CUSTOMER_STREAM_PREFIX};
 use crate::domain::{CustomerId, DomainEvent};
 use crate::store::sqlite_raw::{Bind, RawConnection};
 use crate::store::{EventStore, ReadStream};
@@ -56,10 +56,6 @@ pub const DEFAULT_KEEP_VERSIONS: usize = 2;
 
 /// Events per committed chunk unless told otherwise.
 pub const DEFAULT_BATCH_EVENTS: usize = 10_000;
-
-/// The first stream id after every customer stream (`customer.` sorts
-/// right after `customer-` and every id character).
-const CUSTOMER_STREAMS_END: &str = "customer.";
 
 /// Options of a rebuild.
 #[derive(Debug, Clone)]

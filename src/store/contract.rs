@@ -80,6 +80,7 @@ macro_rules! store_contract_tests {
             concurrent_requests_succeed_or_fail_alone,
             subscription_catches_up_then_goes_live,
             stats_and_stream_listing,
+            newest_customer_event_ignores_other_streams,
             typed_events_decode,
         );
     };
@@ -869,6 +870,38 @@ pub async fn stats_and_stream_listing(store: Arc<dyn EventStore>) {
     assert_eq!(first, vec![stream("a"), stream("b")]);
     let rest = store.list_streams(first.last(), 10).await.unwrap();
     assert_eq!(rest, vec![stream("c")]);
+}
+
+/// The newest `occurred_at` among customer streams, whatever the order of
+/// appends, and not that of other streams (the admin stream's records are
+/// written at the wall clock).
+pub async fn newest_customer_event_ignores_other_streams(store: Arc<dyn EventStore>) {
+    assert_eq!(store.newest_customer_occurred_at().await.unwrap(), None);
+    let on = |day: u32| {
+        NewEvent::from_parts(
+            Uuid::new_v4(),
+            "SessionRecorded",
+            1,
+            at(day),
+            &EventMetadata::default(),
+            &json!({"session_id": format!("s{day}"), "channel": "web"}),
+        )
+    };
+    for (name, day) in [("late", 9), ("early", 3), ("later-but-first", 5)] {
+        store
+            .append(&stream(name), ExpectedVersion::Any, vec![on(day)])
+            .await
+            .unwrap();
+    }
+    let admin = StreamId::parse("ledger-admin").unwrap();
+    store
+        .append(&admin, ExpectedVersion::Any, vec![on(20)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.newest_customer_occurred_at().await.unwrap(),
+        Some(at(9))
+    );
 }
 
 /// Domain events survive the store and decode to the same typed values.

@@ -236,6 +236,22 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StreamId>, StoreError>;
 
+    /// The latest `occurred_at` of any event in a customer stream (`None`
+    /// when there is none): the instant analyses default to. SQL stores
+    /// answer with one query over the stream index; the default reads every
+    /// customer stream.
+    async fn newest_customer_occurred_at(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let mut newest = None;
+        for_each_customer_stream(self, |_, events| {
+            newest = newest.max(events.iter().map(|e| e.occurred_at).max());
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+        Ok(newest)
+    }
+
     /// Resolves when new events may have been committed (by this process or,
     /// where the backend can tell, another). May resolve spuriously;
     /// callers re-read. Backends without notifications poll.
@@ -256,12 +272,13 @@ pub fn read_all(
 /// stream order (non-customer streams skipped): for analyses that fold each
 /// customer once and keep only a summary, so memory follows the number of
 /// customers, not the length of the log.
-pub async fn for_each_customer_stream<E>(
-    store: &dyn EventStore,
+pub async fn for_each_customer_stream<E, S>(
+    store: &S,
     mut visit: impl FnMut(crate::domain::CustomerId, Vec<RecordedEvent>) -> Result<(), E>,
 ) -> Result<(), E>
 where
     E: From<StoreError>,
+    S: EventStore + ?Sized,
 {
     const PAGE: usize = 1_000;
     let mut after: Option<StreamId> = None;

@@ -422,6 +422,16 @@ impl EventStore for PostgresStore {
         Ok(head as u64)
     }
 
+    async fn newest_customer_occurred_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(occurred_at) FROM events WHERE stream_id >= $1 AND stream_id < $2",
+        )
+        .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
+        .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let streams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM streams")
             .fetch_one(&self.pool)

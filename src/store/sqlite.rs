@@ -499,6 +499,17 @@ impl EventStore for SqliteStore {
         Ok(head as u64)
     }
 
+    async fn newest_customer_occurred_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let newest: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(occurred_at) FROM events WHERE stream_id >= ? AND stream_id < ?",
+        )
+        .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
+        .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
+        .fetch_one(&self.reader)
+        .await?;
+        newest.map(|us| from_micros(0, us)).transpose()
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let streams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM streams")
             .fetch_one(&self.reader)
