@@ -81,6 +81,7 @@ macro_rules! store_contract_tests {
             subscription_catches_up_then_goes_live,
             stats_and_stream_listing,
             newest_customer_event_ignores_other_streams,
+            customer_streams_read_whole_in_pages,
             typed_events_decode,
         );
     };
@@ -902,6 +903,52 @@ pub async fn newest_customer_event_ignores_other_streams(store: Arc<dyn EventSto
         store.newest_customer_occurred_at().await.unwrap(),
         Some(at(9))
     );
+}
+
+/// Paging through customer streams gives each one whole, once, in stream
+/// order, whatever the page size: a stream longer than a page comes whole,
+/// one cut by the page's end comes in the next; other streams never.
+pub async fn customer_streams_read_whole_in_pages(store: Arc<dyn EventStore>) {
+    for (name, n) in [("d", 1), ("a", 2), ("c", 7), ("b", 3), ("e", 2)] {
+        store
+            .append(&stream(name), ExpectedVersion::Any, events(n))
+            .await
+            .unwrap();
+    }
+    let admin = StreamId::parse("ledger-admin").unwrap();
+    store
+        .append(&admin, ExpectedVersion::Any, events(2))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        expected.push((stream(name), whole_stream(&*store, &stream(name)).await));
+    }
+    for limit in [1, 2, 3, 4, 100] {
+        let mut got = Vec::new();
+        let mut after: Option<StreamId> = None;
+        loop {
+            let page = store
+                .read_customer_streams(after.as_ref(), limit)
+                .await
+                .unwrap();
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            got.extend(page);
+        }
+        let names = |v: &[(StreamId, Vec<RecordedEvent>)]| {
+            v.iter()
+                .map(|(s, e)| (s.to_string(), e.len()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&got), names(&expected), "page size {limit}");
+        for ((_, read), (_, whole)) in got.iter().zip(&expected) {
+            let ids = |e: &[RecordedEvent]| e.iter().map(|e| e.event_id).collect::<Vec<_>>();
+            assert_eq!(ids(read), ids(whole), "page size {limit}");
+        }
+    }
 }
 
 /// Domain events survive the store and decode to the same typed values.

@@ -236,6 +236,43 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StreamId>, StoreError>;
 
+    /// Whole customer streams in stream order, the first after `after`
+    /// (from the first customer stream when `None`): about `limit` events
+    /// per call, and at least one whole stream however long. Empty at the
+    /// end. SQL stores read them with one range scan over the
+    /// `(stream_id, version)` index per call; the default lists streams and
+    /// reads them one by one.
+    async fn read_customer_streams(
+        &self,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<(StreamId, Vec<RecordedEvent>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut events = 0;
+        let mut cursor = after.cloned();
+        while events < limit.max(1) {
+            let streams = self.list_streams(cursor.as_ref(), 100).await?;
+            let Some(last) = streams.last().cloned() else {
+                break;
+            };
+            for stream in streams {
+                if stream.customer_id().is_none() {
+                    continue;
+                }
+                let read = self
+                    .read_stream(&stream, ReadStream::all_forwards())
+                    .await?;
+                events += read.len();
+                out.push((stream, read));
+                if events >= limit.max(1) {
+                    return Ok(out);
+                }
+            }
+            cursor = Some(last);
+        }
+        Ok(out)
+    }
+
     /// The latest `occurred_at` of any event in a customer stream (`None`
     /// when there is none): the instant analyses default to. SQL stores
     /// answer with one query over the stream index; the default reads every
@@ -280,24 +317,54 @@ where
     E: From<StoreError>,
     S: EventStore + ?Sized,
 {
-    const PAGE: usize = 1_000;
+    const PAGE_EVENTS: usize = 5_000;
     let mut after: Option<StreamId> = None;
     loop {
-        let streams = store.list_streams(after.as_ref(), PAGE).await?;
-        let Some(last) = streams.last().cloned() else {
+        let streams = store
+            .read_customer_streams(after.as_ref(), PAGE_EVENTS)
+            .await?;
+        let Some((last, _)) = streams.last() else {
             return Ok(());
         };
-        for stream in &streams {
-            let Some(customer) = stream.customer_id() else {
-                continue;
-            };
-            let events = store
-                .read_stream(stream, ReadStream::all_forwards())
-                .await?;
-            visit(customer, events)?;
+        after = Some(last.clone());
+        for (stream, events) in streams {
+            if let Some(customer) = stream.customer_id() {
+                visit(customer, events)?;
+            }
         }
-        after = Some(last);
     }
+}
+
+/// Groups events read in `(stream_id, version)` order into whole streams
+/// for [`EventStore::read_customer_streams`]: when the page was full
+/// (`limit` rows), its last stream may continue past it and is dropped,
+/// unless it is the only one, which `rest_of` then reads whole.
+pub(crate) async fn whole_streams<F, Fut>(
+    rows: Vec<RecordedEvent>,
+    limit: usize,
+    rest_of: F,
+) -> Result<Vec<(StreamId, Vec<RecordedEvent>)>, StoreError>
+where
+    F: FnOnce(StreamId) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>>,
+{
+    let full = rows.len() >= limit;
+    let mut streams: Vec<(StreamId, Vec<RecordedEvent>)> = Vec::new();
+    for event in rows {
+        match streams.last_mut() {
+            Some((stream, events)) if *stream == event.stream_id => events.push(event),
+            _ => streams.push((event.stream_id.clone(), vec![event])),
+        }
+    }
+    if full {
+        if streams.len() > 1 {
+            streams.pop();
+        } else if let Some((stream, _)) = streams.pop() {
+            let events = rest_of(stream.clone()).await?;
+            streams.push((stream, events));
+        }
+    }
+    Ok(streams)
 }
 
 /// Catch-up subscription: every event from `from` (inclusive), then live

@@ -499,6 +499,34 @@ impl EventStore for SqliteStore {
         Ok(head as u64)
     }
 
+    async fn read_customer_streams(
+        &self,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<(StreamId, Vec<RecordedEvent>)>, StoreError> {
+        use crate::domain::customer::{CUSTOMER_STREAMS_END, CUSTOMER_STREAM_PREFIX};
+        let limit = limit.max(1);
+        let (lower, op) = match after {
+            Some(stream) => (stream.as_str(), ">"),
+            None => (CUSTOMER_STREAM_PREFIX, ">="),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id {op} ? AND stream_id < ? \
+             ORDER BY stream_id, version LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lower)
+            .bind(CUSTOMER_STREAMS_END)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        let rows = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        super::whole_streams(rows, limit, |stream| async move {
+            self.read_stream(&stream, ReadStream::all_forwards()).await
+        })
+        .await
+    }
+
     async fn newest_customer_occurred_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let newest: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(occurred_at) FROM events WHERE stream_id >= ? AND stream_id < ?",
