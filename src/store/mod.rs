@@ -335,6 +335,30 @@ where
     }
 }
 
+/// The range scan behind [`EventStore::read_customer_streams`] on the SQL
+/// stores, with its lower bound: `$1` the bound, `$2` the end of customer
+/// streams, `$3` the page size (SQLite and PostgreSQL both take `$n`).
+pub(crate) fn customer_streams_scan<'a>(
+    columns: &str,
+    after: Option<&'a StreamId>,
+) -> (String, &'a str) {
+    use crate::domain::customer::CUSTOMER_STREAM_PREFIX;
+    let (lower, op) = match after {
+        Some(stream) => (stream.as_str(), ">"),
+        None => (CUSTOMER_STREAM_PREFIX, ">="),
+    };
+    let sql = format!(
+        "SELECT {columns} FROM events WHERE stream_id {op} $1 AND stream_id < $2 \
+         ORDER BY stream_id, version LIMIT $3"
+    );
+    (sql, lower)
+}
+
+/// [`EventStore::newest_customer_occurred_at`] on the SQL stores: `$1` and
+/// `$2` the customer streams' range.
+pub(crate) const NEWEST_CUSTOMER_OCCURRED_AT_SQL: &str =
+    "SELECT MAX(occurred_at) FROM events WHERE stream_id >= $1 AND stream_id < $2";
+
 /// Groups events read in `(stream_id, version)` order into whole streams
 /// for [`EventStore::read_customer_streams`]: when the page was full
 /// (`limit` rows), its last stream may continue past it and is dropped,

@@ -427,19 +427,11 @@ impl EventStore for PostgresStore {
         after: Option<&StreamId>,
         limit: usize,
     ) -> Result<Vec<(StreamId, Vec<RecordedEvent>)>, StoreError> {
-        use crate::domain::customer::{CUSTOMER_STREAMS_END, CUSTOMER_STREAM_PREFIX};
         let limit = limit.max(1);
-        let (lower, op) = match after {
-            Some(stream) => (stream.as_str(), ">"),
-            None => (CUSTOMER_STREAM_PREFIX, ">="),
-        };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id {op} $1 AND stream_id < $2 \
-             ORDER BY stream_id, version LIMIT $3"
-        );
+        let (sql, lower) = super::customer_streams_scan(COLUMNS, after);
         let rows = sqlx::query(&sql)
             .bind(lower)
-            .bind(CUSTOMER_STREAMS_END)
+            .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
@@ -451,13 +443,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn newest_customer_occurred_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MAX(occurred_at) FROM events WHERE stream_id >= $1 AND stream_id < $2",
-        )
-        .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
-        .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(super::NEWEST_CUSTOMER_OCCURRED_AT_SQL)
+            .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
+            .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

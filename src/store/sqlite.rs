@@ -504,19 +504,11 @@ impl EventStore for SqliteStore {
         after: Option<&StreamId>,
         limit: usize,
     ) -> Result<Vec<(StreamId, Vec<RecordedEvent>)>, StoreError> {
-        use crate::domain::customer::{CUSTOMER_STREAMS_END, CUSTOMER_STREAM_PREFIX};
         let limit = limit.max(1);
-        let (lower, op) = match after {
-            Some(stream) => (stream.as_str(), ">"),
-            None => (CUSTOMER_STREAM_PREFIX, ">="),
-        };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id {op} ? AND stream_id < ? \
-             ORDER BY stream_id, version LIMIT ?"
-        );
+        let (sql, lower) = super::customer_streams_scan(COLUMNS, after);
         let rows = sqlx::query(&sql)
             .bind(lower)
-            .bind(CUSTOMER_STREAMS_END)
+            .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await?;
@@ -528,13 +520,11 @@ impl EventStore for SqliteStore {
     }
 
     async fn newest_customer_occurred_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let newest: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(occurred_at) FROM events WHERE stream_id >= ? AND stream_id < ?",
-        )
-        .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
-        .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
-        .fetch_one(&self.reader)
-        .await?;
+        let newest: Option<i64> = sqlx::query_scalar(super::NEWEST_CUSTOMER_OCCURRED_AT_SQL)
+            .bind(crate::domain::customer::CUSTOMER_STREAM_PREFIX)
+            .bind(crate::domain::customer::CUSTOMER_STREAMS_END)
+            .fetch_one(&self.reader)
+            .await?;
         newest.map(|us| from_micros(0, us)).transpose()
     }
 
