@@ -143,13 +143,11 @@ impl Side {
         alerts::apply(&mut self.alerts, &rules.alerts, &view);
     }
 
-    /// Folds `events` (any order) from scratch in `(occurred_at, version)` order.
-    fn refold(rules: &RuleSet, events: &[FoldEvent]) -> Self {
-        let mut ordered: Vec<&FoldEvent> = events.iter().collect();
-        ordered.sort_by_key(|e| (e.occurred_at, e.version));
+    /// Folds `events`, already in `(occurred_at, version)` order, from scratch.
+    fn fold(rules: &RuleSet, events: &[FoldEvent]) -> Self {
         let mut side = Side::default();
         let mut sink = Vec::new();
-        for event in ordered {
+        for event in events {
             side.apply(rules, event, &mut sink);
         }
         side
@@ -219,10 +217,9 @@ pub async fn diff(
             // Every event happened after the instant: not a customer yet.
             return Ok(());
         }
-        let mut sides = [
-            Side::refold(rules_a, &events),
-            Side::refold(rules_b, &events),
-        ];
+        // A late event is just a sort: both sides fold in occurrence order.
+        events.sort_by_key(|e| (e.occurred_at, e.version));
+        let mut sides = [Side::fold(rules_a, &events), Side::fold(rules_b, &events)];
         for (side, rules) in sides.iter_mut().zip([ra, rb]) {
             if side.lifecycle.stage.is_some() {
                 side.lifecycle.advance_to(rules, t, &mut sink);
