@@ -74,7 +74,7 @@ impl HeldEvents {
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
-            crate::store::sqlite::MIGRATOR.run(&pool).await?;
+            crate::store::sqlite::migrate(&pool).await?;
             Table::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::store::pool_options::<sqlx::Postgres>()

@@ -98,7 +98,7 @@ impl Vault {
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
-            crate::store::sqlite::MIGRATOR.run(&pool).await?;
+            crate::store::sqlite::migrate(&pool).await?;
             Ok(Self::from_sqlite_pool(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::store::pool_options::<sqlx::Postgres>()

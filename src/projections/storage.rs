@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::sqlite::{SqlitePool, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row as _};
 use thiserror::Error;
 
@@ -184,7 +184,8 @@ pub enum VersionStatus {
 }
 
 impl VersionStatus {
-    fn as_str(self) -> &'static str {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
         match self {
             VersionStatus::Building => "building",
             VersionStatus::Active => "active",
@@ -312,9 +313,7 @@ impl ReadModelDb {
     /// Opens the database a URL names and applies the migrations.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
         if url.starts_with("sqlite:") {
-            let options = crate::store::sqlite::connect_options(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
+            let options = crate::store::sqlite::writable_options(url)?
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536");
@@ -322,7 +321,7 @@ impl ReadModelDb {
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
-            crate::store::sqlite::MIGRATOR.run(&pool).await?;
+            crate::store::sqlite::migrate(&pool).await?;
             Ok(ReadModelDb::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::store::pool_options::<sqlx::Postgres>()

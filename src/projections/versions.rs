@@ -4,21 +4,29 @@
 //! without garbage collection the database grows by a version per rebuild.
 //! After a switch the runner keeps the active version and the ones before
 //! it up to `keep_versions` (default 2: the active one and the previous,
-//! to compare or switch back), and deletes the rest with their rows and
-//! states. Deletion goes customer range by customer range, each range one
-//! short transaction, so it never holds SQLite's write lock for long; on
-//! PostgreSQL the tables are vacuumed afterwards so the space is reused.
+//! to compare with), and deletes the rest with their rows and states. A
+//! retired version that is kept keeps its read-model rows but loses its
+//! fold states: states exist only to fold further events, and nothing
+//! folds into a retired version (a third of a version's bytes on CDNOW).
+//! Deletion goes customer range by customer range, each range one short
+//! transaction, so it never holds SQLite's write lock for long. Afterwards
+//! PostgreSQL's tables are vacuumed so the space is reused, and a SQLite
+//! file in incremental auto-vacuum mode gives the freed pages back.
 
 use serde::Serialize;
 use sqlx::Row as _;
 
 use super::bulk::CustomerRange;
 use super::state::Folds;
-use super::storage::{both, ReadModelDb, StorageError, VersionInfo};
+use super::storage::{both, ReadModelDb, StorageError, VersionInfo, VersionStatus};
 use super::TableSpec;
 
 /// Customers per deletion transaction.
 const PRUNE_CUSTOMERS: i64 = 5_000;
+
+/// The table with one row per customer of a version (states are dropped
+/// from retired versions, so they do not count them).
+const CUSTOMERS_TABLE: &str = "lifecycle_customers";
 
 /// A version's size.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +37,7 @@ pub struct VersionSize {
     pub status: String,
     /// Its rules id.
     pub rules_id: String,
-    /// Customers with a state.
+    /// Customers in its read models.
     pub customers: i64,
     /// Rows in read-model tables, states included.
     pub rows: i64,
@@ -92,7 +100,7 @@ impl ReadModelDb {
                     .iter()
                     .find(|(version, _)| *version == v.model_version)
                     .map_or(0, |(_, n)| *n);
-                if name == "customer_state" {
+                if name == CUSTOMERS_TABLE {
                     customers = mine;
                 }
                 rows += mine;
@@ -163,22 +171,9 @@ impl ReadModelDb {
         model_version: i64,
     ) -> Result<u64, StorageError> {
         let tables = version_tables(folds);
-        let mut deleted = 0u64;
-        let mut after = String::new();
-        // Customer ranges from the states; rows of customers without a state
-        // (none are written) go with the last statement below.
-        loop {
-            let through: Option<String> = self
-                .customer_at_offset(model_version, &after, PRUNE_CUSTOMERS)
-                .await?;
-            deleted += self
-                .delete_range(&tables, model_version, &after, through.as_deref())
-                .await?;
-            match through {
-                Some(t) => after = t,
-                None => break,
-            }
-        }
+        let deleted = self
+            .delete_customer_rows(&tables, CUSTOMERS_TABLE, model_version)
+            .await?;
         both!(self, pool => {
             let mut tx = pool.begin().await?;
             for sql in [
@@ -192,18 +187,55 @@ impl ReadModelDb {
         Ok(deleted)
     }
 
-    /// The customer `n` places after `after` among the version's states
-    /// (None when fewer are left).
+    /// Deletes a retired version's fold states, keeping its read models.
+    pub async fn drop_states(&self, model_version: i64) -> Result<u64, StorageError> {
+        let tables = ["customer_state".to_owned()];
+        self.delete_customer_rows(&tables, "customer_state", model_version)
+            .await
+    }
+
+    /// Deletes a version's rows from `tables`, customer range by customer
+    /// range, each range `PRUNE_CUSTOMERS` rows of `ranges_from`; the ranges
+    /// are contiguous, so rows of customers `ranges_from` lacks go too.
+    async fn delete_customer_rows(
+        &self,
+        tables: &[String],
+        ranges_from: &str,
+        model_version: i64,
+    ) -> Result<u64, StorageError> {
+        let mut deleted = 0u64;
+        let mut after = String::new();
+        // Rows of customers past the last range go with the last statement.
+        loop {
+            let through: Option<String> = self
+                .customer_at_offset(ranges_from, model_version, &after, PRUNE_CUSTOMERS)
+                .await?;
+            deleted += self
+                .delete_range(tables, model_version, &after, through.as_deref())
+                .await?;
+            match through {
+                Some(t) => after = t,
+                None => break,
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The customer `n` places after `after` among the version's rows of
+    /// `table` (None when fewer are left).
     async fn customer_at_offset(
         &self,
+        table: &str,
         model_version: i64,
         after: &str,
         n: i64,
     ) -> Result<Option<String>, StorageError> {
-        const SQL: &str = "SELECT customer_id FROM customer_state WHERE model_version = $1 \
-                           AND customer_id > $2 ORDER BY customer_id LIMIT 1 OFFSET $3";
+        let sql = format!(
+            "SELECT customer_id FROM {table} WHERE model_version = $1 \
+             AND customer_id > $2 ORDER BY customer_id LIMIT 1 OFFSET $3"
+        );
         Ok(both!(self, pool => {
-            sqlx::query(SQL)
+            sqlx::query(&sql)
                 .bind(model_version)
                 .bind(after)
                 .bind(n - 1)
@@ -250,13 +282,20 @@ impl ReadModelDb {
     }
 
     /// After deletions: lets PostgreSQL reuse the space (autovacuum may be
-    /// off); SQLite reuses freed pages by itself.
+    /// off); gives a SQLite file's freed pages back to the file system
+    /// where the file allows it (otherwise SQLite reuses them).
     pub async fn reclaim(&self, folds: &Folds) -> Result<(), StorageError> {
-        if let ReadModelDb::Postgres(pool) = self {
-            for table in version_tables(folds) {
-                sqlx::query(&format!("VACUUM {table}"))
-                    .execute(pool)
-                    .await?;
+        match self {
+            ReadModelDb::Postgres(pool) => {
+                for table in version_tables(folds) {
+                    sqlx::query(&format!("VACUUM {table}"))
+                        .execute(pool)
+                        .await?;
+                }
+            }
+            ReadModelDb::Sqlite(pool) => {
+                let pages = crate::store::sqlite::reclaim_free_pages(pool).await?;
+                tracing::debug!(pages, "free pages returned to the file system");
             }
         }
         Ok(())
@@ -268,6 +307,8 @@ impl ReadModelDb {
 pub struct Pruned {
     /// Versions dropped.
     pub versions: Vec<i64>,
+    /// Retired versions kept whose fold states were dropped.
+    pub states_dropped: Vec<i64>,
     /// Rows deleted.
     pub rows: u64,
 }
@@ -276,6 +317,7 @@ pub struct Pruned {
 pub async fn prune(db: &ReadModelDb, folds: &Folds, keep: usize) -> Result<Pruned, StorageError> {
     let mut pruned = Pruned {
         versions: Vec::new(),
+        states_dropped: Vec::new(),
         rows: 0,
     };
     for version in db.versions_to_prune(keep.max(1)).await? {
@@ -286,7 +328,21 @@ pub async fn prune(db: &ReadModelDb, folds: &Folds, keep: usize) -> Result<Prune
             "read-model version dropped"
         );
     }
-    if !pruned.versions.is_empty() {
+    for version in db.versions().await? {
+        if version.status == VersionStatus::Retired.as_str() {
+            let states = db.drop_states(version.model_version).await?;
+            if states > 0 {
+                pruned.rows += states;
+                pruned.states_dropped.push(version.model_version);
+                tracing::info!(
+                    model_version = version.model_version,
+                    states,
+                    "fold states of a retired version dropped"
+                );
+            }
+        }
+    }
+    if !pruned.versions.is_empty() || !pruned.states_dropped.is_empty() {
         db.reclaim(folds).await?;
     }
     Ok(pruned)

@@ -80,6 +80,65 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
     Ok(SqliteConnectOptions::from_str(&url)?.synchronous(synchronous))
 }
 
+/// Options for opening the file read-write, creating it if missing, in
+/// WAL mode (readers never wait for the writer).
+pub fn writable_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(connect_options(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal))
+}
+
+/// Runs the migrations, first putting a file that has no tables yet in
+/// incremental auto-vacuum mode. Without it a file never shrinks: the
+/// pages a dropped read-model version freed stay in the file, and a ledger
+/// that has rebuilt keeps the size of three versions for good. With it,
+/// [`reclaim_free_pages`] gives them back in short steps. The mode can
+/// only be chosen before the first table (the `VACUUM` that applies it is
+/// instant on an empty file); an older file keeps reusing its free pages
+/// instead, until a `VACUUM` of its own converts it.
+pub async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema")
+        .fetch_one(pool)
+        .await?;
+    if tables == 0 {
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+            .execute(pool)
+            .await?;
+        sqlx::query("VACUUM").execute(pool).await?;
+    }
+    MIGRATOR.run(pool).await
+}
+
+/// Free pages returned to the file system per write transaction.
+const VACUUM_STEP_PAGES: i64 = 2_048;
+
+/// Truncates the free pages off the end of a file in incremental
+/// auto-vacuum mode, a few thousand pages per transaction so the write
+/// lock is never held for long. Returns the pages released (0 on a file
+/// without auto-vacuum, whose free pages are reused by later writes).
+pub async fn reclaim_free_pages(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(pool)
+        .await?;
+    if mode != 2 {
+        return Ok(0);
+    }
+    // Bounded by the pages free at the start: pages other writers free
+    // meanwhile wait for the next reclaim.
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(pool)
+        .await?;
+    let mut released = 0;
+    while released < free {
+        let step = (free - released).min(VACUUM_STEP_PAGES);
+        sqlx::query(&format!("PRAGMA incremental_vacuum({step})"))
+            .execute(pool)
+            .await?;
+        released += step;
+    }
+    Ok(released)
+}
+
 /// An event store in one SQLite file.
 pub struct SqliteStore {
     reader: SqlitePool,
@@ -234,9 +293,7 @@ const COMMITTER_WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = connect_options(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+        let options = writable_options(url)?
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536");
@@ -244,7 +301,7 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&writer).await?;
+        migrate(&writer).await?;
         let reader = crate::store::pool_options::<sqlx::Sqlite>()
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
