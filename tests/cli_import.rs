@@ -366,7 +366,15 @@ fn read_only_commands_work_on_a_store_this_user_cannot_write() {
     // no index can be made: refused, naming the log.
     let live = tempfile::tempdir().unwrap();
     let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(&file, live.path().join("ledger.db")).unwrap();
+    // The file alone is not a snapshot: its log may hold pages a
+    // checkpoint has only partly copied into it.
+    for suffix in ["", "-wal"] {
+        std::fs::copy(
+            sibling(suffix),
+            live.path().join(format!("ledger.db{suffix}")),
+        )
+        .unwrap();
+    }
     let live_url = format!("sqlite://{}", live.path().join("ledger.db").display());
     runtime.block_on(async {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -422,9 +430,18 @@ fn read_only_commands_work_on_a_store_this_user_cannot_write() {
                 .unwrap();
             pool.close().await;
         });
+        // sqlx closes the handle on its worker thread, possibly after
+        // close() returned: wait for the last close to remove the files.
+        let gone = || !sibling("-wal").exists() && !sibling("-shm").exists();
+        for _ in 0..250 {
+            if gone() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(gone(), "the last close removes the log and index");
         std::fs::read(&file).unwrap()
     };
-    assert!(!sibling("-wal").exists() && !sibling("-shm").exists());
     set_mode(dir.path(), 0o555);
     answers_as_for_the_owner("read-only directory, the file alone");
     set_mode(dir.path(), 0o777);
