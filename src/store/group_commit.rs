@@ -43,6 +43,16 @@ pub(crate) trait CommitGroup: Send + Sync + 'static {
         &self,
         group: &[Vec<StreamWrite>],
     ) -> Result<Vec<RequestResult>, StoreError>;
+
+    /// Called when a request arrives, before its group is closed. A
+    /// backend whose transaction begins with round trips that do not
+    /// depend on the group (begin, take the global lock) makes them here,
+    /// for the next [`CommitGroup::commit_group`] to continue: the writers
+    /// just answered enqueue again meanwhile and join this group instead
+    /// of waiting a whole commit for the next. A lone writer waits for
+    /// nothing it would not wait for anyway. Failing is not an error
+    /// here: `commit_group` then begins as usual and reports it.
+    async fn open_group(&self) {}
 }
 
 struct Request {
@@ -181,6 +191,7 @@ fn events_in(writes: &[StreamWrite]) -> usize {
 
 async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request>) {
     while let Some(first) = requests.recv().await {
+        backend.open_group().await;
         let (writes, replies) = take_group(first, &mut requests);
         let results = match backend.commit_group(&writes).await {
             Ok(results) => results,

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
+use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 
 use super::batch::{self, RequestResult};
@@ -50,6 +51,9 @@ pub struct PostgresStore {
 struct Appender {
     pool: PgPool,
     head: Arc<watch::Sender<u64>>,
+    /// A transaction already holding the `ledger_head` lock, with the
+    /// position read under it ([`CommitGroup::open_group`]).
+    opened: std::sync::Mutex<Option<(Transaction<'static, Postgres>, i64)>>,
 }
 
 impl Drop for PostgresStore {
@@ -94,6 +98,7 @@ impl PostgresStore {
         let committer = GroupCommitter::start(Arc::new(Appender {
             pool: pool.clone(),
             head: head.clone(),
+            opened: std::sync::Mutex::new(None),
         }));
         let store = Self {
             pool,
@@ -253,6 +258,20 @@ async fn write_group(
 }
 
 impl Appender {
+    /// Begins a transaction and takes the global position lock, returning
+    /// the position under it. The heads are read by a statement of their
+    /// own after this: under READ COMMITTED each statement reads a fresh
+    /// snapshot, so they are read after the previous holder of the lock
+    /// has committed (one statement doing both would read them as of
+    /// before the wait).
+    async fn begin_locked(&self) -> Result<(Transaction<'static, Postgres>, i64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok((tx, head))
+    }
+
     /// Plans and writes a group in a transaction of its own; with
     /// `assume_new`, as if none of its ids were stored (the common case,
     /// no lookup): `None` when that was wrong, the transaction then
@@ -263,14 +282,11 @@ impl Appender {
         assume_new: bool,
     ) -> Result<Option<Vec<RequestResult>>, StoreError> {
         let streams = batch::streams_of(group.iter().flatten());
-        let mut tx = self.pool.begin().await?;
-        // The lock first, the heads in a statement of their own: under READ
-        // COMMITTED each statement reads a fresh snapshot, so the heads are
-        // read after the previous holder of the lock has committed (one
-        // statement doing both would read them as of before the wait).
-        let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let opened = self.opened.lock().expect("not poisoned").take();
+        let (mut tx, head) = match opened {
+            Some(opened) => opened,
+            None => self.begin_locked().await?,
+        };
         let head = head as u64;
         let heads = stream_heads(&mut tx, &streams).await?;
         let recorded_at = batch::now_micros();
@@ -314,9 +330,10 @@ impl Appender {
 
 #[async_trait]
 impl CommitGroup for Appender {
-    /// Five round trips: begin, lock, heads, write, commit. When some
-    /// id turns out to be stored already (a retry), the group is planned
-    /// again in a new transaction with the stored events in hand.
+    /// Five round trips: begin, lock (both made by `open_group` while the
+    /// group forms), heads, write, commit. When some id turns out to be
+    /// stored already (a retry), the group is planned again in a new
+    /// transaction with the stored events in hand.
     async fn commit_group(
         &self,
         group: &[Vec<StreamWrite>],
@@ -328,6 +345,13 @@ impl CommitGroup for Appender {
             .try_commit(group, false)
             .await?
             .expect("with the stored events in hand the plan is final"))
+    }
+
+    async fn open_group(&self) {
+        match self.begin_locked().await {
+            Ok(opened) => *self.opened.lock().expect("not poisoned") = Some(opened),
+            Err(e) => tracing::debug!(error = %e, "opening a group's transaction failed"),
+        }
     }
 }
 
