@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteJournalMode, SqlitePool};
+use sqlx::sqlite::SqlitePool;
 
 use super::seal::{self, CustomerKey, ERASED};
 use super::PrivacyError;
@@ -88,9 +88,7 @@ impl Vault {
     /// store; on SQLite the keys live in the same file.
     pub async fn open(url: &str) -> Result<Self, PrivacyError> {
         if url.starts_with("sqlite:") {
-            let options = crate::store::sqlite::connect_options(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
+            let options = crate::store::sqlite::writable_options(url)?
                 .busy_timeout(Duration::from_secs(10))
                 // Deleted keys are overwritten with zeros, not just unlinked.
                 .pragma("secure_delete", "ON");

@@ -24,6 +24,9 @@ use super::TableSpec;
 /// Customers per deletion transaction.
 const PRUNE_CUSTOMERS: i64 = 5_000;
 
+/// The table of fold states, one row per customer and version.
+const STATES_TABLE: &str = "customer_state";
+
 /// The table with one row per customer of a version (states are dropped
 /// from retired versions, so they do not count them).
 const CUSTOMERS_TABLE: &str = "lifecycle_customers";
@@ -55,7 +58,7 @@ fn version_tables(folds: &Folds) -> Vec<String> {
         .iter()
         .map(|t: &TableSpec| t.name.to_owned())
         .collect();
-    tables.push("customer_state".into());
+    tables.push(STATES_TABLE.into());
     tables
 }
 
@@ -189,8 +192,8 @@ impl ReadModelDb {
 
     /// Deletes a retired version's fold states, keeping its read models.
     pub async fn drop_states(&self, model_version: i64) -> Result<u64, StorageError> {
-        let tables = ["customer_state".to_owned()];
-        self.delete_customer_rows(&tables, "customer_state", model_version)
+        let tables = [STATES_TABLE.to_owned()];
+        self.delete_customer_rows(&tables, STATES_TABLE, model_version)
             .await
     }
 

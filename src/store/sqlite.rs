@@ -117,10 +117,12 @@ const VACUUM_STEP_PAGES: i64 = 2_048;
 /// lock is never held for long. Returns the pages released (0 on a file
 /// without auto-vacuum, whose free pages are reused by later writes).
 pub async fn reclaim_free_pages(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    // `PRAGMA auto_vacuum` answers 0 (none), 1 (full) or 2 (incremental).
+    const INCREMENTAL: i64 = 2;
     let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
         .fetch_one(pool)
         .await?;
-    if mode != 2 {
+    if mode != INCREMENTAL {
         return Ok(0);
     }
     // Bounded by the pages free at the start: pages other writers free
