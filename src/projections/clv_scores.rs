@@ -293,14 +293,25 @@ impl ClvPopulation {
         let unit = rules.model.time_unit.days();
         let end = day_number(as_of.date_naive());
         let groups = fit_groups(&self.histories, end, unit);
-        let purchase = if customers == 0 {
-            None
-        } else {
-            fit_purchase_model_on(&groups, rules.model.purchase_model, &FitOptions::refit())
-                .map_err(|e| tracing::warn!(customers, "CLV models not fitted: {e}"))
-                .ok()
-        };
-        let spend = match (&purchase, self.spends, self.spend_error) {
+        // The two models are independent: the spend model is fitted on
+        // another core while the purchase model is (a second each at a
+        // million customers), and dropped when there is no purchase model.
+        let (purchase, spend) = std::thread::scope(|scope| {
+            let spend = self.spends.map(|spends| {
+                scope.spawn(move || GammaGammaParams::fit(&spends.finish(), &FitOptions::refit()))
+            });
+            let purchase = if customers == 0 {
+                None
+            } else {
+                fit_purchase_model_on(&groups, rules.model.purchase_model, &FitOptions::refit())
+                    .map_err(|e| tracing::warn!(customers, "CLV models not fitted: {e}"))
+                    .ok()
+            };
+            let spend =
+                spend.map(|fit| fit.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (purchase, spend)
+        });
+        let spend = match (&purchase, spend, self.spend_error) {
             (None, _, _) => None,
             (Some(_), _, Some(e)) => {
                 tracing::warn!(
@@ -310,17 +321,15 @@ impl ClvPopulation {
                 None
             }
             (Some(_), None, None) => None,
-            (Some(_), Some(spends), None) => {
-                GammaGammaParams::fit(&spends.finish(), &FitOptions::refit())
-                    .map(|fit| fit.params)
-                    .map_err(|e| {
-                        tracing::warn!(
-                            customers,
-                            "spend model not fitted, CLV left empty (P(alive) kept): {e}"
-                        )
-                    })
-                    .ok()
-            }
+            (Some(_), Some(fitted), None) => fitted
+                .map(|fit| fit.params)
+                .map_err(|e| {
+                    tracing::warn!(
+                        customers,
+                        "spend model not fitted, CLV left empty (P(alive) kept): {e}"
+                    )
+                })
+                .ok(),
         };
         let mut keys = self.keys;
         // Recency: days since the last purchase, negated (later is better).
