@@ -119,9 +119,10 @@ async fn silent_customers_change_stage_and_raise_alerts_on_time_across_a_restart
     caught_up(&server).await;
     let pool = sqlx::SqlitePool::connect(&server.url).await.unwrap();
     let stages: Vec<String> = sqlx::query(
-        "SELECT to_stage FROM lifecycle_transitions WHERE customer_id = 'quiet' \
-         AND model_version = (SELECT model_version FROM projection_versions WHERE status = 'active') \
-         ORDER BY seq",
+        "SELECT s.name FROM lifecycle_transitions t JOIN lifecycle_stages s ON s.code = t.to_stage \
+         WHERE t.customer_id = 'quiet' \
+         AND t.model_version = (SELECT model_version FROM projection_versions WHERE status = 'active') \
+         ORDER BY t.seq",
     )
     .fetch_all(&pool)
     .await

@@ -77,7 +77,7 @@ impl History {
         fold_as_of(rules, &self.events, at)
             .1
             .into_iter()
-            .map(|t| (t.from, t.to, t.at, t.cause))
+            .map(|t| (t.from, t.to, t.at, t.cause.to_string()))
             .collect()
     }
 }

@@ -151,7 +151,7 @@ async fn check(steps: Vec<Step>, batch: usize) {
                 (
                     t.to.as_str().to_owned(),
                     journey_ledger::domain::envelope::display_instant(&t.at),
-                    t.cause.clone(),
+                    t.cause.to_string(),
                 )
             })
             .collect();

@@ -714,7 +714,7 @@ pub struct AlertsFoldState {
     pub alerts: AlertState,
     /// The latest fall into the high-value rule's stage: instant and cause.
     #[serde(with = "crate::projections::compact::instant_pair_opt")]
-    pub entered: Option<(DateTime<Utc>, String)>,
+    pub entered: Option<(DateTime<Utc>, crate::projections::lifecycle::Cause)>,
     /// Alerts already written as `churn_alerts` rows: fired alerts leave the
     /// state once written, and this numbers the next one.
     pub written: u32,
@@ -755,7 +755,7 @@ impl Alerts {
     ) {
         for t in transitions {
             if t.to.as_str() == self.rules.high_value_at_risk.stage {
-                state.entered = Some((t.at, t.cause.clone()));
+                state.entered = Some((t.at, t.cause));
             }
         }
     }
@@ -767,7 +767,12 @@ impl Alerts {
         let first = state.written as usize;
         for (i, alert) in state.alerts.alerts.drain(..).enumerate() {
             let i = first + i;
-            let ids: Vec<String> = alert.event_ids.iter().map(Uuid::to_string).collect();
+            // The ids end to end, 16 bytes each.
+            let ids: Vec<u8> = alert
+                .event_ids
+                .iter()
+                .flat_map(|id| *id.as_bytes())
+                .collect();
             out.push(Row {
                 table: "churn_alerts",
                 customer_id: customer.as_str().to_owned(),
@@ -775,7 +780,7 @@ impl Alerts {
                     Value::Int(i as i64 + 1),
                     alert.rule.as_str().into(),
                     Value::Int(alert.at.timestamp_micros()),
-                    ids.join(",").into(),
+                    Value::Bytes(ids),
                     alert.detail.into(),
                 ],
             });
@@ -849,9 +854,9 @@ impl Alerts {
         if stage.stage.is_some() {
             stage.advance_to(&self.lifecycle, t, &mut transitions);
         }
-        let mut entered = state.entered.clone();
+        let mut entered = state.entered;
         for change in transitions.iter().filter(|c| c.to.as_str() == rule.stage) {
-            entered = Some((change.at, change.cause.clone()));
+            entered = Some((change.at, change.cause));
         }
         let in_stage = stage.stage.is_some_and(|s| s.as_str() == rule.stage);
         let (at, cause) = entered.filter(|_| in_stage)?;
@@ -863,7 +868,7 @@ impl Alerts {
                 AlertRule::HighValueAtRisk.as_str().into(),
                 Value::Int(at.timestamp_micros()),
                 tier.into(),
-                cause.into(),
+                cause.to_string().into(),
             ],
         })
     }

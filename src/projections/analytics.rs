@@ -167,24 +167,17 @@ pub async fn stage_table(db: &ReadModelDb) -> Result<StageTable, RunnerError> {
         return Ok(StageTable { months: Vec::new() });
     };
     let mut flows = StageFlowAccumulator::default();
-    for row in db.dump(&lifecycle::TABLES[1], v, None).await? {
-        let at = row[4]
-            .as_deref()
-            .and_then(|x| x.parse().ok())
-            .and_then(DateTime::from_timestamp_micros);
-        let (Some(customer), Some(to), Some(at)) = (&row[0], &row[3], at) else {
-            continue;
-        };
+    for change in lifecycle::stage_changes(db, v).await? {
         // Customers' tables run to their clock or their last event, which
         // may be later than the snapshot: the last month ends at it.
-        if at > snapshot {
+        if change.at > snapshot {
             continue;
         }
         flows.record(&StageTransitionFact {
-            customer: customer.clone(),
-            from: row[2].clone(),
-            to: to.clone(),
-            at,
+            customer: change.customer_id,
+            from: change.from.map(|s| s.as_str().to_owned()),
+            to: change.to.as_str().to_owned(),
+            at: change.at,
         });
     }
     // Time rules that fired between each customer's last event and the snapshot.

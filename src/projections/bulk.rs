@@ -312,7 +312,9 @@ fn bind_value(value: &Value) -> Bind<'_> {
         Value::Int(v) => Bind::Int(*v),
         Value::Real(v) => Bind::Real(*v),
         Value::Text(v) => Bind::Text(v),
-        Value::NullInt | Value::NullReal | Value::NullText => Bind::Null,
+        Value::Uuid(v) => Bind::Blob(v.as_bytes()),
+        Value::Bytes(v) => Bind::Blob(v),
+        Value::NullInt | Value::NullReal | Value::NullText | Value::NullUuid => Bind::Null,
     }
 }
 
@@ -983,7 +985,10 @@ impl BinaryCopy {
             Value::Int(v) => self.int(*v),
             Value::Real(v) => self.real(*v),
             Value::Text(v) => self.text(v),
-            Value::NullInt | Value::NullReal | Value::NullText => self.null(),
+            // A `UUID`'s binary form is its 16 bytes.
+            Value::Uuid(v) => self.bytes(v.as_bytes()),
+            Value::Bytes(v) => self.bytes(v),
+            Value::NullInt | Value::NullReal | Value::NullText | Value::NullUuid => self.null(),
         }
     }
 

@@ -16,8 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::rules::{days, LifecycleRules};
+use super::storage::{both, ReadModelDb, StorageError};
 use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 use crate::domain::{CustomerId, DomainEvent};
+use uuid::Uuid;
 
 /// A lifecycle stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,6 +57,36 @@ impl Stage {
             Stage::Reactivated => "reactivated",
         }
     }
+
+    /// The stored code (`lifecycle_stages.code`): history rows hold a
+    /// small integer, not the name.
+    pub fn code(&self) -> i64 {
+        match self {
+            Stage::Prospect => 1,
+            Stage::New => 2,
+            Stage::Active => 3,
+            Stage::Mature => 4,
+            Stage::AtRisk => 5,
+            Stage::Dormant => 6,
+            Stage::Churned => 7,
+            Stage::Reactivated => 8,
+        }
+    }
+
+    /// The stage of a stored code.
+    pub fn from_code(code: i64) -> Option<Stage> {
+        Some(match code {
+            1 => Stage::Prospect,
+            2 => Stage::New,
+            3 => Stage::Active,
+            4 => Stage::Mature,
+            5 => Stage::AtRisk,
+            6 => Stage::Dormant,
+            7 => Stage::Churned,
+            8 => Stage::Reactivated,
+            _ => return None,
+        })
+    }
 }
 
 /// A value tier by share of revenue.
@@ -89,8 +121,117 @@ pub struct Transition {
     pub to: Stage,
     /// The instant of the change.
     pub at: DateTime<Utc>,
-    /// The event id, or `rule:<name>` for a time rule.
-    pub cause: String,
+    /// The event, or the time rule, that moved the customer.
+    pub cause: Cause,
+}
+
+/// What moved a customer to a stage. Displayed as the event id, or as
+/// `rule:<name>` (e.g. `rule:at_risk_after_90_days`); stored as a 16-byte
+/// id or a [`TimeRule::code`], never as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cause {
+    /// An event (an order, a registration, a cancellation...).
+    Event(Uuid),
+    /// Time passing, under a rule.
+    Rule(TimeRule),
+}
+
+/// The time rules of the lifecycle, with the thresholds of the rules they
+/// were applied under (a version's rules never change, so the stored code
+/// and the version's rules give the name back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeRule {
+    /// No order for `days`.
+    AtRiskAfter { days: u32 },
+    /// No order for `days`.
+    DormantAfter { days: u32 },
+    /// No order for `days`.
+    ChurnedAfter { days: u32 },
+    /// Tenure and recent orders reached.
+    MatureAfter {
+        tenure_days: u32,
+        min_orders: u32,
+        window_days: u32,
+    },
+    /// The first order is more than `days` old.
+    NewEndsAfter { days: u32 },
+    /// The comeback is more than `days` old.
+    ReactivatedEndsAfter { days: u32 },
+    /// Too few orders in the window to stay mature.
+    MatureNeeds { min_orders: u32, window_days: u32 },
+    /// Any other change time alone made.
+    ByTime(Stage),
+}
+
+impl TimeRule {
+    /// The stored code (`lifecycle_time_rules.code`; 100 + the stage's code
+    /// for [`TimeRule::ByTime`]).
+    pub fn code(&self) -> i64 {
+        match self {
+            TimeRule::AtRiskAfter { .. } => 1,
+            TimeRule::DormantAfter { .. } => 2,
+            TimeRule::ChurnedAfter { .. } => 3,
+            TimeRule::MatureAfter { .. } => 4,
+            TimeRule::NewEndsAfter { .. } => 5,
+            TimeRule::ReactivatedEndsAfter { .. } => 6,
+            TimeRule::MatureNeeds { .. } => 7,
+            TimeRule::ByTime(stage) => 100 + stage.code(),
+        }
+    }
+}
+
+impl std::fmt::Display for TimeRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimeRule::AtRiskAfter { days } => write!(f, "at_risk_after_{days}_days"),
+            TimeRule::DormantAfter { days } => write!(f, "dormant_after_{days}_days"),
+            TimeRule::ChurnedAfter { days } => write!(f, "churned_after_{days}_days"),
+            TimeRule::MatureAfter {
+                tenure_days,
+                min_orders,
+                window_days,
+            } => write!(
+                f,
+                "mature_after_{tenure_days}_days_with_{min_orders}_orders_in_{window_days}_days"
+            ),
+            TimeRule::NewEndsAfter { days } => write!(f, "new_ends_after_{days}_days"),
+            TimeRule::ReactivatedEndsAfter { days } => {
+                write!(f, "reactivated_ends_after_{days}_days")
+            }
+            TimeRule::MatureNeeds {
+                min_orders,
+                window_days,
+            } => write!(f, "mature_needs_{min_orders}_orders_in_{window_days}_days"),
+            TimeRule::ByTime(stage) => write!(f, "{}_by_time", stage.as_str()),
+        }
+    }
+}
+
+impl Cause {
+    /// The event, when an event caused the change.
+    pub fn event(&self) -> Option<Uuid> {
+        match self {
+            Cause::Event(id) => Some(*id),
+            Cause::Rule(_) => None,
+        }
+    }
+
+    /// The time rule, when time caused the change.
+    pub fn rule(&self) -> Option<TimeRule> {
+        match self {
+            Cause::Event(_) => None,
+            Cause::Rule(rule) => Some(*rule),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Event(id) => write!(f, "{id}"),
+            Cause::Rule(rule) => write!(f, "rule:{rule}"),
+        }
+    }
 }
 
 /// What the lifecycle fold remembers about one customer. Instants are µs.
@@ -225,7 +366,7 @@ impl LifecycleState {
         }
     }
 
-    fn change(&mut self, to: Option<Stage>, at: i64, cause: String, out: &mut Vec<Transition>) {
+    fn change(&mut self, to: Option<Stage>, at: i64, cause: Cause, out: &mut Vec<Transition>) {
         if to == self.stage {
             return;
         }
@@ -251,8 +392,8 @@ impl LifecycleState {
             let from = self.stage;
             let to = self.stage_at(rules, b);
             if to != from {
-                let cause = time_rule_name(rules, from, to.expect("known customer"));
-                self.change(to, b, cause, out);
+                let rule = time_rule(rules, from, to.expect("known customer"));
+                self.change(to, b, Cause::Rule(rule), out);
             }
         }
         self.set_cursor(rules, t);
@@ -288,32 +429,40 @@ impl LifecycleState {
             _ => {}
         }
         let to = self.stage_at(rules, t);
-        self.change(to, t, event.event_id.to_string(), out);
+        self.change(to, t, Cause::Event(event.event_id), out);
     }
 }
 
-/// The name of the time rule behind a time-based change.
-fn time_rule_name(rules: &LifecycleRules, from: Option<Stage>, to: Stage) -> String {
+/// The time rule behind a time-based change.
+fn time_rule(rules: &LifecycleRules, from: Option<Stage>, to: Stage) -> TimeRule {
     let s = &rules.stages;
-    let name = match (from, to) {
-        (_, Stage::AtRisk) => format!("at_risk_after_{}_days", s.at_risk.after_days),
-        (_, Stage::Dormant) => format!("dormant_after_{}_days", s.dormant.after_days),
-        (_, Stage::Churned) => format!("churned_after_{}_days", s.churned.after_days),
-        (_, Stage::Mature) => format!(
-            "mature_after_{}_days_with_{}_orders_in_{}_days",
-            s.mature.tenure_days, s.mature.min_orders, s.mature.window_days
-        ),
-        (Some(Stage::New), _) => format!("new_ends_after_{}_days", s.new.within_days),
-        (Some(Stage::Reactivated), _) => {
-            format!("reactivated_ends_after_{}_days", s.reactivated.lasts_days)
-        }
-        (Some(Stage::Mature), _) => format!(
-            "mature_needs_{}_orders_in_{}_days",
-            s.mature.min_orders, s.mature.window_days
-        ),
-        (_, to) => format!("{}_by_time", to.as_str()),
-    };
-    format!("rule:{name}")
+    match (from, to) {
+        (_, Stage::AtRisk) => TimeRule::AtRiskAfter {
+            days: s.at_risk.after_days,
+        },
+        (_, Stage::Dormant) => TimeRule::DormantAfter {
+            days: s.dormant.after_days,
+        },
+        (_, Stage::Churned) => TimeRule::ChurnedAfter {
+            days: s.churned.after_days,
+        },
+        (_, Stage::Mature) => TimeRule::MatureAfter {
+            tenure_days: s.mature.tenure_days,
+            min_orders: s.mature.min_orders,
+            window_days: s.mature.window_days,
+        },
+        (Some(Stage::New), _) => TimeRule::NewEndsAfter {
+            days: s.new.within_days,
+        },
+        (Some(Stage::Reactivated), _) => TimeRule::ReactivatedEndsAfter {
+            days: s.reactivated.lasts_days,
+        },
+        (Some(Stage::Mature), _) => TimeRule::MatureNeeds {
+            min_orders: s.mature.min_orders,
+            window_days: s.mature.window_days,
+        },
+        (_, to) => TimeRule::ByTime(to),
+    }
 }
 
 /// Value tiers of a population: customers ranked by revenue (ties by id);
@@ -389,7 +538,14 @@ pub const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "lifecycle_transitions",
-        columns: &["seq", "from_stage", "to_stage", "at_us", "cause"],
+        columns: &[
+            "seq",
+            "from_stage",
+            "to_stage",
+            "at_us",
+            "cause_event",
+            "cause_rule",
+        ],
         kind: TableKind::History,
     },
     TableSpec {
@@ -398,6 +554,49 @@ pub const TABLES: &[TableSpec] = &[
         kind: TableKind::Population,
     },
 ];
+
+/// One row of `lifecycle_transitions` as read back: the stage codes and
+/// microsecond instants decoded, so readers never index columns by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageChange {
+    /// The customer.
+    pub customer_id: String,
+    /// The stage left (none for a customer's first stage).
+    pub from: Option<Stage>,
+    /// The stage entered.
+    pub to: Stage,
+    /// When the customer entered `to`.
+    pub at: DateTime<Utc>,
+}
+
+/// Every stage change of a version, by customer and sequence.
+pub async fn stage_changes(
+    db: &ReadModelDb,
+    model_version: i64,
+) -> Result<Vec<StageChange>, StorageError> {
+    const SQL: &str = "SELECT customer_id, from_stage, to_stage, at_us FROM lifecycle_transitions \
+                       WHERE model_version = $1 ORDER BY customer_id, seq";
+    let rows: Vec<(String, Option<i64>, i64, i64)> = both!(db, pool => {
+        sqlx::query_as(SQL).bind(model_version).fetch_all(pool).await?
+    });
+    rows.into_iter()
+        .map(|(customer_id, from, to, at_us)| {
+            let stage = |code: i64| {
+                Stage::from_code(code).ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "lifecycle_transitions of {customer_id}: unknown stage code {code}"
+                    ))
+                })
+            };
+            Ok(StageChange {
+                from: from.map(stage).transpose()?,
+                to: stage(to)?,
+                at: from_us(at_us),
+                customer_id: customer_id.clone(),
+            })
+        })
+        .collect()
+}
 
 impl Lifecycle {
     /// [`CustomerFold::apply`] that also hands the stage changes to
@@ -443,10 +642,11 @@ impl Lifecycle {
                 customer_id: customer.as_str().to_owned(),
                 values: vec![
                     Value::Int(first_seq + i as i64 + 1),
-                    t.from.map(|s| s.as_str()).into(),
-                    t.to.as_str().into(),
+                    t.from.map(|s| s.code()).into(),
+                    Value::Int(t.to.code()),
                     Value::Int(to_us(t.at)),
-                    t.cause.as_str().into(),
+                    t.cause.event().into(),
+                    t.cause.rule().map(|r| r.code()).into(),
                 ],
             });
         }

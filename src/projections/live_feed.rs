@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::lifecycle::Stage;
 use super::storage::{both, ReadModelDb, StorageError};
 use super::{Row, Value};
 
@@ -48,8 +49,9 @@ pub enum FeedItem {
 
 impl FeedItem {
     /// The feed items among a batch's new history rows
-    /// (`lifecycle_transitions`: seq, from_stage, to_stage, at_us, cause;
-    /// `churn_alerts`: seq, rule, at_us, event_ids, detail).
+    /// (`lifecycle_transitions`: seq, from_stage, to_stage, at_us, … with
+    /// stages as codes; `churn_alerts`: seq, rule, at_us, event_ids,
+    /// detail).
     pub fn from_history(rows: &[Row]) -> Vec<FeedItem> {
         rows.iter()
             .filter_map(|row| {
@@ -57,8 +59,8 @@ impl FeedItem {
                 match row.table {
                     "lifecycle_transitions" => Some(FeedItem::Stage {
                         customer_id: row.customer_id.clone(),
-                        from: text(v.get(1)?),
-                        to: text(v.get(2)?)?,
+                        from: stage(v.get(1)?),
+                        to: stage(v.get(2)?)?,
                         at: instant(v.get(3)?)?,
                     }),
                     "churn_alerts" => Some(FeedItem::Alert {
@@ -144,6 +146,14 @@ impl FeedItem {
 fn text(value: &Value) -> Option<String> {
     match value {
         Value::Text(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// A stage name from a history row's stage code.
+fn stage(value: &Value) -> Option<String> {
+    match value {
+        Value::Int(code) => Stage::from_code(*code).map(|s| s.as_str().to_owned()),
         _ => None,
     }
 }

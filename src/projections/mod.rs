@@ -132,6 +132,13 @@ pub enum Value {
     NullInt,
     /// SQL NULL in a text column.
     NullText,
+    /// An id (an event's): 16 bytes, a `BLOB` on SQLite, a `UUID` on
+    /// PostgreSQL, instead of 36 characters of text.
+    Uuid(Uuid),
+    /// SQL NULL in an id column.
+    NullUuid,
+    /// Raw bytes (`BLOB` / `BYTEA`), e.g. several ids end to end.
+    Bytes(Vec<u8>),
 }
 
 impl From<i64> for Value {
@@ -147,6 +154,11 @@ impl From<Option<i64>> for Value {
 impl From<Option<f64>> for Value {
     fn from(v: Option<f64>) -> Self {
         v.map_or(Value::NullReal, Value::Real)
+    }
+}
+impl From<Option<Uuid>> for Value {
+    fn from(v: Option<Uuid>) -> Self {
+        v.map_or(Value::NullUuid, Value::Uuid)
     }
 }
 impl From<&str> for Value {

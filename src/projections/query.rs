@@ -145,7 +145,7 @@ fn view_transition(t: &Transition) -> TransitionView {
         from: t.from.map(|s| s.as_str().to_owned()),
         to: t.to.as_str().to_owned(),
         at: show(t.at),
-        cause: t.cause.clone(),
+        cause: t.cause.to_string(),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::domain::CustomerId;
 
 /// The binary state format this build writes and reads. Bump it whenever
 /// [`CustomerState`] or a fold state changes shape.
-pub const STATE_FORMAT: u8 = 3;
+pub const STATE_FORMAT: u8 = 4;
 
 /// Why a stored state could not be read.
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -90,6 +90,9 @@ pub enum StorageError {
         /// Values in the row.
         got: usize,
     },
+    /// A stored value this build cannot read (e.g. an unknown stage code).
+    #[error("read-model row: {0}")]
+    Corrupt(String),
 }
 
 /// A connection pool to the read-model database.
@@ -164,6 +167,15 @@ macro_rules! push_value {
             }
             Value::NullText => {
                 $sep.push_bind(None::<String>);
+            }
+            Value::Uuid(v) => {
+                $sep.push_bind(*v);
+            }
+            Value::NullUuid => {
+                $sep.push_bind(None::<uuid::Uuid>);
+            }
+            Value::Bytes(v) => {
+                $sep.push_bind(v.clone());
             }
         }
     };
@@ -672,7 +684,7 @@ impl ReadModelDb {
                 table
                     .columns
                     .iter()
-                    .map(|c| format!("CAST(t{i}.{c} AS TEXT)")),
+                    .map(|c| self.as_text(&format!("t{i}.{c}"))),
             );
             joins.push_str(&format!(
                 " LEFT JOIN {} t{i} ON t{i}.model_version = v.model_version AND t{i}.customer_id = $2",
@@ -754,6 +766,18 @@ impl ReadModelDb {
         }))
     }
 
+    /// A column as text in SQL: ids and bytes as hexadecimal (PostgreSQL
+    /// renders a `UUID` with dashes and a `BYTEA` as `\x…` by itself).
+    fn as_text(&self, column: &str) -> String {
+        match self {
+            ReadModelDb::Sqlite(_) => format!(
+                "CASE WHEN typeof({column}) = 'blob' THEN lower(hex({column})) \
+                 ELSE CAST({column} AS TEXT) END"
+            ),
+            ReadModelDb::Postgres(_) => format!("CAST({column} AS TEXT)"),
+        }
+    }
+
     /// Rows of `table` in a version as text, ordered by every column, for
     /// comparisons and reports. `customer` narrows to one customer.
     pub async fn dump(
@@ -764,7 +788,7 @@ impl ReadModelDb {
     ) -> Result<Vec<Vec<Option<String>>>, StorageError> {
         let mut cols = vec!["customer_id"];
         cols.extend(table.columns.iter().copied());
-        let select: Vec<String> = cols.iter().map(|c| format!("CAST({c} AS TEXT)")).collect();
+        let select: Vec<String> = cols.iter().map(|c| self.as_text(c)).collect();
         let order: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
         let filter = if customer.is_some() {
             " AND customer_id = $2"
