@@ -161,17 +161,6 @@ fn alert_ids() -> Vec<u8> {
         .collect()
 }
 
-const ALL_STAGES: [Stage; 8] = [
-    Stage::Prospect,
-    Stage::New,
-    Stage::Active,
-    Stage::Mature,
-    Stage::AtRisk,
-    Stage::Dormant,
-    Stage::Churned,
-    Stage::Reactivated,
-];
-
 fn all_rules() -> Vec<TimeRule> {
     let mut rules = vec![
         TimeRule::AtRiskAfter { days: 1 },
@@ -189,7 +178,7 @@ fn all_rules() -> Vec<TimeRule> {
             window_days: 10,
         },
     ];
-    rules.extend(ALL_STAGES.map(TimeRule::ByTime));
+    rules.extend(Stage::ALL.map(TimeRule::ByTime));
     rules
 }
 
@@ -249,7 +238,7 @@ async fn sqlite_history_rows_are_converted_to_codes_and_ids() {
     .unwrap();
     assert_eq!(name, "prospect_by_time");
     // The reference tables name what the build's codes mean.
-    for stage in ALL_STAGES {
+    for stage in Stage::ALL {
         let name: String = sqlx::query_scalar("SELECT name FROM lifecycle_stages WHERE code = ?")
             .bind(stage.code())
             .fetch_one(&mut conn)

@@ -44,6 +44,18 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in lifecycle order.
+    pub const ALL: [Stage; 8] = [
+        Stage::Prospect,
+        Stage::New,
+        Stage::Active,
+        Stage::Mature,
+        Stage::AtRisk,
+        Stage::Dormant,
+        Stage::Churned,
+        Stage::Reactivated,
+    ];
+
     /// The stored name.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -73,19 +85,9 @@ impl Stage {
         }
     }
 
-    /// The stage of a stored code.
+    /// The stage of a stored code (the inverse of [`Stage::code`]).
     pub fn from_code(code: i64) -> Option<Stage> {
-        Some(match code {
-            1 => Stage::Prospect,
-            2 => Stage::New,
-            3 => Stage::Active,
-            4 => Stage::Mature,
-            5 => Stage::AtRisk,
-            6 => Stage::Dormant,
-            7 => Stage::Churned,
-            8 => Stage::Reactivated,
-            _ => return None,
-        })
+        Stage::ALL.into_iter().find(|stage| stage.code() == code)
     }
 }
 
