@@ -109,18 +109,65 @@ pub(crate) struct GroupQueue {
 
 impl GroupQueue {
     /// Commits groups with `commit` until every handle is dropped, with
-    /// the same grouping and one-by-one fallback as the async committer.
+    /// the same grouping and one-by-one fallback as the async committer,
+    /// answering each group as soon as its commit returns.
     pub fn serve(
         mut self,
         mut commit: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
     ) {
         while let Some(first) = self.requests.blocking_recv() {
             let (writes, replies) = take_group(first, &mut self.requests);
-            let results = match commit(&writes) {
-                Ok(results) => results,
-                Err(failed) => one_by_one(failed, &writes, |one| commit(one)),
-            };
-            answer(replies, results);
+            answer(replies, commit_or_split(&writes, &mut commit));
+        }
+    }
+
+    /// As [`GroupQueue::serve`], for a `commit` that returns before its
+    /// log write is on disk: groups are answered by a second thread once
+    /// `flusher` has made them durable, while this one commits the next.
+    /// One flush covers every group committed before it starts, so the
+    /// wait for the disk overlaps the next group's work instead of adding
+    /// to it. Should a flush fail, the groups it covered are answered with
+    /// the failure, and every later append is refused: after a failed
+    /// flush the kernel may have dropped the unwritten pages, so nothing
+    /// this process acknowledges afterwards could be trusted.
+    pub fn serve_flushed(
+        mut self,
+        mut commit: impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
+        flusher: Flusher,
+    ) {
+        let failed = Arc::new(std::sync::OnceLock::<String>::new());
+        let (to_flush, committed) = std::sync::mpsc::channel::<Answers>();
+        let flushing = {
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("journey-sqlite-flush".to_owned())
+                .spawn(move || flusher.run(committed, &failed))
+        };
+        if let Err(e) = flushing {
+            let why = format!("starting the flush thread: {e}");
+            return self.refuse_all(|| StoreError::Backend {
+                backend: "sqlite",
+                message: why.clone(),
+            });
+        }
+        while let Some(first) = self.requests.blocking_recv() {
+            let (writes, replies) = take_group(first, &mut self.requests);
+            if let Some(why) = failed.get() {
+                answer(
+                    replies,
+                    writes.iter().map(|_| Err(unflushed(why))).collect(),
+                );
+                continue;
+            }
+            let results = commit_or_split(&writes, &mut commit);
+            if let Err(lost) = to_flush.send((replies, results)) {
+                let (replies, _) = lost.0;
+                let why = "the flush thread stopped";
+                answer(
+                    replies,
+                    writes.iter().map(|_| Err(unflushed(why))).collect(),
+                );
+            }
         }
     }
 
@@ -129,6 +176,84 @@ impl GroupQueue {
         while let Some(request) = self.requests.blocking_recv() {
             let _ = request.reply.send(Err(why()));
         }
+    }
+}
+
+/// A committed group's replies and results, waiting for their flush.
+type Answers = (Vec<oneshot::Sender<RequestResult>>, Vec<RequestResult>);
+
+/// Makes committed groups durable before they are answered (see
+/// [`GroupQueue::serve_flushed`]).
+pub(crate) struct Flusher {
+    /// Forces the log to disk (`fdatasync` of the WAL file).
+    pub flush: Box<dyn FnMut() -> std::io::Result<()> + Send>,
+    /// The last position committed, read before each flush: everything up
+    /// to it is durable once the flush returns.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Where durable positions are announced to subscribers.
+    pub published: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Flusher {
+    fn run(
+        mut self,
+        committed: std::sync::mpsc::Receiver<Answers>,
+        failed: &std::sync::OnceLock<String>,
+    ) {
+        use std::sync::atomic::Ordering;
+        while let Ok(first) = committed.recv() {
+            let mut waiting = vec![first];
+            waiting.extend(committed.try_iter());
+            // Every group taken above returned from its commit before this
+            // read, so the flush below covers it.
+            let durable = self.committed.load(Ordering::Acquire);
+            match failed
+                .get()
+                .map(|why| Err(why.clone()))
+                .unwrap_or_else(|| (self.flush)().map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    super::batch::advance_head(&self.published, durable);
+                    for (replies, results) in waiting {
+                        answer(replies, results);
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(error = %why,
+                        "flushing the event log failed; this process refuses appends from now on");
+                    let _ = failed.set(why.clone());
+                    for (replies, results) in waiting {
+                        answer(
+                            replies,
+                            results.iter().map(|_| Err(unflushed(&why))).collect(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The answer to an append whose durability is unknown.
+fn unflushed(why: &str) -> StoreError {
+    StoreError::Backend {
+        backend: "sqlite",
+        message: format!(
+            "the event log could not be flushed to disk ({why}); the append may or may not \
+             be stored, and this process refuses appends until it is restarted"
+        ),
+    }
+}
+
+/// Commits a group; should its transaction fail as a whole, commits its
+/// requests one by one.
+fn commit_or_split(
+    writes: &[Vec<StreamWrite>],
+    commit: &mut impl FnMut(&[Vec<StreamWrite>]) -> Result<Vec<RequestResult>, StoreError>,
+) -> Vec<RequestResult> {
+    match commit(writes) {
+        Ok(results) => results,
+        Err(failed) => one_by_one(failed, writes, |one| commit(one)),
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_append;
+mod sqlite_checkpoint;
 pub mod sqlite_raw;
 pub mod subscription;
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::batch;
-use super::group_commit::GroupCommitter;
+use super::group_commit::{Flusher, GroupCommitter};
 use super::sqlite_append::Appender;
+use super::sqlite_checkpoint::Checkpoints;
 use super::sqlite_raw::RawConnection;
 use super::{
     AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
@@ -53,6 +55,13 @@ const CROSS_PROCESS_POLL: Duration = Duration::from_millis(200);
 /// disappear although they were acknowledged (a process crash loses
 /// nothing). Other query parameters are sqlx's.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    let (url, synchronous) = split_synchronous(url)?;
+    Ok(SqliteConnectOptions::from_str(&url)?.synchronous(synchronous))
+}
+
+/// The URL without its `synchronous` parameter, and that parameter
+/// (`full` when absent).
+fn split_synchronous(url: &str) -> Result<(String, SqliteSynchronous), sqlx::Error> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut synchronous = SqliteSynchronous::Full;
     let mut rest = Vec::new();
@@ -77,7 +86,7 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok(SqliteConnectOptions::from_str(&url)?.synchronous(synchronous))
+    Ok((url, synchronous))
 }
 
 /// Options for opening the file read-write, creating it if missing, in
@@ -290,7 +299,16 @@ pub async fn open_read_only_pool(
 /// Measured with `bench ingest` (4 clients × Segment batches of 100, 30 s):
 /// 1,000 pages 17.5k events/s, 4,000 pages 21.1k, 8,000 pages 21.5k with a
 /// worse p99 (45 → 64 ms). Costs a WAL file of up to ~16 MiB.
+/// Only used when the WAL checkpointer cannot start (see
+/// [`super::sqlite_checkpoint`], which otherwise takes over).
 const COMMITTER_WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+
+/// The committer's page cache, as SQLite's negative `cache_size` (KiB).
+/// Appends touch a few pages of each index per event and the OS caches
+/// the file anyway; a larger cache only made each commit slower
+/// (`bench append --writers 16`, 6 s, one run each: 64 MiB 19.3k
+/// events/s, 16 MiB 21.0k, 8 MiB 22.2k / 20.4k).
+const COMMITTER_CACHE_KIB: i64 = -16_384;
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
@@ -308,12 +326,19 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
-        let committer_options = options.pragma(
-            "wal_autocheckpoint",
-            COMMITTER_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+        let committer_options = options
+            .pragma(
+                "wal_autocheckpoint",
+                COMMITTER_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+            )
+            .pragma("cache_size", COMMITTER_CACHE_KIB.to_string());
+        let (_, synchronous) = split_synchronous(url)?;
+        let flush_before_ack = matches!(
+            synchronous,
+            SqliteSynchronous::Full | SqliteSynchronous::Extra
         );
         let head = Arc::new(watch::channel(0).0);
-        let committer = start_committer(committer_options, head.clone()).await?;
+        let committer = start_committer(committer_options, head.clone(), flush_before_ack).await?;
         let store = Self {
             reader,
             write: Some(WritePath { writer, committer }),
@@ -430,14 +455,35 @@ async fn stream_heads(
 
 /// Opens the committer's own connection and starts the committer thread
 /// on it (see [`super::sqlite_append`]).
+///
+/// With `flush_before_ack` (`synchronous=full` or `extra`, the default),
+/// the committer's own commits skip SQLite's flush (`synchronous=normal`)
+/// and a second thread flushes the WAL file before any append is answered
+/// (see [`super::group_commit::GroupQueue::serve_flushed`]): acknowledged still means on disk,
+/// but the next group is written while the disk works. What this costs:
+/// another connection may read a group up to one flush (about a
+/// millisecond) before it is durable, so after a power loss a reader in
+/// another process could have seen an event that the file no longer holds
+/// (never one that was acknowledged). Read models in the same file cannot:
+/// the WAL is recovered as a prefix, and their writes come after the
+/// events they fold. Where the WAL file cannot be opened (an in-memory
+/// database), the committer keeps SQLite's own flush instead.
 async fn start_committer(
     options: SqliteConnectOptions,
     head: Arc<watch::Sender<u64>>,
+    flush_before_ack: bool,
 ) -> Result<GroupCommitter, StoreError> {
     use sqlx::ConnectOptions;
+    let wal_path = {
+        let mut name = options.get_filename().as_os_str().to_owned();
+        name.push("-wal");
+        std::path::PathBuf::from(name)
+    };
     let mut conn = options.connect().await?;
+    let checkpoints = start_checkpointer(&options).await;
     let committer = GroupCommitter::start_on_thread("journey-sqlite-commit", move |queue| {
-        let raw = match RawConnection::lock(&mut conn) {
+        let _stop_checkpointer = checkpoints.as_ref().map(Checkpoints::stop_when_dropped);
+        let mut raw = match RawConnection::lock(&mut conn) {
             Ok(raw) => raw,
             Err(e) => {
                 let why = e.to_string();
@@ -447,9 +493,32 @@ async fn start_committer(
                 });
             }
         };
-        let prepared = Appender::prepare(&raw, head);
-        match prepared {
-            Ok(mut appender) => queue.serve(|group| appender.commit_group(group)),
+        let committed = Arc::new(AtomicU64::new(0));
+        let flusher = match flush_before_ack {
+            true => wal_flusher(&raw, &wal_path, committed.clone(), head.clone()),
+            false => None,
+        };
+        let published = flusher.is_none().then_some(head);
+        if let Some(checkpoints) = &checkpoints {
+            raw.count_wal_frames(checkpoints.frame_counter());
+        }
+        let after_commit = |raw: &RawConnection<'_>| {
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.after_commit(raw);
+            }
+        };
+        match Appender::prepare(&raw, committed, published) {
+            Ok(mut appender) => {
+                let commit = |group: &[Vec<StreamWrite>]| {
+                    let results = appender.commit_group(group);
+                    after_commit(&raw);
+                    results
+                };
+                match flusher {
+                    Some(flusher) => queue.serve_flushed(commit, flusher),
+                    None => queue.serve(commit),
+                }
+            }
             Err(e) => {
                 let why = e.to_string();
                 queue.refuse_all(|| StoreError::Backend {
@@ -464,6 +533,70 @@ async fn start_committer(
         message: format!("starting the committer thread: {e}"),
     })?;
     Ok(committer)
+}
+
+/// Starts the WAL checkpointer on a connection of its own (see
+/// [`super::sqlite_checkpoint`]); `None` when it cannot, and the committer
+/// then leaves checkpoints to SQLite as before.
+async fn start_checkpointer(options: &SqliteConnectOptions) -> Option<Arc<Checkpoints>> {
+    use sqlx::ConnectOptions;
+    let mut conn = match options.connect().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "no WAL checkpointer connection; commits checkpoint");
+            return None;
+        }
+    };
+    let checkpoints = Checkpoints::new();
+    let shared = checkpoints.clone();
+    let (started, ready) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("journey-sqlite-checkpoint".to_owned())
+        .spawn(move || match RawConnection::lock(&mut conn) {
+            Ok(raw) => {
+                let _ = started.send(true);
+                shared.run(&raw);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpointer connection");
+                let _ = started.send(false);
+            }
+        });
+    let running = spawned.is_ok()
+        && tokio::task::spawn_blocking(move || ready.recv().unwrap_or(false))
+            .await
+            .unwrap_or(false);
+    running.then_some(checkpoints)
+}
+
+/// A flusher for the committer's WAL file, with the committer's connection
+/// switched to `synchronous=normal`; `None` (and the connection left as
+/// it was) when the file cannot be opened.
+fn wal_flusher(
+    raw: &RawConnection<'_>,
+    wal_path: &std::path::Path,
+    committed: Arc<AtomicU64>,
+    published: Arc<watch::Sender<u64>>,
+) -> Option<Flusher> {
+    // A read makes this connection open the WAL, which SQLite then keeps
+    // (same file, same inode) for as long as any connection is open: this
+    // one lives as long as the committer, so the handle below always
+    // names the live log.
+    raw.execute("SELECT COUNT(*) FROM sqlite_schema").ok()?;
+    let wal = match std::fs::File::open(wal_path) {
+        Ok(wal) => wal,
+        Err(e) => {
+            tracing::debug!(path = %wal_path.display(), error = %e,
+                "no WAL file to flush; commits flush themselves");
+            return None;
+        }
+    };
+    raw.execute("PRAGMA synchronous = NORMAL").ok()?;
+    Some(Flusher {
+        flush: Box::new(move || wal.sync_data()),
+        committed,
+        published,
+    })
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@
 //! the plan is then final, and a retry costs nothing extra.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -38,14 +39,19 @@ pub(crate) struct Appender<'a, 'c> {
     stored: Statement<'a>,
     insert: Statement<'a>,
     move_head: Statement<'a>,
-    published: Arc<watch::Sender<u64>>,
+    committed: Arc<AtomicU64>,
+    published: Option<Arc<watch::Sender<u64>>>,
 }
 
 impl<'a, 'c> Appender<'a, 'c> {
-    /// Prepares the statements on `conn`.
+    /// Prepares the statements on `conn`. The last committed position is
+    /// kept in `committed`; with `published`, subscribers are told at once
+    /// (when commits are durable as they return), otherwise whoever makes
+    /// them durable tells them.
     pub fn prepare(
         conn: &'a RawConnection<'c>,
-        published: Arc<watch::Sender<u64>>,
+        committed: Arc<AtomicU64>,
+        published: Option<Arc<watch::Sender<u64>>>,
     ) -> Result<Self, StoreError> {
         let columns = super::sqlite::COLUMNS;
         Ok(Self {
@@ -72,6 +78,7 @@ impl<'a, 'c> Appender<'a, 'c> {
                      head_hash = excluded.head_hash",
                 )
                 .map_err(raw)?,
+            committed,
             published,
         })
     }
@@ -90,7 +97,10 @@ impl<'a, 'c> Appender<'a, 'c> {
                     return Err(raw(e));
                 }
                 if let Some(last) = last {
-                    batch::advance_head(&self.published, last);
+                    self.committed.fetch_max(last, Ordering::Release);
+                    if let Some(published) = &self.published {
+                        batch::advance_head(published, last);
+                    }
                 }
                 Ok(results)
             }

@@ -14,9 +14,11 @@
 //! [`Statement`] borrows the connection, and a row's text borrows the
 //! statement until the next step, so no pointer outlives what it points to.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use libsqlite3_sys as ffi;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
@@ -49,7 +51,33 @@ fn error(db: *mut ffi::sqlite3, code: c_int, during: &str) -> RawError {
 /// A connection whose handle is locked away from sqlx's worker thread.
 pub struct RawConnection<'c> {
     handle: NonNull<ffi::sqlite3>,
+    /// The counter a WAL hook writes to, kept alive while it is installed.
+    wal_frames: Option<Arc<AtomicU32>>,
     _guard: LockedSqliteHandle<'c>,
+}
+
+/// Where a checkpoint left the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalProgress {
+    /// Frames in the WAL.
+    pub frames: u32,
+    /// Frames copied back into the database file.
+    pub backfilled: u32,
+}
+
+/// Stores the WAL's frame count after each commit (see
+/// [`RawConnection::count_wal_frames`]).
+extern "C" fn store_wal_frames(
+    counter: *mut c_void,
+    _db: *mut ffi::sqlite3,
+    _schema: *const c_char,
+    frames: c_int,
+) -> c_int {
+    // SAFETY: `counter` is the `Arc<AtomicU32>` the connection keeps alive
+    // for as long as this hook is installed.
+    let counter = unsafe { &*(counter as *const AtomicU32) };
+    counter.store(frames.max(0) as u32, Ordering::Release);
+    ffi::SQLITE_OK
 }
 
 // The handle is only used from the thread holding the `RawConnection`.
@@ -62,7 +90,45 @@ impl<'c> RawConnection<'c> {
         let handle = guard.as_raw_handle();
         Ok(Self {
             handle,
+            wal_frames: None,
             _guard: guard,
+        })
+    }
+
+    /// After each commit, stores the number of frames in the WAL in
+    /// `frames`. This replaces SQLite's automatic checkpoints on this
+    /// connection (they are a WAL hook too): whoever counts checkpoints.
+    pub fn count_wal_frames(&mut self, frames: Arc<AtomicU32>) {
+        let context = Arc::as_ptr(&frames) as *mut c_void;
+        // SAFETY: valid handle; `context` stays valid while `self` holds
+        // the Arc, and `Drop` removes the hook before letting it go.
+        unsafe {
+            ffi::sqlite3_wal_hook(self.db(), Some(store_wal_frames), context);
+        }
+        self.wal_frames = Some(frames);
+    }
+
+    /// A passive checkpoint: copies back what WAL frames it can without
+    /// waiting for anyone (writers go on appending meanwhile).
+    pub fn checkpoint_passive(&self) -> Result<WalProgress, RawError> {
+        let (mut frames, mut backfilled) = (0, 0);
+        // SAFETY: valid handle; "main" is NUL-terminated; the out-pointers
+        // are live locals.
+        let code = unsafe {
+            ffi::sqlite3_wal_checkpoint_v2(
+                self.db(),
+                c"main".as_ptr(),
+                ffi::SQLITE_CHECKPOINT_PASSIVE,
+                &mut frames,
+                &mut backfilled,
+            )
+        };
+        if code != ffi::SQLITE_OK {
+            return Err(self.error(code, "a passive checkpoint"));
+        }
+        Ok(WalProgress {
+            frames: frames.max(0) as u32,
+            backfilled: backfilled.max(0) as u32,
         })
     }
 
@@ -132,6 +198,17 @@ pub struct Statement<'c> {
     /// Borrows the connection (and is neither `Send` nor `Sync`, as the
     /// raw pointers say).
     _conn: PhantomData<&'c ()>,
+}
+
+impl Drop for RawConnection<'_> {
+    fn drop(&mut self) {
+        if self.wal_frames.is_some() {
+            // SAFETY: valid handle; removes the hook before its counter goes.
+            unsafe {
+                ffi::sqlite3_wal_hook(self.db(), None, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 impl Drop for Statement<'_> {
