@@ -334,3 +334,85 @@ async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request
         answer(replies, results);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A committer whose commits always succeed (each bumps the committed
+    /// position and the commit count), flushed by `flush`.
+    fn flushed_committer(
+        flush: impl FnMut() -> std::io::Result<()> + Send + 'static,
+    ) -> (
+        GroupCommitter,
+        Arc<AtomicUsize>,
+        Arc<tokio::sync::watch::Sender<u64>>,
+    ) {
+        let commits = Arc::new(AtomicUsize::new(0));
+        let published = Arc::new(tokio::sync::watch::channel(0).0);
+        let committed = Arc::new(AtomicU64::new(0));
+        let flusher = Flusher {
+            flush: Box::new(flush),
+            committed: committed.clone(),
+            published: published.clone(),
+        };
+        let counted = commits.clone();
+        let committer = GroupCommitter::start_on_thread("test-commit", move |queue| {
+            queue.serve_flushed(
+                move |group| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    committed.fetch_add(group.len() as u64, Ordering::SeqCst);
+                    Ok(group.iter().map(|_| Ok(Vec::new())).collect())
+                },
+                flusher,
+            )
+        })
+        .unwrap();
+        (committer, commits, published)
+    }
+
+    #[tokio::test]
+    async fn an_append_is_answered_only_after_the_flush_that_covers_it() {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let (committer, commits, published) = flushed_committer(move || {
+            released.lock().unwrap().recv().unwrap();
+            Ok(())
+        });
+        let committer = Arc::new(committer);
+        let appending = tokio::spawn({
+            let committer = committer.clone();
+            async move { committer.append(Vec::new()).await }
+        });
+        // Committed but not flushed: no answer, and subscribers not told.
+        while commits.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!appending.is_finished(), "answered before its flush");
+        assert_eq!(*published.borrow(), 0);
+        release.send(()).unwrap();
+        appending.await.unwrap().unwrap();
+        assert_eq!(*published.borrow(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_its_appends_and_refuses_later_ones() {
+        let (committer, commits, published) =
+            flushed_committer(|| Err(std::io::Error::other("the disk is gone")));
+        let first = committer.append(Vec::new()).await.unwrap_err().to_string();
+        assert!(
+            first.contains("could not be flushed") && first.contains("the disk is gone"),
+            "{first}"
+        );
+        let second = committer.append(Vec::new()).await.unwrap_err().to_string();
+        assert!(second.contains("refuses appends"), "{second}");
+        // The refused append was never committed, and nothing was announced.
+        assert_eq!(commits.load(Ordering::SeqCst), 1);
+        assert_eq!(*published.borrow(), 0);
+    }
+}
