@@ -304,11 +304,15 @@ pub async fn open_read_only_pool(
 const COMMITTER_WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
 
 /// The committer's page cache, as SQLite's negative `cache_size` (KiB).
-/// Appends touch a few pages of each index per event and the OS caches
-/// the file anyway; a larger cache only made each commit slower
-/// (`bench append --writers 16`, 6 s, one run each: 64 MiB 19.3k
-/// events/s, 16 MiB 21.0k, 8 MiB 22.2k / 20.4k).
-const COMMITTER_CACHE_KIB: i64 = -16_384;
+/// Small on purpose: when a B-tree page splits, SQLite renumbers the new
+/// pages through a temporary number past the 1 GiB lock page, and at the
+/// end of that transaction its page cache then visits every cached page
+/// (`pcache1TruncateUnsafe`: 12 % of the committer's samples with 64 MiB).
+/// Appends split index pages in most commits, and the OS caches the file
+/// anyway. `bench append --writers 16`, 6 s: 64 MiB 19.3k events/s (one
+/// run); then two runs each, 16 MiB 19.3k / 19.4k, 8 MiB 20.3k / 20.2k,
+/// 4 MiB 19.6k / 19.5k, 1 MiB 19.7k / 19.5k.
+const COMMITTER_CACHE_KIB: i64 = -8_192;
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the file a `sqlite://` URL names.
