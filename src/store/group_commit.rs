@@ -153,20 +153,14 @@ impl GroupQueue {
         while let Some(first) = self.requests.blocking_recv() {
             let (writes, replies) = take_group(first, &mut self.requests);
             if let Some(why) = failed.get() {
-                answer(
-                    replies,
-                    writes.iter().map(|_| Err(unflushed(why))).collect(),
-                );
+                answer(replies, unflushed(writes.len(), why));
                 continue;
             }
             let results = commit_or_split(&writes, &mut commit);
             if let Err(lost) = to_flush.send((replies, results)) {
                 let (replies, _) = lost.0;
                 let why = "the flush thread stopped";
-                answer(
-                    replies,
-                    writes.iter().map(|_| Err(unflushed(why))).collect(),
-                );
+                answer(replies, unflushed(writes.len(), why));
             }
         }
     }
@@ -223,10 +217,7 @@ impl Flusher {
                         "flushing the event log failed; this process refuses appends from now on");
                     let _ = failed.set(why.clone());
                     for (replies, results) in waiting {
-                        answer(
-                            replies,
-                            results.iter().map(|_| Err(unflushed(&why))).collect(),
-                        );
+                        answer(replies, unflushed(results.len(), &why));
                     }
                 }
             }
@@ -234,15 +225,16 @@ impl Flusher {
     }
 }
 
-/// The answer to an append whose durability is unknown.
-fn unflushed(why: &str) -> StoreError {
-    StoreError::Backend {
+/// The answers to `requests` appends whose durability is unknown.
+fn unflushed(requests: usize, why: &str) -> Vec<RequestResult> {
+    let error = || StoreError::Backend {
         backend: "sqlite",
         message: format!(
             "the event log could not be flushed to disk ({why}); the append may or may not \
              be stored, and this process refuses appends until it is restarted"
         ),
-    }
+    };
+    (0..requests).map(|_| Err(error())).collect()
 }
 
 /// Commits a group; should its transaction fail as a whole, commits its
