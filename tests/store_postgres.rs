@@ -19,3 +19,59 @@ async fn setup() -> Option<Fixture> {
 }
 
 journey_ledger::store_contract_tests!("postgres", setup);
+
+/// Two stores on one database, as two server processes are: each plans its
+/// groups without the global lock, so a stream the other grew between a
+/// plan and its write must be planned again, never overwritten or forked.
+/// Both append to the same few streams at once; every append commits, each
+/// stream's versions run 1..n with an intact hash chain, and positions stay
+/// gapless.
+#[tokio::test]
+async fn two_stores_on_one_database_share_streams_without_forking_them() {
+    use journey_ledger::audit::verify::verify_store;
+    use journey_ledger::domain::StreamId;
+    use journey_ledger::store::contract::sample_event;
+    use journey_ledger::store::{EventStore, ExpectedVersion};
+
+    const STREAMS: u64 = 3;
+    const TASKS_PER_STORE: u64 = 8;
+    const APPENDS_PER_TASK: u64 = 15;
+    let db = TempDatabase::create()
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
+    let first: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let second: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let mut tasks = Vec::new();
+    for (s, store) in [&first, &second].into_iter().enumerate() {
+        for t in 0..TASKS_PER_STORE {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..APPENDS_PER_TASK {
+                    let n = (s as u64 * TASKS_PER_STORE + t) * APPENDS_PER_TASK + i;
+                    let stream =
+                        StreamId::parse(&format!("customer-shared-{}", n % STREAMS)).unwrap();
+                    store
+                        .append(&stream, ExpectedVersion::Any, vec![sample_event(n)])
+                        .await
+                        .unwrap_or_else(|e| panic!("append {n} failed: {e}"));
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = 2 * TASKS_PER_STORE * APPENDS_PER_TASK;
+    let report = verify_store(first.clone(), |_| {}).await.unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.events, total);
+    assert_eq!(first.head_position().await.unwrap(), total);
+    let mut versions = 0;
+    for k in 0..STREAMS {
+        let stream = StreamId::parse(&format!("customer-shared-{k}")).unwrap();
+        versions += first.stream_head(&stream).await.unwrap().unwrap().version;
+    }
+    assert_eq!(versions, total, "every append is one version of its stream");
+    drop((first, second));
+    db.drop_database().await;
+}

@@ -7,9 +7,11 @@
 //! more writers only queue longer (four writers were slower than one). The
 //! committer is one task per store: it takes the first waiting request and
 //! every request queued behind it (up to [`MAX_GROUP_EVENTS`]), commits them
-//! as one transaction, answers each, and starts over. No timer: a group is
-//! whatever arrived while the previous one committed, so a lone writer pays
-//! no added wait and a crowd shares each flush.
+//! as one transaction, answers each, and starts over; a backend may have a
+//! few groups in flight at once. No timer: a group is whatever arrived
+//! while the previous one committed (and whatever the appenders ready to
+//! run add to it), so a lone writer pays no added wait and a crowd shares
+//! each flush.
 //!
 //! Each request keeps its own rules (planned by [`super::batch::plan_group`]
 //! as if committed one after another): a wrong expected version or a
@@ -20,6 +22,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::RequestResult;
@@ -28,6 +31,9 @@ use super::{StoreError, StreamWrite};
 /// Events in one group, beyond which later requests wait for the next
 /// (a request larger than this, an import batch, forms a group alone).
 pub const MAX_GROUP_EVENTS: usize = 4_096;
+
+/// Times the committer lets ready tasks run before closing a group.
+const YIELDS_BEFORE_CLOSING: usize = 2;
 
 /// Requests queued before appenders wait to enqueue.
 const QUEUE: usize = 1_024;
@@ -43,16 +49,6 @@ pub(crate) trait CommitGroup: Send + Sync + 'static {
         &self,
         group: &[Vec<StreamWrite>],
     ) -> Result<Vec<RequestResult>, StoreError>;
-
-    /// Called when a request arrives, before its group is closed. A
-    /// backend whose transaction begins with round trips that do not
-    /// depend on the group (begin, take the global lock) makes them here,
-    /// for the next [`CommitGroup::commit_group`] to continue: the writers
-    /// just answered enqueue again meanwhile and join this group instead
-    /// of waiting a whole commit for the next. A lone writer waits for
-    /// nothing it would not wait for anyway. Failing is not an error
-    /// here: `commit_group` then begins as usual and reports it.
-    async fn open_group(&self) {}
 }
 
 struct Request {
@@ -66,11 +62,12 @@ pub(crate) struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the committer task for `backend` (it ends when the handle is
-    /// dropped and the queue is drained).
-    pub fn start(backend: Arc<dyn CommitGroup>) -> Self {
+    /// Starts the committer task for `backend`, with up to `in_flight`
+    /// groups committing at once (it ends when the handle is dropped and
+    /// the queue is drained).
+    pub fn start(backend: Arc<dyn CommitGroup>, in_flight: usize) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(backend, requests));
+        tokio::spawn(run(backend, requests, in_flight.max(1)));
         Self { queue }
     }
 
@@ -306,25 +303,63 @@ fn events_in(writes: &[StreamWrite]) -> usize {
     writes.iter().map(|w| w.events.len()).sum()
 }
 
-async fn run(backend: Arc<dyn CommitGroup>, mut requests: mpsc::Receiver<Request>) {
-    while let Some(first) = requests.recv().await {
-        backend.open_group().await;
-        let (writes, replies) = take_group(first, &mut requests);
-        let results = match backend.commit_group(&writes).await {
-            Ok(results) => results,
-            Err(failed) if writes.len() == 1 => vec![Err(failed)],
-            Err(failed) => {
-                tracing::debug!(error = %failed, requests = writes.len(),
-                    "group commit failed; committing its requests one by one");
-                let mut results = Vec::with_capacity(writes.len());
-                for one in &writes {
-                    results.push(alone(backend.commit_group(std::slice::from_ref(one)).await));
+/// Takes groups off the queue and commits them, up to `in_flight` at once.
+/// A new group is taken only when one may start, so whatever queues while
+/// the pipeline is full joins the next group instead of forming groups of
+/// one.
+async fn run(
+    backend: Arc<dyn CommitGroup>,
+    mut requests: mpsc::Receiver<Request>,
+    in_flight: usize,
+) {
+    let mut committing = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = committing.next(), if !committing.is_empty() => {}
+            first = requests.recv(), if open && committing.len() < in_flight => match first {
+                Some(first) => {
+                    // The appenders the last group answered are ready to
+                    // run; letting them run first puts their next appends
+                    // in this group rather than the one after (without it,
+                    // groups under steady load alternate between full and
+                    // nearly empty). Not a timer: only tasks already ready
+                    // run meanwhile.
+                    for _ in 0..YIELDS_BEFORE_CLOSING {
+                        tokio::task::yield_now().await;
+                    }
+                    let (writes, replies) = take_group(first, &mut requests);
+                    committing.push(commit_and_answer(backend.clone(), writes, replies));
                 }
-                results
-            }
-        };
-        answer(replies, results);
+                None => open = false,
+            },
+            else => break,
+        }
     }
+}
+
+/// Commits one group (one by one should it fail as a whole) and answers
+/// its requests.
+async fn commit_and_answer(
+    backend: Arc<dyn CommitGroup>,
+    writes: Vec<Vec<StreamWrite>>,
+    replies: Vec<oneshot::Sender<RequestResult>>,
+) {
+    let results = match backend.commit_group(&writes).await {
+        Ok(results) => results,
+        Err(failed) if writes.len() == 1 => vec![Err(failed)],
+        Err(failed) => {
+            tracing::debug!(error = %failed, requests = writes.len(),
+                "group commit failed; committing its requests one by one");
+            let mut results = Vec::with_capacity(writes.len());
+            for one in &writes {
+                results.push(alone(backend.commit_group(std::slice::from_ref(one)).await));
+            }
+            results
+        }
+    };
+    answer(replies, results);
 }
 
 #[cfg(test)]

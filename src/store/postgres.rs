@@ -1,11 +1,14 @@
 //! The production backend: PostgreSQL.
 //!
-//! Appenders serialize on the single `ledger_head` row lock for the length of
-//! their transaction, so positions are gapless and become visible in
-//! position order — unlike a sequence, which hands out numbers that can
-//! commit out of order and make tailing readers skip events. Rows are
-//! written with one `UNNEST` insert per batch; commits are announced with
-//! `NOTIFY` so subscribers in other processes wake at once.
+//! Appenders serialize on the single `ledger_head` row lock until they
+//! commit, so positions are gapless and become visible in position order —
+//! unlike a sequence, which hands out numbers that can commit out of order
+//! and make tailing readers skip events. The lock is held for the write
+//! alone: a group is planned (heads read, requests checked, hashes chained)
+//! without it, and written by one call of `journey_append_group`
+//! (`schema/postgres/0070_append_group.sql`), which takes the lock, checks
+//! the planned heads still hold, numbers the rows and commits. Commits are
+//! announced with `NOTIFY` so subscribers in other processes wake at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +19,6 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
-use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 
 use super::batch::{self, RequestResult};
@@ -36,6 +38,12 @@ const CHANNEL: &str = "journey_events";
 const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, metadata, payload, hash";
 
+/// Groups committing at once. Each holds the global lock only inside its
+/// one write call, so while one commits (its log flush included) the next
+/// has read its heads and waits at the lock: the server hands the lock
+/// over with no round trip in between.
+const GROUPS_IN_FLIGHT: usize = 2;
+
 /// Fallback re-check interval should a notification be lost.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -51,9 +59,6 @@ pub struct PostgresStore {
 struct Appender {
     pool: PgPool,
     head: Arc<watch::Sender<u64>>,
-    /// A transaction already holding the `ledger_head` lock, with the
-    /// position read under it ([`CommitGroup::open_group`]).
-    opened: std::sync::Mutex<Option<(Transaction<'static, Postgres>, i64)>>,
 }
 
 impl Drop for PostgresStore {
@@ -95,11 +100,13 @@ impl PostgresStore {
                 }
             }
         });
-        let committer = GroupCommitter::start(Arc::new(Appender {
-            pool: pool.clone(),
-            head: head.clone(),
-            opened: std::sync::Mutex::new(None),
-        }));
+        let committer = GroupCommitter::start(
+            Arc::new(Appender {
+                pool: pool.clone(),
+                head: head.clone(),
+            }),
+            GROUPS_IN_FLIGHT,
+        );
         let store = Self {
             pool,
             head,
@@ -175,19 +182,27 @@ async fn stream_heads(
     Ok(heads)
 }
 
-/// Writes a planned group in one statement: the events (one `UNNEST`
-/// insert), the stream heads, the global head and the notification. With
-/// `skip_stored_ids`, events whose id is already stored are skipped instead
-/// of failing. Returns how many events were inserted.
-async fn write_group(
+/// Why a group could not be written as planned.
+enum Replan {
+    /// A stream it grows moved after its heads were read.
+    Moved,
+    /// One of its event ids is stored already (a retry in disguise).
+    Stored,
+}
+
+/// Writes a planned group in one call of `journey_append_group` (schema
+/// `0070_append_group.sql`), which takes the global position lock, checks
+/// the plan's stream heads, numbers the rows after the last committed
+/// position and announces the new head. Returns the position the rows were
+/// numbered after, or why the plan no longer holds. `heads` are the stream
+/// heads the plan started from.
+async fn append_group(
     conn: &mut sqlx::PgConnection,
     plan: &batch::GroupPlan<'_>,
-    last: u64,
+    heads: &HashMap<StreamId, StreamHead>,
     recorded_at: DateTime<Utc>,
-    skip_stored_ids: bool,
-) -> Result<u64, StoreError> {
+) -> Result<Result<u64, Replan>, StoreError> {
     let n = plan.rows.len();
-    let mut positions = Vec::with_capacity(n);
     let mut event_ids = Vec::with_capacity(n);
     let mut stream_ids = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
@@ -198,7 +213,6 @@ async fn write_group(
     let mut payloads = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
     for row in &plan.rows {
-        positions.push(row.position as i64);
         event_ids.push(row.event.event_id());
         stream_ids.push(row.stream.as_str());
         versions.push(row.version as i64);
@@ -210,32 +224,17 @@ async fn write_group(
         hashes.push(row.hash.0.to_vec());
     }
     let head_streams: Vec<&str> = plan.heads.iter().map(|(s, _)| s.as_str()).collect();
+    let prior_versions: Vec<i64> = plan
+        .heads
+        .iter()
+        .map(|(s, _)| heads.get(s).map_or(0, |h| h.version as i64))
+        .collect();
     let head_versions: Vec<i64> = plan.heads.iter().map(|(_, h)| h.version as i64).collect();
     let head_hashes: Vec<Vec<u8>> = plan.heads.iter().map(|(_, h)| h.hash.0.to_vec()).collect();
-    let on_conflict = if skip_stored_ids {
-        " ON CONFLICT (event_id) DO NOTHING"
-    } else {
-        ""
-    };
-    // One round trip while the position lock is held; `pg_notify` is
-    // delivered at commit only, so a group rolled back announces nothing.
-    let inserted: i64 = sqlx::query_scalar(&format!(
-        "WITH inserted AS (\
-           INSERT INTO events ({COLUMNS}) \
-           SELECT p, e, s, v, t, sv, o, $11, m, pl, h FROM UNNEST(\
-             $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
-             $7::timestamptz[], $8::text[], $9::text[], $10::bytea[]) \
-           AS u(p, e, s, v, t, sv, o, m, pl, h){on_conflict} RETURNING 1), \
-         heads AS (\
-           INSERT INTO streams (stream_id, version, head_hash) \
-           SELECT * FROM UNNEST($12::text[], $13::bigint[], $14::bytea[]) \
-           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-           head_hash = excluded.head_hash), \
-         moved AS (UPDATE ledger_head SET position = $15 WHERE id), \
-         announced AS (SELECT pg_notify($16, $17)) \
-         SELECT (SELECT count(*) FROM inserted) FROM announced"
-    ))
-    .bind(&positions)
+    let written = sqlx::query_scalar::<_, i64>(
+        "SELECT journey_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+         $14, $15)",
+    )
     .bind(&event_ids)
     .bind(&stream_ids)
     .bind(&versions)
@@ -247,111 +246,136 @@ async fn write_group(
     .bind(&hashes)
     .bind(recorded_at)
     .bind(&head_streams)
+    .bind(&prior_versions)
     .bind(&head_versions)
     .bind(&head_hashes)
-    .bind(last as i64)
     .bind(CHANNEL)
-    .bind(last.to_string())
     .fetch_one(&mut *conn)
-    .await?;
-    Ok(inserted as u64)
+    .await;
+    match written {
+        Ok(base) => Ok(Ok(base as u64)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("JL409") => {
+            Ok(Err(Replan::Moved))
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("JL001") => {
+            Ok(Err(Replan::Stored))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves the positions of a plan made as if the log ended at `planned`
+/// to where the server numbered its rows, after `base`.
+fn renumber(results: &mut [RequestResult], planned: u64, base: u64) {
+    if base == planned {
+        return;
+    }
+    for outcome in results.iter_mut().flatten().flatten() {
+        outcome.first_position = outcome.first_position - planned + base;
+        outcome.last_position = outcome.last_position - planned + base;
+    }
 }
 
 impl Appender {
-    /// Begins a transaction and takes the global position lock, returning
-    /// the position under it. The heads are read by a statement of their
-    /// own after this: under READ COMMITTED each statement reads a fresh
-    /// snapshot, so they are read after the previous holder of the lock
-    /// has committed (one statement doing both would read them as of
-    /// before the wait).
-    async fn begin_locked(&self) -> Result<(Transaction<'static, Postgres>, i64), StoreError> {
+    /// The common case in two round trips and no lock held between them:
+    /// read the heads, plan as if no id were stored, write. `None` when a
+    /// request was refused (a refusal may be a retry in disguise, decided
+    /// with the stored events in hand) or the plan no longer holds.
+    async fn commit_unlocked(
+        &self,
+        group: &[Vec<StreamWrite>],
+    ) -> Result<Option<Vec<RequestResult>>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
+        let mut conn = self.pool.acquire().await?;
+        let heads = stream_heads(&mut conn, &streams).await?;
+        let recorded_at = batch::now_micros();
+        // Planned as if the log ended at 0: with no stored events in hand,
+        // every position in the results is one of the group's own rows.
+        let mut plan = batch::plan_group(group, &HashMap::new(), &heads, 0, recorded_at);
+        if !plan.all_accepted() {
+            return Ok(None);
+        }
+        let Some(last) = plan.last_position() else {
+            return Ok(Some(plan.results));
+        };
+
+        match append_group(&mut conn, &plan, &heads, recorded_at).await? {
+            Ok(base) => {
+                renumber(&mut plan.results, 0, base);
+                batch::advance_head(&self.head, base + last);
+                Ok(Some(plan.results))
+            }
+            Err(Replan::Moved | Replan::Stored) => Ok(None),
+        }
+    }
+
+    /// The general case, under the global lock from the start: heads and
+    /// stored events are read under it, so the plan is final.
+    async fn commit_locked(
+        &self,
+        group: &[Vec<StreamWrite>],
+    ) -> Result<Vec<RequestResult>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
         let mut tx = self.pool.begin().await?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
-        Ok((tx, head))
-    }
-
-    /// Plans and writes a group in a transaction of its own; with
-    /// `assume_new`, as if none of its ids were stored (the common case,
-    /// no lookup): `None` when that was wrong, the transaction then
-    /// rolled back.
-    async fn try_commit(
-        &self,
-        group: &[Vec<StreamWrite>],
-        assume_new: bool,
-    ) -> Result<Option<Vec<RequestResult>>, StoreError> {
-        let streams = batch::streams_of(group.iter().flatten());
-        let opened = self.opened.lock().expect("not poisoned").take();
-        let (mut tx, head) = match opened {
-            Some(opened) => opened,
-            None => self.begin_locked().await?,
-        };
         let head = head as u64;
+        // Read by statements of their own after the lock: under READ
+        // COMMITTED each statement reads a fresh snapshot, so they see
+        // the previous holder's commit.
         let heads = stream_heads(&mut tx, &streams).await?;
+        let ids = batch::event_ids(group);
+        // Planned afresh each time, as `stream_heads` is.
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+        ))
+        .bind(&ids)
+        .persistent(false)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let event = decode_row(row)?;
+            existing.insert(event.event_id, event);
+        }
         let recorded_at = batch::now_micros();
-        let mut existing = HashMap::new();
-        if !assume_new {
-            let ids = batch::event_ids(group);
-            // Planned afresh each time, as `stream_heads` is.
-            let rows = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
-            ))
-            .bind(&ids)
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &rows {
-                let event = decode_row(row)?;
-                existing.insert(event.event_id, event);
-            }
-        }
-        let plan = batch::plan_group(group, &existing, &heads, head, recorded_at);
-        if assume_new && !plan.all_accepted() {
-            // A refusal may be a retry in disguise: decide with the stored
-            // events in hand.
-            tx.rollback().await?;
-            return Ok(None);
-        }
+        let mut plan = batch::plan_group(group, &existing, &heads, head, recorded_at);
         let Some(last) = plan.last_position() else {
             tx.rollback().await?;
-            return Ok(Some(plan.results));
+            return Ok(plan.results);
         };
-        let inserted = write_group(&mut tx, &plan, last, recorded_at, assume_new).await?;
-        if inserted != plan.rows.len() as u64 {
-            tx.rollback().await?;
-            return Ok(None);
+        match append_group(&mut tx, &plan, &heads, recorded_at).await? {
+            Ok(base) => {
+                tx.commit().await?;
+                renumber(&mut plan.results, head, base);
+                batch::advance_head(&self.head, last - head + base);
+                Ok(plan.results)
+            }
+            Err(_) => Err(StoreError::Backend {
+                backend: "postgres",
+                message: "the log changed while this append held the global position lock \
+                          (is another program writing the events table directly?)"
+                    .to_owned(),
+            }),
         }
-        tx.commit().await?;
-        batch::advance_head(&self.head, last);
-        Ok(Some(plan.results))
     }
 }
 
 #[async_trait]
 impl CommitGroup for Appender {
-    /// Five round trips: begin, lock (both made by `open_group` while the
-    /// group forms), heads, write, commit. When some id turns out to be
-    /// stored already (a retry), the group is planned again in a new
-    /// transaction with the stored events in hand.
+    /// Two round trips in the common case (heads, then one call that
+    /// writes and commits); should the plan not hold (a retry, a refused
+    /// request, a stream another process grew meanwhile), the group is
+    /// planned again under the global lock.
     async fn commit_group(
         &self,
         group: &[Vec<StreamWrite>],
     ) -> Result<Vec<RequestResult>, StoreError> {
-        if let Some(results) = self.try_commit(group, true).await? {
+        if let Some(results) = self.commit_unlocked(group).await? {
             return Ok(results);
         }
-        Ok(self
-            .try_commit(group, false)
-            .await?
-            .expect("with the stored events in hand the plan is final"))
-    }
-
-    async fn open_group(&self) {
-        match self.begin_locked().await {
-            Ok(opened) => *self.opened.lock().expect("not poisoned") = Some(opened),
-            Err(e) => tracing::debug!(error = %e, "opening a group's transaction failed"),
-        }
+        self.commit_locked(group).await
     }
 }
 
