@@ -38,12 +38,6 @@ const CHANNEL: &str = "journey_events";
 const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, metadata, payload, hash";
 
-/// Groups committing at once. Each holds the global lock only inside its
-/// one write call, so while one commits (its log flush included) the next
-/// has read its heads and waits at the lock: the server hands the lock
-/// over with no round trip in between.
-const GROUPS_IN_FLIGHT: usize = 2;
-
 /// Fallback re-check interval should a notification be lost.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -100,13 +94,10 @@ impl PostgresStore {
                 }
             }
         });
-        let committer = GroupCommitter::start(
-            Arc::new(Appender {
-                pool: pool.clone(),
-                head: head.clone(),
-            }),
-            GROUPS_IN_FLIGHT,
-        );
+        let committer = GroupCommitter::start(Arc::new(Appender {
+            pool: pool.clone(),
+            head: head.clone(),
+        }));
         let store = Self {
             pool,
             head,
