@@ -13,8 +13,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::cohorts::{
-    self, CohortAccumulator, CohortTable, CustomerFacts, MonthActivity, StageCount,
-    StageFlowAccumulator, StageTable, StageTransitionFact, YearMonth,
+    self, CohortAccumulator, CohortTable, StageCount, StageFlowAccumulator, StageTable,
+    StageTransitionFact, YearMonth,
 };
 use super::lifecycle::{self, fold_as_of, LifecycleState, Transition};
 use super::runner::{active, fold_event, RunnerError};
@@ -49,46 +49,24 @@ pub async fn cohort_table(
 ) -> Result<CohortTable, RunnerError> {
     let (version, rules) = active(db).await?;
     let v = version.model_version;
-    let mut facts: BTreeMap<String, CustomerFacts> = BTreeMap::new();
-    for row in db.dump(&cohorts::TABLES[0], v, None).await? {
-        let (Some(customer), Some(month)) = (&row[0], row[1].as_deref().and_then(YearMonth::parse))
-        else {
-            continue;
-        };
-        let registered = row[2].as_deref() == Some("1");
-        facts.entry(customer.clone()).or_default().registered = registered.then_some(month);
-    }
     let mut through: Option<YearMonth> = None;
-    for row in db.dump(&cohorts::TABLES[1], v, None).await? {
-        let (Some(customer), Some(month)) = (&row[0], row[1].as_deref().and_then(YearMonth::parse))
-        else {
-            continue;
-        };
-        let number = |i: usize| row[i].as_deref().and_then(|x| x.parse::<i64>().ok());
-        through = through.max(Some(month));
-        facts.entry(customer.clone()).or_default().months.insert(
-            month,
-            MonthActivity {
-                orders: number(2).unwrap_or(0) as u32,
-                revenue_minor: number(3).unwrap_or(0),
-            },
-        );
-    }
+    let mut accumulator = CohortAccumulator::new(rules.lifecycle.currency);
+    cohorts::for_each_stored_facts(db, v, |customer| {
+        through = through.max(customer.months.keys().next_back().copied());
+        let in_range = customer
+            .cohort()
+            .is_some_and(|c| from.is_none_or(|f| c >= f) && to.is_none_or(|t| c < t));
+        if in_range {
+            accumulator.add(&customer);
+        }
+    })
+    .await?;
     if let Some(snapshot) = db
         .population_as_of(v)
         .await?
         .and_then(DateTime::from_timestamp_micros)
     {
         through = through.max(Some(YearMonth::of(snapshot)));
-    }
-    let mut accumulator = CohortAccumulator::new(rules.lifecycle.currency);
-    for customer in facts.values() {
-        let in_range = customer
-            .cohort()
-            .is_some_and(|c| from.is_none_or(|f| c >= f) && to.is_none_or(|t| c < t));
-        if in_range {
-            accumulator.add(customer);
-        }
     }
     let through = through.unwrap_or_else(|| YearMonth::of(Utc::now()));
     Ok(accumulator.table(through))

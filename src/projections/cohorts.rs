@@ -29,6 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::events::DomainEvent;
 use crate::domain::{Currency, CustomerId};
+use crate::projections::storage::{both, ReadModelDb, StorageError};
 use crate::projections::view::EventView;
 use crate::projections::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 
@@ -469,6 +470,92 @@ pub const TABLES: &[TableSpec] = &[
         kind: TableKind::Current,
     },
 ];
+
+/// A row of `cohort_members` (month and `registered` set) or of
+/// `customer_months` (month, orders and revenue set), read by name.
+#[derive(sqlx::FromRow)]
+struct StoredFactRow {
+    customer_id: String,
+    month: String,
+    registered: Option<i64>,
+    orders: Option<i64>,
+    revenue_minor: Option<i64>,
+}
+
+/// Each customer's cohort facts as stored in `model_version`, one customer
+/// at a time (one statement streaming both tables in customer order, so
+/// memory does not grow with the customers).
+pub async fn for_each_stored_facts(
+    db: &ReadModelDb,
+    model_version: i64,
+    mut f: impl FnMut(CustomerFacts),
+) -> Result<(), StorageError> {
+    const SQL: &str = "SELECT customer_id, cohort_month AS month, registered, \
+         CAST(NULL AS BIGINT) AS orders, CAST(NULL AS BIGINT) AS revenue_minor \
+         FROM cohort_members WHERE model_version = $1 \
+         UNION ALL \
+         SELECT customer_id, month, CAST(NULL AS BIGINT), orders, revenue_minor \
+         FROM customer_months WHERE model_version = $1 \
+         ORDER BY customer_id";
+    let mut current: Option<(String, CustomerFacts)> = None;
+    both!(db, pool => {
+        let mut rows = sqlx::query_as::<_, StoredFactRow>(SQL).bind(model_version).fetch(pool);
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            add_stored_fact(&mut current, row, &mut f)?;
+        }
+    });
+    if let Some((_, facts)) = current {
+        f(facts);
+    }
+    Ok(())
+}
+
+/// Adds one stored row to the customer being gathered, handing the
+/// previous customer to `f` when the row starts another.
+fn add_stored_fact(
+    current: &mut Option<(String, CustomerFacts)>,
+    row: StoredFactRow,
+    f: &mut impl FnMut(CustomerFacts),
+) -> Result<(), StorageError> {
+    let month = YearMonth::parse(&row.month).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "cohort rows of {}: month {:?} is not YYYY-MM",
+            row.customer_id, row.month
+        ))
+    })?;
+    if current.as_ref().is_none_or(|(c, _)| *c != row.customer_id) {
+        if let Some((_, facts)) = current.take() {
+            f(facts);
+        }
+        *current = Some((row.customer_id.clone(), CustomerFacts::default()));
+    }
+    let (_, facts) = current.as_mut().expect("set above");
+    match (row.registered, row.orders, row.revenue_minor) {
+        (Some(registered), _, _) => facts.registered = (registered != 0).then_some(month),
+        (None, Some(orders), Some(revenue_minor)) => {
+            let orders = u32::try_from(orders).map_err(|_| {
+                StorageError::Corrupt(format!(
+                    "customer_months of {}: {orders} orders in {month}",
+                    row.customer_id
+                ))
+            })?;
+            facts.months.insert(
+                month,
+                MonthActivity {
+                    orders,
+                    revenue_minor,
+                },
+            );
+        }
+        _ => {
+            return Err(StorageError::Corrupt(format!(
+                "cohort rows of {}: a row with neither registration nor activity",
+                row.customer_id
+            )))
+        }
+    }
+    Ok(())
+}
 
 impl CustomerFold for Cohorts {
     type State = CustomerFacts;

@@ -17,12 +17,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::alerts::{self, Alert, AlertsFoldState};
-use super::clv_scores;
 use super::lifecycle::{self, fold_as_of, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
-use super::storage::ReadModelDb;
+use super::storage::{CustomerPopulation, ReadModelDb, SnapshotTier};
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
 use crate::domain::events::DomainEvent;
@@ -180,13 +179,10 @@ pub async fn customer_in_version(
     customer_from_parts(store, version, rules, customer, &recorded?, rows?, as_of).await
 }
 
-/// A customer's rows of the one-row-per-customer tables a projected view
-/// reads (value tier, value alert, scores) with the version's population
+/// A customer's rows of the population tables a projected view reads
+/// (value tier, value alert, scores) with the version's population
 /// snapshot instant: one statement.
-pub struct CustomerRows {
-    snapshot_us: Option<i64>,
-    rows: Vec<Option<Vec<Option<String>>>>,
-}
+pub struct CustomerRows(CustomerPopulation);
 
 impl CustomerRows {
     /// Reads them from `model_version`.
@@ -195,18 +191,16 @@ impl CustomerRows {
         model_version: i64,
         customer: &CustomerId,
     ) -> Result<Self, RunnerError> {
-        let (snapshot_us, rows) = db
-            .customer_rows(
-                model_version,
-                customer.as_str(),
-                &[
-                    lifecycle::TABLES[2],
-                    alerts::TABLES[1],
-                    clv_scores::TABLES[0],
-                ],
-            )
-            .await?;
-        Ok(Self { snapshot_us, rows })
+        let rows = db
+            .customer_population(model_version, customer.as_str())
+            .await?
+            .unwrap_or(CustomerPopulation {
+                snapshot_us: None,
+                tier: None,
+                value_alert: None,
+                scores: None,
+            });
+        Ok(Self(rows))
     }
 }
 
@@ -238,17 +232,11 @@ pub async fn customer_from_parts(
         return Ok(None);
     };
     let others = Others::fold(rules, &events, as_of);
-    let CustomerRows { snapshot_us, rows } = rows;
-    let [tier_row, value_alert_row, scores_row] = <[_; 3]>::try_from(rows).expect("three tables");
-    let population = population_view(
-        snapshot_us,
-        value_alert_row.as_deref(),
-        scores_row.as_deref(),
-        rules,
-        as_of,
-    );
+    let CustomerRows(rows) = rows;
+    let snapshot_us = rows.snapshot_us;
+    let population = population_view(&rows, rules, as_of);
     let (value_tier, value_tier_as_of) =
-        tier_as_of(store, tier_row.as_deref(), rules, customer, as_of).await?;
+        tier_as_of(store, rows.tier.as_ref(), rules, customer, as_of).await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
         as_of: show(as_of),
@@ -294,51 +282,34 @@ impl Others {
     }
 }
 
-fn int(cell: &Option<String>) -> Option<i64> {
-    cell.as_deref().and_then(|v| v.parse().ok())
-}
-
-fn real(cell: &Option<String>) -> Option<f64> {
-    cell.as_deref().and_then(|v| v.parse().ok())
-}
-
-fn instant(cell: &Option<String>) -> Option<String> {
-    int(cell)
-        .and_then(DateTime::from_timestamp_micros)
-        .map(show)
-}
-
 /// The customer's population figures from their `churn_value_alerts` and
 /// `customer_clv` rows, when `as_of` is at or after the version's snapshot.
 fn population_view(
-    snapshot_us: Option<i64>,
-    value_alert: Option<&[Option<String>]>,
-    scores: Option<&[Option<String>]>,
+    rows: &CustomerPopulation,
     rules: &RuleSet,
     as_of: DateTime<Utc>,
 ) -> Option<PopulationView> {
-    let snapshot_us = snapshot_us?;
+    let snapshot_us = rows.snapshot_us?;
     if as_of.timestamp_micros() < snapshot_us {
         return None;
     }
-    let value_alert = value_alert.map(|r| ValueAlertView {
-        at: instant(&r[3]).unwrap_or_default(),
-        value_tier: r[4].clone().unwrap_or_default(),
-        cause: r[5].clone().unwrap_or_default(),
+    let value_alert = rows.value_alert.as_ref().map(|a| ValueAlertView {
+        at: DateTime::from_timestamp_micros(a.at_us)
+            .map(show)
+            .unwrap_or_default(),
+        value_tier: a.value_tier.clone(),
+        cause: a.cause.clone(),
     });
-    let scores = scores.map(|r| ScoresView {
-        frequency: int(&r[2]).unwrap_or_default(),
-        recency: real(&r[3]).unwrap_or_default(),
-        t: real(&r[4]).unwrap_or_default(),
-        p_alive: real(&r[5]),
-        expected_purchases: real(&r[6]),
-        clv_minor: int(&r[8]),
-        rfm: match (int(&r[9]), int(&r[10]), int(&r[11])) {
-            (Some(r), Some(f), Some(m)) => Some([r, f, m]),
-            _ => None,
-        },
-        rfm_total: real(&r[12]),
-        rfm_segment: r[13].clone(),
+    let scores = rows.scores.as_ref().map(|c| ScoresView {
+        frequency: c.frequency,
+        recency: c.recency,
+        t: c.t,
+        p_alive: c.p_alive,
+        expected_purchases: c.expected_purchases,
+        clv_minor: c.clv_minor,
+        rfm: c.rfm,
+        rfm_total: c.rfm_total,
+        rfm_segment: c.rfm_segment.clone(),
         currency: rules.clv.currency.code().to_owned(),
         horizon_days: (f64::from(rules.clv.clv.horizon_months) * crate::clv::TimeUnit::Month.days())
             .round() as i32,
@@ -357,18 +328,17 @@ fn population_view(
 /// replaying every customer's revenue up to `as_of`.
 async fn tier_as_of(
     store: Arc<dyn EventStore>,
-    snapshot: Option<&[Option<String>]>,
+    snapshot: Option<&SnapshotTier>,
     rules: &RuleSet,
     customer: &CustomerId,
     as_of: DateTime<Utc>,
 ) -> Result<(Option<String>, Option<DateTime<Utc>>), RunnerError> {
-    if let Some(row) = snapshot {
-        let snap_us: i64 = row[1]
-            .as_deref()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(i64::MAX);
-        if as_of.timestamp_micros() >= snap_us {
-            return Ok((row[3].clone(), DateTime::from_timestamp_micros(snap_us)));
+    if let Some(snapshot) = snapshot {
+        if as_of.timestamp_micros() >= snapshot.as_of_us {
+            return Ok((
+                Some(snapshot.value_tier.clone()),
+                DateTime::from_timestamp_micros(snapshot.as_of_us),
+            ));
         }
     }
     let revenues = revenue_as_of(store, rules, as_of).await?;

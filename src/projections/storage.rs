@@ -45,6 +45,137 @@ pub struct SummaryRow {
     pub rfm_segment: Option<String>,
 }
 
+/// One customer's population rows in a version (see
+/// [`ReadModelDb::customer_population`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerPopulation {
+    /// The version's population snapshot instant (µs), once computed.
+    pub snapshot_us: Option<i64>,
+    /// The customer's `lifecycle_snapshot` value tier.
+    pub tier: Option<SnapshotTier>,
+    /// The customer's `churn_value_alerts` row.
+    pub value_alert: Option<ValueAlertRow>,
+    /// The customer's `customer_clv` row.
+    pub scores: Option<ScoresRow>,
+}
+
+/// The value tier of a `lifecycle_snapshot` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTier {
+    /// The instant the tier was ranked as of (µs).
+    pub as_of_us: i64,
+    /// The tier (`high`, `mid`, `low`).
+    pub value_tier: String,
+}
+
+/// A `churn_value_alerts` row: a high-value customer in the at-risk stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueAlertRow {
+    /// When they fell into the stage (µs).
+    pub at_us: i64,
+    /// Their value tier at the snapshot.
+    pub value_tier: String,
+    /// Why the alert stands.
+    pub cause: String,
+}
+
+/// A `customer_clv` row: CLV model outputs and RFM scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoresRow {
+    /// Repeat purchase days.
+    pub frequency: i64,
+    /// Time of the last repeat purchase since the first, in model units.
+    pub recency: f64,
+    /// Age since the first purchase, in model units.
+    pub t: f64,
+    /// P(alive), when the models were fitted.
+    pub p_alive: Option<f64>,
+    /// Expected purchases over the horizon, when fitted.
+    pub expected_purchases: Option<f64>,
+    /// Discounted CLV, minor units, when fitted.
+    pub clv_minor: Option<i64>,
+    /// RFM recency, frequency and monetary scores, when scored.
+    pub rfm: Option<[i64; 3]>,
+    /// RFM total.
+    pub rfm_total: Option<f64>,
+    /// RFM segment.
+    pub rfm_segment: Option<String>,
+}
+
+/// The joined row [`ReadModelDb::customer_population`] reads, by column
+/// name; every table's columns are absent when the customer has no row
+/// there.
+#[derive(sqlx::FromRow)]
+struct PopulationJoin {
+    population_as_of_us: Option<i64>,
+    tier_as_of_us: Option<i64>,
+    value_tier: Option<String>,
+    alert_customer: Option<String>,
+    alert_at_us: Option<i64>,
+    alert_value_tier: Option<String>,
+    alert_cause: Option<String>,
+    scores_customer: Option<String>,
+    frequency: Option<i64>,
+    recency: Option<f64>,
+    t: Option<f64>,
+    p_alive: Option<f64>,
+    expected_purchases: Option<f64>,
+    clv_minor: Option<i64>,
+    rfm_r: Option<i64>,
+    rfm_f: Option<i64>,
+    rfm_m: Option<i64>,
+    rfm_total: Option<f64>,
+    rfm_segment: Option<String>,
+}
+
+impl PopulationJoin {
+    /// Splits the join into each table's row; a present row with a
+    /// missing `NOT NULL` column is corrupt.
+    fn split(self) -> Result<CustomerPopulation, StorageError> {
+        fn required<T>(value: Option<T>, table: &str, column: &str) -> Result<T, StorageError> {
+            value.ok_or_else(|| StorageError::Corrupt(format!("{table}.{column} is NULL")))
+        }
+        let tier = match (self.tier_as_of_us, self.value_tier) {
+            (Some(as_of_us), Some(value_tier)) => Some(SnapshotTier {
+                as_of_us,
+                value_tier,
+            }),
+            _ => None,
+        };
+        let value_alert = match self.alert_customer {
+            None => None,
+            Some(_) => Some(ValueAlertRow {
+                at_us: required(self.alert_at_us, "churn_value_alerts", "at_us")?,
+                value_tier: required(self.alert_value_tier, "churn_value_alerts", "value_tier")?,
+                cause: required(self.alert_cause, "churn_value_alerts", "cause")?,
+            }),
+        };
+        let scores = match self.scores_customer {
+            None => None,
+            Some(_) => Some(ScoresRow {
+                frequency: required(self.frequency, "customer_clv", "frequency")?,
+                recency: required(self.recency, "customer_clv", "recency")?,
+                t: required(self.t, "customer_clv", "t")?,
+                p_alive: self.p_alive,
+                expected_purchases: self.expected_purchases,
+                clv_minor: self.clv_minor,
+                rfm: match (self.rfm_r, self.rfm_f, self.rfm_m) {
+                    (Some(r), Some(f), Some(m)) => Some([r, f, m]),
+                    _ => None,
+                },
+                rfm_total: self.rfm_total,
+                rfm_segment: self.rfm_segment,
+            }),
+        };
+        Ok(CustomerPopulation {
+            snapshot_us: self.population_as_of_us,
+            tier,
+            value_alert,
+            scores,
+        })
+    }
+}
+
 /// Why a read-model operation failed.
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -666,58 +797,38 @@ impl ReadModelDb {
         }))
     }
 
-    /// One customer's rows of several one-row-per-customer tables, with the
-    /// version's population snapshot instant, in one statement: for each
-    /// table the row as [`ReadModelDb::dump`] renders it (customer id
-    /// first), or `None` when the customer has no row there.
-    pub async fn customer_rows(
+    /// One customer's rows of the population tables a projected view reads
+    /// (value tier, high-value-at-risk alert, CLV scores) with the
+    /// version's population snapshot instant, in one statement; `None`
+    /// when the version does not exist.
+    pub async fn customer_population(
         &self,
         model_version: i64,
         customer_id: &str,
-        tables: &[TableSpec],
-    ) -> Result<(Option<i64>, Vec<Option<Vec<Option<String>>>>), StorageError> {
-        let mut select = vec!["CAST(v.population_as_of_us AS TEXT)".to_owned()];
-        let mut joins = String::new();
-        for (i, table) in tables.iter().enumerate() {
-            select.push(format!("t{i}.customer_id"));
-            select.extend(
-                table
-                    .columns
-                    .iter()
-                    .map(|c| self.as_text(&format!("t{i}.{c}"))),
-            );
-            joins.push_str(&format!(
-                " LEFT JOIN {} t{i} ON t{i}.model_version = v.model_version AND t{i}.customer_id = $2",
-                table.name
-            ));
-        }
-        let sql = format!(
-            "SELECT {} FROM projection_versions v{joins} WHERE v.model_version = $1",
-            select.join(", ")
-        );
-        let cells: Option<Vec<Option<String>>> = both!(self, pool => {
-            let row = sqlx::query(&sql)
+    ) -> Result<Option<CustomerPopulation>, StorageError> {
+        const SQL: &str = "SELECT v.population_as_of_us, \
+             s.as_of_us AS tier_as_of_us, s.value_tier, \
+             a.customer_id AS alert_customer, a.at_us AS alert_at_us, \
+             a.value_tier AS alert_value_tier, a.cause AS alert_cause, \
+             c.customer_id AS scores_customer, c.frequency, c.recency, c.t, c.p_alive, \
+             c.expected_purchases, c.clv_minor, c.rfm_r, c.rfm_f, c.rfm_m, c.rfm_total, \
+             c.rfm_segment \
+             FROM projection_versions v \
+             LEFT JOIN lifecycle_snapshot s \
+                 ON s.model_version = v.model_version AND s.customer_id = $2 \
+             LEFT JOIN churn_value_alerts a \
+                 ON a.model_version = v.model_version AND a.customer_id = $2 \
+             LEFT JOIN customer_clv c \
+                 ON c.model_version = v.model_version AND c.customer_id = $2 \
+             WHERE v.model_version = $1";
+        let joined: Option<PopulationJoin> = both!(self, pool => {
+            sqlx::query_as(SQL)
                 .bind(model_version)
                 .bind(customer_id.to_owned())
                 .fetch_optional(pool)
-                .await?;
-            row.map(|r| (0..select.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>())
-                .transpose()?
+                .await?
         });
-        let Some(cells) = cells else {
-            return Ok((None, tables.iter().map(|_| None).collect()));
-        };
-        let population = cells[0].as_deref().and_then(|v| v.parse().ok());
-        let mut rest = cells.into_iter().skip(1);
-        let rows = tables
-            .iter()
-            .map(|table| {
-                let row: Vec<Option<String>> =
-                    rest.by_ref().take(table.columns.len() + 1).collect();
-                row[0].is_some().then_some(row)
-            })
-            .collect();
-        Ok((population, rows))
+        joined.map(PopulationJoin::split).transpose()
     }
 
     /// Every customer's row of the population snapshot of a version,
