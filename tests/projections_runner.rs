@@ -593,10 +593,13 @@ async fn cdnow_sample_gives_a_consistent_stage_history(env: Env) {
         clv_rules,
     )
     .unwrap();
-    assert_eq!(scores.frequency, i64::from(cli.frequency));
-    assert!((scores.p_alive.unwrap() - cli.p_alive).abs() < 1e-9);
-    assert_eq!(scores.clv_minor, Some((cli.clv * 100.0).round() as i64));
-    assert!(scores.rfm_segment.is_some());
+    assert_eq!(scores.figures.frequency, i64::from(cli.frequency));
+    assert!((scores.figures.p_alive.unwrap() - cli.p_alive).abs() < 1e-9);
+    assert_eq!(
+        scores.figures.clv_minor,
+        Some((cli.clv * 100.0).round() as i64)
+    );
+    assert!(scores.figures.rfm_segment.is_some());
     env.finish().await;
 }
 

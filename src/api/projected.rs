@@ -230,7 +230,9 @@ impl ProjectedReadModels {
                 }
             }
             if let Some(scores) = &population.scores {
-                if let (Some([r, f, m]), Some(segment)) = (scores.rfm, scores.rfm_segment.clone()) {
+                if let (Some([r, f, m]), Some(segment)) =
+                    (scores.figures.rfm, scores.figures.rfm_segment.clone())
+                {
                     view.rfm = Some(Rfm {
                         recency: r as i32,
                         frequency: f as i32,
@@ -240,10 +242,10 @@ impl ProjectedReadModels {
                     });
                 }
                 if let (Some(p_alive), Some(purchases)) =
-                    (scores.p_alive, scores.expected_purchases)
+                    (scores.figures.p_alive, scores.figures.expected_purchases)
                 {
                     view.clv = Some(Clv {
-                        expected_value: scores.clv_minor.map(|minor| MoneyView {
+                        expected_value: scores.figures.clv_minor.map(|minor| MoneyView {
                             minor: minor.into(),
                             currency: scores.currency.clone(),
                         }),

@@ -21,7 +21,7 @@ use super::lifecycle::{self, fold_as_of, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
-use super::storage::{CustomerPopulation, ReadModelDb, SnapshotTier};
+use super::storage::{CustomerPopulation, ReadModelDb, ScoresRow, SnapshotTier};
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
 use crate::domain::events::DomainEvent;
@@ -111,24 +111,9 @@ pub struct ValueAlertView {
 /// CLV and RFM of one customer (see `customer_clv` in migration 0011).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoresView {
-    /// Repeat purchase days.
-    pub frequency: i64,
-    /// First to last purchase, model time units.
-    pub recency: f64,
-    /// First purchase to the snapshot, model time units.
-    pub t: f64,
-    /// P(alive); absent when the models could not be fitted.
-    pub p_alive: Option<f64>,
-    /// Expected purchases over the CLV horizon.
-    pub expected_purchases: Option<f64>,
-    /// Discounted CLV over the horizon, minor units.
-    pub clv_minor: Option<i64>,
-    /// RFM scores 1–5.
-    pub rfm: Option<[i64; 3]>,
-    /// Weighted RFM total.
-    pub rfm_total: Option<f64>,
-    /// RFM segment.
-    pub rfm_segment: Option<String>,
+    /// The customer's `customer_clv` row.
+    #[serde(flatten)]
+    pub figures: ScoresRow,
     /// Currency of the CLV (the `clv.toml` currency).
     pub currency: String,
     /// CLV horizon in days (`clv.horizon_months` × 30.4375, rounded).
@@ -301,15 +286,7 @@ fn population_view(
         cause: a.cause.clone(),
     });
     let scores = rows.scores.as_ref().map(|c| ScoresView {
-        frequency: c.frequency,
-        recency: c.recency,
-        t: c.t,
-        p_alive: c.p_alive,
-        expected_purchases: c.expected_purchases,
-        clv_minor: c.clv_minor,
-        rfm: c.rfm,
-        rfm_total: c.rfm_total,
-        rfm_segment: c.rfm_segment.clone(),
+        figures: c.clone(),
         currency: rules.clv.currency.code().to_owned(),
         horizon_days: (f64::from(rules.clv.clv.horizon_months) * crate::clv::TimeUnit::Month.days())
             .round() as i32,

@@ -80,23 +80,23 @@ pub struct ValueAlertRow {
 }
 
 /// A `customer_clv` row: CLV model outputs and RFM scores.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoresRow {
     /// Repeat purchase days.
     pub frequency: i64,
-    /// Time of the last repeat purchase since the first, in model units.
+    /// First to last purchase, model time units.
     pub recency: f64,
-    /// Age since the first purchase, in model units.
+    /// First purchase to the snapshot, model time units.
     pub t: f64,
-    /// P(alive), when the models were fitted.
+    /// P(alive); absent when the models could not be fitted.
     pub p_alive: Option<f64>,
-    /// Expected purchases over the horizon, when fitted.
+    /// Expected purchases over the CLV horizon.
     pub expected_purchases: Option<f64>,
-    /// Discounted CLV, minor units, when fitted.
+    /// Discounted CLV over the horizon, minor units.
     pub clv_minor: Option<i64>,
-    /// RFM recency, frequency and monetary scores, when scored.
+    /// RFM scores 1–5 (recency, frequency, monetary).
     pub rfm: Option<[i64; 3]>,
-    /// RFM total.
+    /// Weighted RFM total.
     pub rfm_total: Option<f64>,
     /// RFM segment.
     pub rfm_segment: Option<String>,
