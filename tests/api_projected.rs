@@ -193,7 +193,13 @@ async fn a_customer_query_returns_projected_stage_loyalty_clv_and_alerts() {
         earlier["clv"].is_null() && earlier["rfm"].is_null(),
         "{earlier}"
     );
-    assert_eq!(earlier["valueTierAsOf"], earlier["asOf"], "{earlier}");
+    // Before the snapshot a value tier is ranked as of the last month end
+    // at or before the instant, and says so.
+    assert_eq!(
+        earlier["valueTierAsOf"], "2023-05-31T23:59:59.999999+00:00",
+        "{earlier}"
+    );
+    assert!(earlier["valueTier"].is_string(), "{earlier}");
     let missing: Vec<&str> = earlier["unavailable"]
         .as_array()
         .unwrap()

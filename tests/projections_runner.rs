@@ -17,13 +17,14 @@ use journey_ledger::import::{import_file, ImportFormat};
 use journey_ledger::projections::analytics;
 use journey_ledger::projections::clock::Clock;
 use journey_ledger::projections::cohorts::{CohortAccumulator, CustomerFacts, YearMonth};
-use journey_ledger::projections::lifecycle::fold_as_of;
+use journey_ledger::projections::lifecycle::{fold_as_of, value_tiers};
 use journey_ledger::projections::query::customer_as_of;
 use journey_ledger::projections::rules::RuleSet;
 use journey_ledger::projections::runner::{
     self, all_tables, folds_for, ProjectorOptions, RebuildOptions,
 };
 use journey_ledger::projections::storage::{ReadModelDb, VersionStatus};
+use journey_ledger::projections::tier_bounds::month_end_at_or_before;
 use journey_ledger::store::{self, EventStore, ExpectedVersion};
 use journey_ledger::testing::{temp_sqlite, TempDatabase};
 use uuid::Uuid;
@@ -359,9 +360,22 @@ async fn incremental_equals_rebuild_with_late_events(env: Env) {
             let at = day(c + 1 + ((round * 97 + c * 31) % 200));
             append(&env.store, &id, at, order(round as u64, 1000 + c * 10)).await;
         }
+        // Tiers as of past month ends, read before the round is folded:
+        // their bounds are kept, and the late events must drop them.
+        let past = [day(45), day(100), day(150)];
+        for at in past {
+            tiers_as_of(&env, 10, at).await;
+        }
         runner::catch_up_with(env.store.clone(), &env.db, 7, live())
             .await
             .unwrap();
+        for at in past {
+            assert_eq!(
+                tiers_as_of(&env, 10, at).await,
+                replayed_tiers(&env.store, &rules, 10, at).await,
+                "round {round}, as of {at}"
+            );
+        }
     }
     let incremental = dump(&env.db, start.model_version).await;
     // The maintained history equals folding each stream in business-time
@@ -412,6 +426,66 @@ async fn incremental_equals_rebuild_with_late_events(env: Env) {
     env.finish().await;
 }
 
+/// Customers `c0..cN`'s value tiers as of `at` (with the instant each is
+/// labelled with), as queries answer them.
+async fn tiers_as_of(
+    env: &Env,
+    customers: i64,
+    at: DateTime<Utc>,
+) -> Vec<(Option<String>, Option<String>)> {
+    let mut tiers = Vec::new();
+    for c in 0..customers {
+        let id = CustomerId::parse(&format!("c{c}")).unwrap();
+        let view = customer_as_of(env.store.clone(), &env.db, &id, at)
+            .await
+            .unwrap();
+        tiers.push(view.map_or((None, None), |v| (v.value_tier, v.value_tier_as_of)));
+    }
+    tiers
+}
+
+/// The same tiers from a replay of every stream: each customer's revenue
+/// at the last month end at or before `at`, ranked.
+async fn replayed_tiers(
+    store: &Arc<dyn EventStore>,
+    rules: &RuleSet,
+    customers: i64,
+    at: DateTime<Utc>,
+) -> Vec<(Option<String>, Option<String>)> {
+    let month_end = month_end_at_or_before(at);
+    let mut revenues: Vec<(CustomerId, i64)> = Vec::new();
+    for c in 0..customers {
+        let id = CustomerId::parse(&format!("c{c}")).unwrap();
+        let stream = store
+            .read_stream(&id.stream_id(), store::ReadStream::all_forwards())
+            .await
+            .unwrap();
+        let mut revenue = None;
+        for recorded in stream.iter().filter(|e| e.occurred_at <= month_end) {
+            let delta = match recorded.decode().unwrap() {
+                DomainEvent::OrderPlaced(o) => o.amount.minor,
+                DomainEvent::OrderRefunded(r) => -r.amount.minor,
+                _ => 0,
+            };
+            revenue = Some(revenue.unwrap_or(0) + delta);
+        }
+        if let Some(revenue) = revenue {
+            revenues.push((id, revenue));
+        }
+    }
+    let tiers = value_tiers(&rules.lifecycle, revenues.iter().map(|(c, r)| (c, *r)));
+    let label = journey_ledger::domain::envelope::display_instant(&month_end);
+    (0..customers)
+        .map(|c| {
+            let id = CustomerId::parse(&format!("c{c}")).unwrap();
+            match tiers.get(&id) {
+                Some(tier) => (Some(tier.as_str().to_owned()), Some(label.clone())),
+                None => (None, None),
+            }
+        })
+        .collect()
+}
+
 async fn as_of_equals_rebuilding_with_only_earlier_events(env: Env) {
     let rules = RuleSet::shipped_defaults();
     seed(&env.store, 30).await;
@@ -425,7 +499,10 @@ async fn as_of_equals_rebuilding_with_only_earlier_events(env: Env) {
     )
     .await
     .unwrap();
-    for cutoff in [day(20), day(120), day(260)] {
+    // Month ends: before the snapshot a value tier is answered as of the
+    // last month end, so at a month end it must be the tier a store of only
+    // the earlier events ranks.
+    for cutoff in [day(20), day(120), day(260)].map(month_end_at_or_before) {
         // A second store holding only the events with occurred_at <= cutoff.
         let (dir, url) = temp_sqlite();
         let partial = store::open(&url).await.unwrap();

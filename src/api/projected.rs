@@ -308,16 +308,9 @@ impl ReadModels for ProjectedReadModels {
             return Ok(None);
         };
         if let (Some((version, rules)), Some(rows)) = (active, rows) {
-            let projected = query::customer_from_parts(
-                self.store.clone(),
-                &version,
-                &rules,
-                id,
-                &recorded,
-                rows,
-                at,
-            )
-            .await?;
+            let projected =
+                query::customer_from_parts(&self.db, &version, &rules, id, &recorded, rows, at)
+                    .await?;
             if let Some(projected) = projected {
                 Self::fill(&mut view, projected, at, as_of.is_some());
             }

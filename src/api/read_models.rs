@@ -250,7 +250,8 @@ pub struct CustomerView {
     /// historical value) are for: `asOf`, or now when it was not given.
     pub as_of: DateTime<Utc>,
     /// The instant `valueTier` was computed for (tiers rank every customer's
-    /// revenue).
+    /// revenue): the population snapshot, or for an earlier `asOf` the last
+    /// month end at or before it.
     pub value_tier_as_of: Option<DateTime<Utc>>,
     /// Figures this answer leaves null, and why. With an explicit `asOf`
     /// every figure answered is for that one instant: population figures

@@ -767,6 +767,17 @@ pub(crate) fn commit_sqlite_batch(
             .map_err(raw)?;
         checkpoint.bind(5, Bind::Int(model_version)).map_err(raw)?;
         checkpoint.execute().map_err(raw)?;
+        // 6. Value-tier bounds the batch's events change (`tier_bounds`).
+        if let Some(earliest) = batch.earliest_event_us {
+            let mut stale = raw_conn
+                .prepare(
+                    "DELETE FROM value_tier_bounds WHERE model_version = ?1 AND as_of_us >= ?2",
+                )
+                .map_err(raw)?;
+            stale.bind(1, Bind::Int(model_version)).map_err(raw)?;
+            stale.bind(2, Bind::Int(earliest)).map_err(raw)?;
+            stale.execute().map_err(raw)?;
+        }
         raw_conn.execute("COMMIT").map_err(raw)
     })();
     if outcome.is_err() {

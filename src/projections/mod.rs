@@ -79,6 +79,7 @@ pub mod rules_error;
 pub mod runner;
 pub mod state;
 pub mod storage;
+pub mod tier_bounds;
 pub mod value;
 pub mod versions;
 pub mod view;

@@ -7,21 +7,22 @@
 //! exact for any instant, and independent of how the runner stores its
 //! states. Value tiers need the whole population: as of the version's
 //! snapshot instant or later they come from `lifecycle_snapshot`; earlier
-//! instants replay the revenue of every customer up to `T`.
+//! instants get the tier as of the last month end at or before `T`, from
+//! the customer's own revenue then and that month's two boundary keys
+//! ([`super::tier_bounds`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Serialize;
 
 use super::alerts::{self, Alert, AlertsFoldState};
-use super::lifecycle::{self, fold_as_of, Transition};
+use super::lifecycle::{fold_as_of, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
 use super::storage::{CustomerPopulation, ReadModelDb, ScoresRow, SnapshotTier};
+use super::tier_bounds::{self, month_end_at_or_before};
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
 use crate::domain::events::DomainEvent;
@@ -61,8 +62,8 @@ pub struct CustomerView {
     /// Value tier (tiers rank every customer's revenue).
     pub value_tier: Option<String>,
     /// The instant the value tier was computed for: the population snapshot
-    /// when the instant is at or after it, else the instant itself (by a
-    /// replay of every customer's revenue).
+    /// when the instant is at or after it, else the last month end at or
+    /// before the instant.
     pub value_tier_as_of: Option<String>,
     /// Orders minus refunds in `currency`, minor units.
     pub revenue_minor: i64,
@@ -161,7 +162,7 @@ pub async fn customer_in_version(
         store.read_stream(&stream, ReadStream::all_forwards()),
         CustomerRows::read(db, version.model_version, customer),
     );
-    customer_from_parts(store, version, rules, customer, &recorded?, rows?, as_of).await
+    customer_from_parts(db, version, rules, customer, &recorded?, rows?, as_of).await
 }
 
 /// A customer's rows of the population tables a projected view reads
@@ -193,7 +194,7 @@ impl CustomerRows {
 /// recorded events and rows already read (a caller that also needs the
 /// events reads the stream once).
 pub async fn customer_from_parts(
-    store: Arc<dyn EventStore>,
+    db: &ReadModelDb,
     version: &crate::projections::storage::VersionInfo,
     rules: &RuleSet,
     customer: &CustomerId,
@@ -220,8 +221,16 @@ pub async fn customer_from_parts(
     let CustomerRows(rows) = rows;
     let snapshot_us = rows.snapshot_us;
     let population = population_view(&rows, rules, as_of);
-    let (value_tier, value_tier_as_of) =
-        tier_as_of(store, rows.tier.as_ref(), rules, customer, as_of).await?;
+    let (value_tier, value_tier_as_of) = tier_as_of(
+        db,
+        version.model_version,
+        rows.tier.as_ref(),
+        rules,
+        customer,
+        &events,
+        as_of,
+    )
+    .await?;
     Ok(Some(CustomerView {
         customer_id: customer.to_string(),
         as_of: show(as_of),
@@ -301,13 +310,17 @@ fn population_view(
 }
 
 /// The value tier and the instant it was computed for: from the customer's
-/// `lifecycle_snapshot` row when `as_of` is at or after it, else by
-/// replaying every customer's revenue up to `as_of`.
+/// `lifecycle_snapshot` row when `as_of` is at or after it, else as of the
+/// last month end at or before `as_of`, from the customer's own revenue
+/// then and that month end's [`TierBounds`] (none when the customer had no
+/// event by then). `events` are the customer's, up to `as_of`.
 async fn tier_as_of(
-    store: Arc<dyn EventStore>,
+    db: &ReadModelDb,
+    model_version: i64,
     snapshot: Option<&SnapshotTier>,
     rules: &RuleSet,
     customer: &CustomerId,
+    events: &[FoldEvent],
     as_of: DateTime<Utc>,
 ) -> Result<(Option<String>, Option<DateTime<Utc>>), RunnerError> {
     if let Some(snapshot) = snapshot {
@@ -318,41 +331,35 @@ async fn tier_as_of(
             ));
         }
     }
-    let revenues = revenue_as_of(store, rules, as_of).await?;
-    let tiers = lifecycle::value_tiers(&rules.lifecycle, revenues.iter().map(|(c, r)| (c, *r)));
-    let tier = tiers.get(customer).map(|t| t.as_str().to_owned());
-    Ok((tier.clone(), tier.map(|_| as_of)))
+    let month_end = month_end_at_or_before(as_of);
+    let mut revenue: Option<i64> = None;
+    for event in events.iter().filter(|e| e.occurred_at <= month_end) {
+        let sum = revenue
+            .unwrap_or(0)
+            .checked_add(revenue_delta(&event.event, rules.lifecycle.currency))
+            .ok_or_else(|| RunnerError::Decode {
+                position: 0,
+                stream: customer.stream_id().to_string(),
+                reason: "revenue overflows 64 bits".to_owned(),
+            })?;
+        revenue = Some(sum);
+    }
+    let Some(revenue) = revenue else {
+        return Ok((None, None));
+    };
+    let bounds = tier_bounds::bounds_as_of(db, model_version, &rules.lifecycle, month_end).await?;
+    let tier = bounds.tier_of(revenue, customer.as_str());
+    Ok((Some(tier.as_str().to_owned()), Some(month_end)))
 }
 
-/// Every customer's revenue (orders minus refunds in the rules' currency)
-/// from events with `occurred_at <= as_of`, by a full replay.
-pub async fn revenue_as_of(
-    store: Arc<dyn EventStore>,
-    rules: &RuleSet,
-    as_of: DateTime<Utc>,
-) -> Result<HashMap<CustomerId, i64>, RunnerError> {
-    let mut revenues: HashMap<CustomerId, i64> = HashMap::new();
-    let mut events = crate::store::read_all(store, 1, 5_000);
-    while let Some(recorded) = events.next().await {
-        let recorded = recorded?;
-        if recorded.occurred_at > as_of {
-            continue;
-        }
-        let Some((customer, event)) = fold_event(&recorded)? else {
-            continue;
-        };
-        let delta = match &event.event {
-            DomainEvent::OrderPlaced(o) if o.amount.currency == rules.lifecycle.currency => {
-                o.amount.minor
-            }
-            DomainEvent::OrderRefunded(r) if r.amount.currency == rules.lifecycle.currency => {
-                -r.amount.minor
-            }
-            _ => 0,
-        };
-        *revenues.entry(customer).or_default() += delta;
+/// What an event adds to a customer's revenue: orders minus refunds in the
+/// rules' currency (as the lifecycle and cohort folds count it).
+fn revenue_delta(event: &DomainEvent, currency: crate::domain::Currency) -> i64 {
+    match event {
+        DomainEvent::OrderPlaced(o) if o.amount.currency == currency => o.amount.minor,
+        DomainEvent::OrderRefunded(r) if r.amount.currency == currency => -r.amount.minor,
+        _ => 0,
     }
-    Ok(revenues)
 }
 
 /// A customer's folded state computed from a given list of events, for

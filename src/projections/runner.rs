@@ -370,6 +370,10 @@ impl Projector {
             checkpoint: last_position as i64,
             events: events.len() as i64,
             watermark_us: self.watermark.map(|w| w.timestamp_micros()),
+            earliest_event_us: decoded
+                .iter()
+                .map(|(_, e, _)| e.occurred_at.timestamp_micros())
+                .min(),
             clock_us: Some(now.timestamp_micros()),
             ..Default::default()
         };

@@ -412,6 +412,9 @@ pub struct BatchWrite {
     pub events: i64,
     /// The newest `occurred_at` folded so far (µs).
     pub watermark_us: Option<i64>,
+    /// The earliest `occurred_at` among this batch's events (µs): stored
+    /// value-tier bounds from that instant on no longer hold.
+    pub earliest_event_us: Option<i64>,
     /// The instant the touched customers were advanced to (µs).
     pub clock_us: Option<i64>,
     /// Leave the write-ahead log's pages to [`ReadModelDb::checkpoint_wal`]
@@ -1092,6 +1095,19 @@ impl ReadModelDb {
             .bind(model_version)
             .execute(&mut *tx)
             .await?;
+            // 6. Value-tier bounds the batch's events change (after the
+            // version's row is locked by the update above, so bounds being
+            // computed meanwhile are stored before this runs or not at all;
+            // see `tier_bounds`).
+            if let Some(earliest) = batch.earliest_event_us {
+                sqlx::query(
+                    "DELETE FROM value_tier_bounds WHERE model_version = $1 AND as_of_us >= $2",
+                )
+                .bind(model_version)
+                .bind(earliest)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
         }
         Ok(())

@@ -181,6 +181,7 @@ impl ReadModelDb {
             let mut tx = pool.begin().await?;
             for sql in [
                 "DELETE FROM projection_partitions WHERE model_version = $1",
+                "DELETE FROM value_tier_bounds WHERE model_version = $1",
                 "DELETE FROM projection_versions WHERE model_version = $1",
             ] {
                 sqlx::query(sql).bind(model_version).execute(&mut *tx).await?;
