@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -39,6 +40,8 @@ pub struct QueryBenchReport {
     pub targets: Vec<String>,
     /// Requested rate.
     pub target_rps: u64,
+    /// The instant customers were asked as of (RFC 3339), when not now.
+    pub as_of: Option<String>,
     /// Seconds of requests at the same rate before measuring (not counted
     /// in `requests` or the latencies; their errors are counted).
     pub warmup_seconds: u64,
@@ -106,6 +109,17 @@ pub struct QueryBench {
     pub servers: Vec<String>,
     /// The API key for `servers` (a role that may read customers).
     pub api_key: Option<String>,
+    /// Look customers up as of this instant instead of now.
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+/// What each request asks for.
+#[derive(Debug, Clone)]
+struct Lookup {
+    /// Customers, picked in a scattered order.
+    ids: Arc<Vec<String>>,
+    /// `customer(asOf:)`, when given.
+    as_of: Option<DateTime<Utc>>,
 }
 
 /// Runs the benchmark on the store at `url`.
@@ -147,12 +161,17 @@ pub async fn query(
         populate_customers(&store, populated, &mut ids).await?;
     }
     let ids = Arc::new(ids);
+    let lookup = Lookup {
+        ids: ids.clone(),
+        as_of: bench.as_of,
+    };
     let report = |load: LoadFigures, targets: Vec<String>| QueryBenchReport {
         backend: store.backend(),
         customers: ids.len() as u64,
         populated,
         targets,
         target_rps: rps,
+        as_of: bench.as_of.map(|at| at.to_rfc3339()),
         warmup_seconds,
         requests: load.requests,
         errors: load.errors,
@@ -168,7 +187,7 @@ pub async fn query(
             .map(|s| format!("{}/graphql", s.trim_end_matches('/')))
             .collect();
         let key = bench.api_key.clone().expect("checked above");
-        let load = drive(endpoints, key, ids.clone(), rps, seconds, warmup_seconds).await?;
+        let load = drive(endpoints, key, lookup, rps, seconds, warmup_seconds).await?;
         return Ok(report(load, bench.servers.clone()));
     }
 
@@ -185,11 +204,10 @@ pub async fn query(
     let reader = ReadModelDb::open_for_queries(url, 4).await?;
     let state = ApiState::new(
         store.clone(),
-        Arc::new(ProjectedReadModels::new(
-            store.clone(),
-            reader,
-            vault.clone(),
-        )),
+        Arc::new(
+            ProjectedReadModels::new(store.clone(), reader, vault.clone())
+                .with_writer(writer.clone()),
+        ),
         keys,
         vault,
     );
@@ -228,15 +246,7 @@ pub async fn query(
         let _ = stopped.await;
     }));
     let endpoint = format!("http://{addr}/graphql");
-    let load = drive(
-        vec![endpoint],
-        key,
-        ids.clone(),
-        rps,
-        seconds,
-        warmup_seconds,
-    )
-    .await;
+    let load = drive(vec![endpoint], key, lookup, rps, seconds, warmup_seconds).await;
     let _ = stop.send(());
     let _ = server.await;
     runner.stop();
@@ -285,11 +295,12 @@ struct LoadFigures {
 async fn drive(
     endpoints: Vec<String>,
     key: String,
-    ids: Arc<Vec<String>>,
+    lookup: Lookup,
     rps: u64,
     seconds: u64,
     warmup_seconds: u64,
 ) -> Result<LoadFigures, QueryBenchError> {
+    let Lookup { ids, as_of } = lookup;
     if ids.is_empty() {
         return Err(QueryBenchError::Arguments(
             "the store has no customers to look up".into(),
@@ -316,8 +327,8 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let body = serde_json::json!({
                 "operationName": "BenchCustomer",
-                "query": "query BenchCustomer($id: String!) { customer(id: $id) { id version stage stageHistory { stage enteredAt } tier loyalty { balance } clv { probabilityAlive } rfm { segment } alerts { kind } historicalValue { orderCount net { minor currency } } } }",
-                "variables": {"id": id},
+                "query": "query BenchCustomer($id: String!, $at: DateTime) { customer(id: $id, asOf: $at) { id version stage stageHistory { stage enteredAt } tier loyalty { balance } clv { probabilityAlive } rfm { segment } alerts { kind } historicalValue { orderCount net { minor currency } } } }",
+                "variables": {"id": id, "at": as_of},
             });
             let ok = match client
                 .post(&*endpoint)

@@ -30,6 +30,7 @@ use crate::projections::query::{self, CustomerView as ProjectedView};
 use crate::projections::rules::RuleSet;
 use crate::projections::runner::{self, Committed, RebuildOptions, RunnerError};
 use crate::projections::storage::{CustomerCriteria, ReadModelDb, VersionInfo, VersionStatus};
+use crate::projections::tier_bounds::TierBoundsCache;
 use crate::store::{EventStore, ReadStream};
 
 /// How long queries trust the active version number they last read: a
@@ -55,6 +56,8 @@ impl From<RunnerError> for ReadModelError {
 pub struct ProjectedReadModels {
     store: Arc<dyn EventStore>,
     db: ReadModelDb,
+    /// Value-tier bounds of past month ends (computed once, stored).
+    tier_bounds: TierBoundsCache,
     events: EventFoldReadModels,
     /// The active version and its parsed rules, refreshed when another
     /// version becomes active (parsing the rules on every query costs more
@@ -85,8 +88,16 @@ impl ProjectedReadModels {
             events: EventFoldReadModels::new(store.clone()).with_vault(vault),
             store,
             db,
+            tier_bounds: TierBoundsCache::default(),
             active: tokio::sync::RwLock::new(None),
         }
+    }
+
+    /// Stores the value-tier bounds queries compute through `writer` (the
+    /// query pool may be read-only), so each month end is computed once.
+    pub fn with_writer(mut self, writer: ReadModelDb) -> Self {
+        self.tier_bounds = TierBoundsCache::new(Some(writer));
+        self
     }
 
     /// The active version and its rules, reading and parsing them only
@@ -129,8 +140,16 @@ impl ProjectedReadModels {
         at: DateTime<Utc>,
     ) -> Result<Option<ProjectedView>, RunnerError> {
         let (version, rules) = self.active().await?;
-        query::customer_in_version(self.store.clone(), &self.db, &version, &rules, customer, at)
-            .await
+        query::customer_in_version(
+            self.store.clone(),
+            &self.db,
+            &self.tier_bounds,
+            &version,
+            &rules,
+            customer,
+            at,
+        )
+        .await
     }
 
     /// Adds the projected figures to a view folded from events. With an
@@ -308,9 +327,17 @@ impl ReadModels for ProjectedReadModels {
             return Ok(None);
         };
         if let (Some((version, rules)), Some(rows)) = (active, rows) {
-            let projected =
-                query::customer_from_parts(&self.db, &version, &rules, id, &recorded, rows, at)
-                    .await?;
+            let projected = query::customer_from_parts(
+                &self.db,
+                &self.tier_bounds,
+                &version,
+                &rules,
+                id,
+                &recorded,
+                rows,
+                at,
+            )
+            .await?;
             if let Some(projected) = projected {
                 Self::fill(&mut view, projected, at, as_of.is_some());
             }

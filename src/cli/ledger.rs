@@ -124,6 +124,11 @@ pub enum BenchCommand {
             requires = "servers"
         )]
         api_key: Option<String>,
+        /// Ask for each customer as of this instant (RFC 3339), e.g. one
+        /// before the population snapshot, whose value tier is ranked as of
+        /// a past month end.
+        #[arg(long, value_name = "RFC3339")]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Rebuild every projection into a fresh version; prints one JSON line
     /// with `events_per_sec`, `peak_rss_bytes` and a bare ordered-scan rate.
@@ -328,6 +333,7 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             warmup_seconds,
             servers,
             api_key,
+            as_of,
         } => serde_json::to_string(
             &journey_ledger::api::bench::query(
                 &config.store,
@@ -339,6 +345,7 @@ pub async fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
                     warmup_seconds,
                     servers,
                     api_key,
+                    as_of,
                 },
                 super::projector_options(config)?,
             )

@@ -130,11 +130,10 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("opening the read models"),
     };
     let read_models: Arc<dyn ReadModels> = match &projections {
-        Some((_, reader)) => Arc::new(ProjectedReadModels::new(
-            store.clone(),
-            reader.clone(),
-            vault.clone(),
-        )),
+        Some((writer, reader)) => Arc::new(
+            ProjectedReadModels::new(store.clone(), reader.clone(), vault.clone())
+                .with_writer(writer.clone()),
+        ),
         None => Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone())),
     };
     let ingest = ingest_sources(config, &store, &store_url, vault.clone()).await?;

@@ -22,7 +22,7 @@ use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
 use super::storage::{CustomerPopulation, ReadModelDb, ScoresRow, SnapshotTier};
-use super::tier_bounds::{self, month_end_at_or_before};
+use super::tier_bounds::{month_end_at_or_before, TierBoundsCache};
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
 use crate::domain::events::DomainEvent;
@@ -143,7 +143,8 @@ pub async fn customer_as_of(
     as_of: DateTime<Utc>,
 ) -> Result<Option<CustomerView>, RunnerError> {
     let (version, rules) = active(db).await?;
-    customer_in_version(store, db, &version, &rules, customer, as_of).await
+    let bounds = TierBoundsCache::default();
+    customer_in_version(store, db, &bounds, &version, &rules, customer, as_of).await
 }
 
 /// [`customer_as_of`] in a given version with its (already parsed) rules,
@@ -152,6 +153,7 @@ pub async fn customer_as_of(
 pub async fn customer_in_version(
     store: Arc<dyn EventStore>,
     db: &ReadModelDb,
+    bounds: &TierBoundsCache,
     version: &crate::projections::storage::VersionInfo,
     rules: &RuleSet,
     customer: &CustomerId,
@@ -162,7 +164,10 @@ pub async fn customer_in_version(
         store.read_stream(&stream, ReadStream::all_forwards()),
         CustomerRows::read(db, version.model_version, customer),
     );
-    customer_from_parts(db, version, rules, customer, &recorded?, rows?, as_of).await
+    customer_from_parts(
+        db, bounds, version, rules, customer, &recorded?, rows?, as_of,
+    )
+    .await
 }
 
 /// A customer's rows of the population tables a projected view reads
@@ -193,8 +198,10 @@ impl CustomerRows {
 /// The customer's projected state as of `as_of` in `version` from their
 /// recorded events and rows already read (a caller that also needs the
 /// events reads the stream once).
+#[allow(clippy::too_many_arguments)]
 pub async fn customer_from_parts(
     db: &ReadModelDb,
+    bounds: &TierBoundsCache,
     version: &crate::projections::storage::VersionInfo,
     rules: &RuleSet,
     customer: &CustomerId,
@@ -223,6 +230,7 @@ pub async fn customer_from_parts(
     let population = population_view(&rows, rules, as_of);
     let (value_tier, value_tier_as_of) = tier_as_of(
         db,
+        bounds,
         version.model_version,
         rows.tier.as_ref(),
         rules,
@@ -314,8 +322,10 @@ fn population_view(
 /// last month end at or before `as_of`, from the customer's own revenue
 /// then and that month end's [`TierBounds`] (none when the customer had no
 /// event by then). `events` are the customer's, up to `as_of`.
+#[allow(clippy::too_many_arguments)]
 async fn tier_as_of(
     db: &ReadModelDb,
+    bounds: &TierBoundsCache,
     model_version: i64,
     snapshot: Option<&SnapshotTier>,
     rules: &RuleSet,
@@ -347,8 +357,10 @@ async fn tier_as_of(
     let Some(revenue) = revenue else {
         return Ok((None, None));
     };
-    let bounds = tier_bounds::bounds_as_of(db, model_version, &rules.lifecycle, month_end).await?;
-    let tier = bounds.tier_of(revenue, customer.as_str());
+    let tier = bounds
+        .bounds_as_of(db, model_version, &rules.lifecycle, month_end)
+        .await?
+        .tier_of(revenue, customer.as_str());
     Ok((Some(tier.as_str().to_owned()), Some(month_end)))
 }
 

@@ -123,20 +123,58 @@ pub fn month_end_at_or_before(at: DateTime<Utc>) -> DateTime<Utc> {
     month_start - Duration::microseconds(1)
 }
 
-/// The stored bounds of `model_version` as of `as_of` (a month end), or
-/// computed from its `customer_months` rows and stored for the next query.
-/// Storing is best effort: a read-only database, or a batch committed
-/// meanwhile (SQLite refuses the write then), leaves the computed bounds
-/// unstored but still right for the rows they were computed from.
-pub async fn bounds_as_of(
+/// Where a process gets bounds: stored ones, else computed one month end
+/// at a time (the requests that need a month end at once wait for one
+/// computation instead of each scanning the version), and stored through
+/// `writer`, since the pool queries read from may be read-only.
+#[derive(Default)]
+pub struct TierBoundsCache {
+    writer: Option<ReadModelDb>,
+    computing: tokio::sync::Mutex<()>,
+}
+
+impl TierBoundsCache {
+    /// Bounds stored through `writer` (`None`: through the reader, best
+    /// effort).
+    pub fn new(writer: Option<ReadModelDb>) -> Self {
+        Self {
+            writer,
+            computing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The bounds of `model_version` as of `as_of` (a month end): stored, or
+    /// computed from its `customer_months` rows and stored for the next
+    /// query.
+    pub async fn bounds_as_of(
+        &self,
+        reader: &ReadModelDb,
+        model_version: i64,
+        rules: &LifecycleRules,
+        as_of: DateTime<Utc>,
+    ) -> Result<TierBounds, StorageError> {
+        if let Some(stored) = stored_bounds(reader, model_version, as_of).await? {
+            return Ok(stored);
+        }
+        let _one_at_a_time = self.computing.lock().await;
+        if let Some(stored) = stored_bounds(reader, model_version, as_of).await? {
+            return Ok(stored);
+        }
+        let db = self.writer.as_ref().unwrap_or(reader);
+        compute_and_store(db, model_version, rules, as_of).await
+    }
+}
+
+/// Computes the bounds from `customer_months` and stores them. Storing is
+/// best effort: a read-only database, or a batch committed meanwhile
+/// (SQLite refuses the write then), leaves the computed bounds unstored but
+/// still right for the rows they were computed from.
+async fn compute_and_store(
     db: &ReadModelDb,
     model_version: i64,
     rules: &LifecycleRules,
     as_of: DateTime<Utc>,
 ) -> Result<TierBounds, StorageError> {
-    if let Some(stored) = stored_bounds(db, model_version, as_of).await? {
-        return Ok(stored);
-    }
     let through = YearMonth::of(as_of).to_string();
     // Revenue per customer through the month, with a checked sum (SQLite
     // raises an error on overflow; PostgreSQL's cast to BIGINT does).

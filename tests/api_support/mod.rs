@@ -99,11 +99,14 @@ impl TestServer {
         }
         let writer = ReadModelDb::open(&url).await.expect("read models");
         let read_models: Arc<dyn ReadModels> = if projected {
-            Arc::new(ProjectedReadModels::new(
-                store.clone(),
-                ReadModelDb::open_for_queries(&url, 2).await.unwrap(),
-                vault.clone(),
-            ))
+            Arc::new(
+                ProjectedReadModels::new(
+                    store.clone(),
+                    ReadModelDb::open_for_queries(&url, 2).await.unwrap(),
+                    vault.clone(),
+                )
+                .with_writer(writer.clone()),
+            )
         } else {
             Arc::new(EventFoldReadModels::new(store.clone()).with_vault(vault.clone()))
         };
