@@ -770,9 +770,7 @@ pub(crate) fn commit_sqlite_batch(
         // 6. Value-tier bounds the batch's events change (`tier_bounds`).
         if let Some(earliest) = batch.earliest_event_us {
             let mut stale = raw_conn
-                .prepare(
-                    "DELETE FROM value_tier_bounds WHERE model_version = ?1 AND as_of_us >= ?2",
-                )
+                .prepare(super::tier_bounds::DROP_STALE_SQL)
                 .map_err(raw)?;
             stale.bind(1, Bind::Int(model_version)).map_err(raw)?;
             stale.bind(2, Bind::Int(earliest)).map_err(raw)?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::rules::{days, LifecycleRules};
 use super::storage::{both, ReadModelDb, StorageError};
 use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
-use crate::domain::{CustomerId, DomainEvent};
+use crate::domain::{Currency, CustomerId, DomainEvent};
 use uuid::Uuid;
 
 /// A lifecycle stage.
@@ -409,8 +409,9 @@ impl LifecycleState {
             self.tenure_start_us = Some(t);
             self.cursor_us = t;
         }
+        self.revenue_minor += revenue_delta(&event.event, rules.currency);
         match &event.event {
-            DomainEvent::OrderPlaced(order) => {
+            DomainEvent::OrderPlaced(_) => {
                 if matches!(self.stage, Some(Stage::Dormant | Stage::Churned)) {
                     self.reactivated_us = Some(t);
                 }
@@ -418,12 +419,6 @@ impl LifecycleState {
                 self.last_order_us = Some(t);
                 self.window_orders_us.push_back(t);
                 self.orders += 1;
-                if order.amount.currency == rules.currency {
-                    self.revenue_minor += order.amount.minor;
-                }
-            }
-            DomainEvent::OrderRefunded(refund) if refund.amount.currency == rules.currency => {
-                self.revenue_minor -= refund.amount.minor;
             }
             DomainEvent::SubscriptionCancelled(_) => {
                 self.cancelled_us = Some(t);
@@ -432,6 +427,16 @@ impl LifecycleState {
         }
         let to = self.stage_at(rules, t);
         self.change(to, t, Cause::Event(event.event_id), out);
+    }
+}
+
+/// What an event adds to a customer's revenue: orders minus refunds in
+/// `currency` (the lifecycle's currency), minor units.
+pub fn revenue_delta(event: &DomainEvent, currency: Currency) -> i64 {
+    match event {
+        DomainEvent::OrderPlaced(o) if o.amount.currency == currency => o.amount.minor,
+        DomainEvent::OrderRefunded(r) if r.amount.currency == currency => -r.amount.minor,
+        _ => 0,
     }
 }
 

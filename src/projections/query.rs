@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::alerts::{self, Alert, AlertsFoldState};
-use super::lifecycle::{fold_as_of, Transition};
+use super::lifecycle::{self, fold_as_of, Transition};
 use super::loyalty::{self, LoyaltySnapshot, LoyaltyState};
 use super::rules::RuleSet;
 use super::runner::{active, fold_event, RunnerError};
@@ -25,7 +25,6 @@ use super::storage::{CustomerPopulation, ReadModelDb, ScoresRow, SnapshotTier};
 use super::tier_bounds::{month_end_at_or_before, TierBoundsCache};
 use super::value::{self, ValueSnapshot, ValueState};
 use super::FoldEvent;
-use crate::domain::events::DomainEvent;
 use crate::domain::{CustomerId, RecordedEvent};
 use crate::store::{EventStore, ReadStream};
 
@@ -185,12 +184,7 @@ impl CustomerRows {
         let rows = db
             .customer_population(model_version, customer.as_str())
             .await?
-            .unwrap_or(CustomerPopulation {
-                snapshot_us: None,
-                tier: None,
-                value_alert: None,
-                scores: None,
-            });
+            .unwrap_or_default();
         Ok(Self(rows))
     }
 }
@@ -346,7 +340,10 @@ async fn tier_as_of(
     for event in events.iter().filter(|e| e.occurred_at <= month_end) {
         let sum = revenue
             .unwrap_or(0)
-            .checked_add(revenue_delta(&event.event, rules.lifecycle.currency))
+            .checked_add(lifecycle::revenue_delta(
+                &event.event,
+                rules.lifecycle.currency,
+            ))
             .ok_or_else(|| RunnerError::Decode {
                 position: 0,
                 stream: customer.stream_id().to_string(),
@@ -362,16 +359,6 @@ async fn tier_as_of(
         .await?
         .tier_of(revenue, customer.as_str());
     Ok((Some(tier.as_str().to_owned()), Some(month_end)))
-}
-
-/// What an event adds to a customer's revenue: orders minus refunds in the
-/// rules' currency (as the lifecycle and cohort folds count it).
-fn revenue_delta(event: &DomainEvent, currency: crate::domain::Currency) -> i64 {
-    match event {
-        DomainEvent::OrderPlaced(o) if o.amount.currency == currency => o.amount.minor,
-        DomainEvent::OrderRefunded(r) if r.amount.currency == currency => -r.amount.minor,
-        _ => 0,
-    }
 }
 
 /// A customer's folded state computed from a given list of events, for

@@ -47,7 +47,7 @@ pub struct SummaryRow {
 
 /// One customer's population rows in a version (see
 /// [`ReadModelDb::customer_population`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CustomerPopulation {
     /// The version's population snapshot instant (µs), once computed.
     pub snapshot_us: Option<i64>,
@@ -1100,13 +1100,11 @@ impl ReadModelDb {
             // computed meanwhile are stored before this runs or not at all;
             // see `tier_bounds`).
             if let Some(earliest) = batch.earliest_event_us {
-                sqlx::query(
-                    "DELETE FROM value_tier_bounds WHERE model_version = $1 AND as_of_us >= $2",
-                )
-                .bind(model_version)
-                .bind(earliest)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(super::tier_bounds::DROP_STALE_SQL)
+                    .bind(model_version)
+                    .bind(earliest)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         }

@@ -28,6 +28,12 @@ use super::lifecycle::{value_tiers_in_order, ValueTier};
 use super::rules::LifecycleRules;
 use super::storage::{both, ReadModelDb, StorageError};
 
+/// Drops a version's (`$1`) bounds from an instant (`$2`, µs) on: run by
+/// every live batch with its earliest event's `occurred_at`, on both
+/// commit paths.
+pub(crate) const DROP_STALE_SQL: &str =
+    "DELETE FROM value_tier_bounds WHERE model_version = $1 AND as_of_us >= $2";
+
 /// One end of a tier: the last customer in it, in ranking order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierEnd {
