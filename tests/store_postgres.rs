@@ -75,3 +75,44 @@ async fn two_stores_on_one_database_share_streams_without_forking_them() {
     drop((first, second));
     db.drop_database().await;
 }
+
+/// The group committer keeps a connection of its own; when the server
+/// closes it while idle (a restart, an idle timeout), the next append
+/// replaces it instead of failing.
+#[tokio::test]
+async fn appends_after_the_server_closed_the_committer_connection() {
+    use journey_ledger::domain::StreamId;
+    use journey_ledger::store::contract::sample_event;
+    use journey_ledger::store::{EventStore, ExpectedVersion};
+
+    let db = TempDatabase::create()
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let stream = StreamId::parse("customer-reconnect").unwrap();
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![sample_event(1)])
+        .await
+        .unwrap();
+    // Every other session of this database: the committer's, the pool's
+    // and the notification listener's.
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!closed.is_empty());
+    admin.close().await;
+    // Past the idle time after which the committer checks its connection.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let outcome = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![sample_event(2)])
+        .await
+        .expect("the append after the connection was closed commits");
+    assert_eq!(outcome.last_position, 2);
+    drop(store);
+    db.drop_database().await;
+}
