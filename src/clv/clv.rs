@@ -68,7 +68,8 @@ pub struct CustomerClv {
 }
 
 /// Discounted CLV of one history (x, tₓ, T) given an expected spend per
-/// transaction; the result is in the spend's unit.
+/// transaction; the result is in the spend's unit: the spend times
+/// [`discounted_purchases`].
 pub fn discounted_clv(
     model: &PurchaseModel,
     x: f64,
@@ -77,10 +78,26 @@ pub fn discounted_clv(
     expected_spend: f64,
     opts: &ClvOptions,
 ) -> Result<f64, ClvError> {
-    opts.validate()?;
     if !expected_spend.is_finite() {
         return Err(invalid("expected_spend", "must be finite"));
     }
+    Ok(expected_spend * discounted_purchases(model, x, t_x, t_cal, opts)?)
+}
+
+/// The purchases a history (x, tₓ, T) is expected to make over the
+/// horizon, each period's discounted to today:
+/// Σᵢ (E[Y(i·L)] − E[Y((i−1)·L)]) / (1 + d)ⁱ. It depends on the history
+/// alone, so customers who share one share it (a population refit
+/// computes it once per distinct history), and a customer's CLV is it
+/// times their expected spend per purchase.
+pub fn discounted_purchases(
+    model: &PurchaseModel,
+    x: f64,
+    t_x: f64,
+    t_cal: f64,
+    opts: &ClvOptions,
+) -> Result<f64, ClvError> {
+    opts.validate()?;
     let mut total = 0.0;
     let mut prev = 0.0;
     for i in 1..=opts.horizon_periods {
@@ -90,7 +107,7 @@ pub fn discounted_clv(
             t_x,
             t_cal,
         )?;
-        total += (cum - prev) * expected_spend / (1.0 + opts.discount_rate).powi(i as i32);
+        total += (cum - prev) / (1.0 + opts.discount_rate).powi(i as i32);
         prev = cum;
     }
     Ok(total)

@@ -33,7 +33,10 @@ pub mod special;
 pub mod summary;
 
 pub use bgnbd::BgNbdParams;
-pub use clv::{clv_to_cac_ratio, customer_lifetime_value, discounted_clv, ClvOptions, CustomerClv};
+pub use clv::{
+    clv_to_cac_ratio, customer_lifetime_value, discounted_clv, discounted_purchases, ClvOptions,
+    CustomerClv,
+};
 pub use gamma_gamma::{GammaGammaData, GammaGammaParams};
 pub use holdout::{holdout_repeat_counts, holdout_report, HoldoutBucket, HoldoutReport};
 pub use optimize::FitOptions;

@@ -28,7 +28,7 @@ use crate::clv::rfm::{quintile_score, total_and_segment};
 use crate::clv::rules::ClvRules;
 use crate::clv::summary::HistoryGroups;
 use crate::clv::{
-    discounted_clv, ClvOptions, CompressedData, FitOptions, GammaGammaParams, PurchaseModel,
+    discounted_purchases, ClvOptions, CompressedData, FitOptions, GammaGammaParams, PurchaseModel,
 };
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
@@ -351,6 +351,7 @@ impl ClvPopulation {
             horizon: f64::from(options.horizon_periods) * options.period_length,
             options,
             sorted_keys: keys,
+            outlooks: HashMap::new(),
         }
     }
 }
@@ -373,6 +374,26 @@ pub struct ClvModels {
     options: ClvOptions,
     horizon: f64,
     sorted_keys: [Vec<f64>; 3],
+    /// The outlooks of the histories scored so far by [`ClvModels::row`].
+    outlooks: HashMap<(u32, u64, u64), Option<Outlook>>,
+}
+
+/// Distinct histories whose outlook [`ClvModels::row`] keeps; past this
+/// many it forgets them and starts over, so memory stays bounded however
+/// many customers a refit scores.
+const MAX_REMEMBERED_OUTLOOKS: usize = 1 << 20;
+
+/// What the purchase model says of one history (x, tₓ, T), whoever has
+/// it. A million customers share a few hundred thousand histories, and
+/// this is most of the cost of scoring one (a dozen hypergeometric series
+/// for the discounted purchases), so a refit computes it once per history.
+#[derive(Debug, Clone, Copy)]
+struct Outlook {
+    p_alive: f64,
+    expected_purchases: f64,
+    /// With a spend model, [`discounted_purchases`]: times a customer's
+    /// expected spend per purchase, their CLV.
+    discounted_purchases: Option<f64>,
 }
 
 /// One customer's model outputs: the purchase model's, and the spend
@@ -400,8 +421,12 @@ impl ClvModels {
     /// The model figures of one customer, when the purchase model fitted
     /// and can score them.
     pub fn score(&self, facts: &ClvFacts) -> Option<Scored> {
+        self.outlook(facts)
+            .map(|outlook| self.scored(outlook, facts))
+    }
+
+    fn outlook(&self, facts: &ClvFacts) -> Option<Outlook> {
         let purchase = self.purchase.as_ref()?;
-        let scale = 10u32.pow(u32::from(self.rules.currency.minor_digits()));
         let x = f64::from(facts.frequency);
         let (Ok(p_alive), Ok(expected_purchases)) = (
             purchase.p_alive(x, facts.recency, facts.t),
@@ -409,24 +434,63 @@ impl ClvModels {
         ) else {
             return None;
         };
-        let value = self.spend.as_ref().and_then(|spend| {
-            let average = spend
-                .conditional_expected_average_spend(x, facts.monetary_minor_avg / f64::from(scale))
-                .ok()?;
-            let clv =
-                discounted_clv(purchase, x, facts.recency, facts.t, average, &self.options).ok()?;
-            Some(SpendValue { average, clv })
+        let discounted_purchases = self.spend.as_ref().and_then(|_| {
+            discounted_purchases(purchase, x, facts.recency, facts.t, &self.options).ok()
         });
-        Some(Scored {
+        Some(Outlook {
             p_alive,
             expected_purchases,
-            value,
+            discounted_purchases,
         })
     }
 
+    /// [`Self::outlook`], computed once per distinct history.
+    fn remembered_outlook(&mut self, facts: &ClvFacts) -> Option<Outlook> {
+        let history = (facts.frequency, facts.recency.to_bits(), facts.t.to_bits());
+        if let Some(outlook) = self.outlooks.get(&history) {
+            return *outlook;
+        }
+        let outlook = self.outlook(facts);
+        if self.outlooks.len() >= MAX_REMEMBERED_OUTLOOKS {
+            self.outlooks.clear();
+        }
+        self.outlooks.insert(history, outlook);
+        outlook
+    }
+
+    /// A history's outlook applied to the customer's own spend.
+    fn scored(&self, outlook: Outlook, facts: &ClvFacts) -> Scored {
+        let scale = 10u32.pow(u32::from(self.rules.currency.minor_digits()));
+        let x = f64::from(facts.frequency);
+        let value = self
+            .spend
+            .as_ref()
+            .zip(outlook.discounted_purchases)
+            .and_then(|(spend, discounted)| {
+                let average = spend
+                    .conditional_expected_average_spend(
+                        x,
+                        facts.monetary_minor_avg / f64::from(scale),
+                    )
+                    .ok()
+                    .filter(|average| average.is_finite())?;
+                Some(SpendValue {
+                    average,
+                    clv: average * discounted,
+                })
+            });
+        Scored {
+            p_alive: outlook.p_alive,
+            expected_purchases: outlook.expected_purchases,
+            value,
+        }
+    }
+
     /// The customer's `customer_clv` row as of `as_of_us`.
-    pub fn row(&self, customer: &CustomerId, facts: &ClvFacts, as_of_us: i64) -> Row {
-        let c = self.score(facts);
+    pub fn row(&mut self, customer: &CustomerId, facts: &ClvFacts, as_of_us: i64) -> Row {
+        let c = self
+            .remembered_outlook(facts)
+            .map(|outlook| self.scored(outlook, facts));
         let value = c.and_then(|c| c.value);
         let rfm = (!self.sorted_keys[0].is_empty()).then(|| {
             let [r, f, m] = rfm_keys(facts);
@@ -567,6 +631,32 @@ mod tests {
             .filter(|f| models.score(f).unwrap().value.is_some())
             .count();
         assert!(repeat_with_value > 0, "no repeat buyer got a CLV");
+    }
+
+    /// A row scored from a remembered history's outlook carries exactly the
+    /// figures of a fresh score of the same customer.
+    #[test]
+    fn remembered_outlooks_score_as_fresh_ones() {
+        let histories = cdnow_histories();
+        let (mut models, all) = fit(&histories);
+        let customer = CustomerId::parse("00001").unwrap();
+        let figures = |row: &Row| row.values[4..8].to_vec();
+        let mut remembered = 0;
+        for facts in &all {
+            let fresh = models.score(facts).expect("scored");
+            let expected = vec![
+                Value::Real(fresh.p_alive),
+                Value::Real(fresh.expected_purchases),
+                fresh.value.map(|v| v.average * 100.0).into(),
+                Value::from(fresh.value.map(|v| (v.clv * 100.0).round() as i64)),
+            ];
+            let history = (facts.frequency, facts.recency.to_bits(), facts.t.to_bits());
+            remembered += usize::from(models.outlooks.contains_key(&history));
+            for _ in 0..2 {
+                assert_eq!(figures(&models.row(&customer, facts, 0)), expected);
+            }
+        }
+        assert!(remembered > 0, "no two CDNOW customers share a history?");
     }
 
     /// Facts follow the literature's conventions: the same-day purchases of
