@@ -178,8 +178,8 @@ impl BgNbdParams {
     }
 
     /// Expected repeat purchases in (T, T+t] given history (x, tₓ, T)
-    /// (FHL 2005 eq. 10), evaluated with 2F1 in log space so heavy buyers
-    /// and long horizons do not overflow.
+    /// (FHL 2005 eq. 10): P(alive) times
+    /// [`Self::expected_purchases_if_alive`].
     pub fn conditional_expected_purchases(
         &self,
         t: f64,
@@ -187,8 +187,17 @@ impl BgNbdParams {
         t_x: f64,
         t_cal: f64,
     ) -> Result<f64, ClvError> {
+        let p_alive = self.p_alive(x, t_x, t_cal)?;
+        Ok(p_alive * self.expected_purchases_if_alive(t, x, t_cal)?)
+    }
+
+    /// Expected repeat purchases in (T, T+t] of a customer still alive at
+    /// T after x repeat purchases: FHL 2005 eq. 10 without its P(alive)
+    /// denominator. It does not depend on tₓ. Evaluated with 2F1 in log
+    /// space so heavy buyers and long horizons do not overflow.
+    pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
         self.validate()?;
-        check_history(x, t_x, t_cal)?;
+        check_history(x, 0.0, t_cal)?;
         if !(t.is_finite() && t >= 0.0) {
             return Err(super::invalid(
                 "t",
@@ -198,15 +207,7 @@ impl BgNbdParams {
         if t == 0.0 {
             return Ok(0.0);
         }
-        let numer = self.bracket(t, x, t_cal)?;
-        let denom = if x > 0.0 {
-            1.0 + (self.a.ln() - (self.b + x - 1.0).ln()
-                + (self.r + x) * ((self.alpha + t_cal).ln() - (self.alpha + t_x).ln()))
-            .exp()
-        } else {
-            1.0
-        };
-        Ok(numer / denom)
+        self.bracket(t, x, t_cal)
     }
 
     /// (a+b+x-1)/(a-1) · [1 − ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x-1; t/(α+T+t))].

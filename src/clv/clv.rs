@@ -86,10 +86,9 @@ pub fn discounted_clv(
 
 /// The purchases a history (x, tₓ, T) is expected to make over the
 /// horizon, each period's discounted to today:
-/// Σᵢ (E[Y(i·L)] − E[Y((i−1)·L)]) / (1 + d)ⁱ. It depends on the history
-/// alone, so customers who share one share it (a population refit
-/// computes it once per distinct history), and a customer's CLV is it
-/// times their expected spend per purchase.
+/// Σᵢ (E[Y(i·L)] − E[Y((i−1)·L)]) / (1 + d)ⁱ. A customer's CLV is it
+/// times their expected spend per purchase. It is P(alive) times
+/// [`discounted_purchases_if_alive`].
 pub fn discounted_purchases(
     model: &PurchaseModel,
     x: f64,
@@ -97,16 +96,25 @@ pub fn discounted_purchases(
     t_cal: f64,
     opts: &ClvOptions,
 ) -> Result<f64, ClvError> {
+    let if_alive = discounted_purchases_if_alive(model, x, t_cal, opts)?;
+    Ok(model.p_alive(x, t_x, t_cal)? * if_alive)
+}
+
+/// [`discounted_purchases`] of a customer still alive at T after x repeat
+/// purchases. It depends on (x, T) alone, not on tₓ, so the customers who
+/// share those share it: a population refit computes it once per pair
+/// (a dozen hypergeometric series each, most of the cost of scoring).
+pub fn discounted_purchases_if_alive(
+    model: &PurchaseModel,
+    x: f64,
+    t_cal: f64,
+    opts: &ClvOptions,
+) -> Result<f64, ClvError> {
     opts.validate()?;
     let mut total = 0.0;
     let mut prev = 0.0;
     for i in 1..=opts.horizon_periods {
-        let cum = model.conditional_expected_purchases(
-            f64::from(i) * opts.period_length,
-            x,
-            t_x,
-            t_cal,
-        )?;
+        let cum = model.expected_purchases_if_alive(f64::from(i) * opts.period_length, x, t_cal)?;
         total += (cum - prev) / (1.0 + opts.discount_rate).powi(i as i32);
         prev = cum;
     }

@@ -34,8 +34,8 @@ pub mod summary;
 
 pub use bgnbd::BgNbdParams;
 pub use clv::{
-    clv_to_cac_ratio, customer_lifetime_value, discounted_clv, discounted_purchases, ClvOptions,
-    CustomerClv,
+    clv_to_cac_ratio, customer_lifetime_value, discounted_clv, discounted_purchases,
+    discounted_purchases_if_alive, ClvOptions, CustomerClv,
 };
 pub use gamma_gamma::{GammaGammaData, GammaGammaParams};
 pub use holdout::{holdout_repeat_counts, holdout_report, HoldoutBucket, HoldoutReport};
@@ -153,6 +153,17 @@ impl PurchaseModel {
         match self {
             Self::BgNbd(p) => p.conditional_expected_purchases(t, x, t_x, t_cal),
             Self::ParetoNbd(p) => p.conditional_expected_purchases(t, x, t_x, t_cal),
+        }
+    }
+
+    /// Expected repeat purchases in (T, T + t] of a customer still alive at
+    /// T after x repeat purchases; times P(alive), the conditional
+    /// expectation. Both models factor so, and this part does not depend
+    /// on tₓ: customers who share (x, T) share it.
+    pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
+        match self {
+            Self::BgNbd(p) => p.expected_purchases_if_alive(t, x, t_cal),
+            Self::ParetoNbd(p) => p.expected_purchases_if_alive(t, x, t_cal),
         }
     }
 

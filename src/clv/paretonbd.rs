@@ -191,8 +191,8 @@ impl ParetoNbdParams {
         }
     }
 
-    /// Expected repeat purchases in (T, T+t] given (x, tₓ, T):
-    /// P(alive) · (r+x)(β+T)/(α+T) · [1 − ((β+T)/(β+T+t))^(s−1)]/(s−1).
+    /// Expected repeat purchases in (T, T+t] given (x, tₓ, T): P(alive)
+    /// times [`Self::expected_purchases_if_alive`].
     pub fn conditional_expected_purchases(
         &self,
         t: f64,
@@ -200,17 +200,22 @@ impl ParetoNbdParams {
         t_x: f64,
         t_cal: f64,
     ) -> Result<f64, ClvError> {
+        let if_alive = self.expected_purchases_if_alive(t, x, t_cal)?;
+        Ok(self.p_alive(x, t_x, t_cal)? * if_alive)
+    }
+
+    /// Expected repeat purchases in (T, T+t] of a customer still alive at T
+    /// after x repeat purchases (it does not depend on tₓ):
+    /// (r+x)(β+T)/(α+T) · [1 − ((β+T)/(β+T+t))^(s−1)]/(s−1).
+    pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
         if !(t.is_finite() && t >= 0.0) {
             return Err(invalid(
                 "t",
                 format!("horizon must be finite and >= 0, got {t}"),
             ));
         }
-        let pa = self.p_alive(x, t_x, t_cal)?;
-        Ok(
-            pa * (self.r + x) * (self.beta + t_cal) / (self.alpha + t_cal)
-                * self.dropout_integral(t, t_cal),
-        )
+        Ok((self.r + x) * (self.beta + t_cal) / (self.alpha + t_cal)
+            * self.dropout_integral(t, t_cal))
     }
 
     /// E[X(t)] for a new customer: rβ/(α(s−1)) · [1 − (β/(β+t))^(s−1)].

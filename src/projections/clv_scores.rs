@@ -28,7 +28,8 @@ use crate::clv::rfm::{quintile_score, total_and_segment};
 use crate::clv::rules::ClvRules;
 use crate::clv::summary::HistoryGroups;
 use crate::clv::{
-    discounted_purchases, ClvOptions, CompressedData, FitOptions, GammaGammaParams, PurchaseModel,
+    discounted_purchases_if_alive, ClvOptions, CompressedData, FitOptions, GammaGammaParams,
+    PurchaseModel,
 };
 use crate::domain::events::DomainEvent;
 use crate::domain::CustomerId;
@@ -374,25 +375,27 @@ pub struct ClvModels {
     options: ClvOptions,
     horizon: f64,
     sorted_keys: [Vec<f64>; 3],
-    /// The outlooks of the histories scored so far by [`ClvModels::row`].
-    outlooks: HashMap<(u32, u64, u64), Option<Outlook>>,
+    /// The outlooks of the (x, T) pairs scored so far by
+    /// [`ClvModels::row`].
+    outlooks: HashMap<(u32, u64), Option<Outlook>>,
 }
 
-/// Distinct histories whose outlook [`ClvModels::row`] keeps; past this
+/// Distinct (x, T) pairs whose outlook [`ClvModels::row`] keeps; past this
 /// many it forgets them and starts over, so memory stays bounded however
 /// many customers a refit scores.
 const MAX_REMEMBERED_OUTLOOKS: usize = 1 << 20;
 
-/// What the purchase model says of one history (x, tₓ, T), whoever has
-/// it. A million customers share a few hundred thousand histories, and
-/// this is most of the cost of scoring one (a dozen hypergeometric series
-/// for the discounted purchases), so a refit computes it once per history.
+/// What the purchase model expects of a customer still alive at age T
+/// after x repeat purchases; times their P(alive), their figures. Both
+/// models factor so, and this part is most of the cost of scoring a
+/// customer (a dozen hypergeometric series for the discounted purchases)
+/// while a million customers share far fewer (x, T) pairs: a refit
+/// computes it once per pair.
 #[derive(Debug, Clone, Copy)]
 struct Outlook {
-    p_alive: f64,
     expected_purchases: f64,
-    /// With a spend model, [`discounted_purchases`]: times a customer's
-    /// expected spend per purchase, their CLV.
+    /// With a spend model, [`discounted_purchases_if_alive`]: times
+    /// P(alive) and a customer's expected spend per purchase, their CLV.
     discounted_purchases: Option<f64>,
 }
 
@@ -421,47 +424,46 @@ impl ClvModels {
     /// The model figures of one customer, when the purchase model fitted
     /// and can score them.
     pub fn score(&self, facts: &ClvFacts) -> Option<Scored> {
-        self.outlook(facts)
-            .map(|outlook| self.scored(outlook, facts))
+        let outlook = self.outlook(facts)?;
+        self.scored(outlook, facts)
     }
 
     fn outlook(&self, facts: &ClvFacts) -> Option<Outlook> {
         let purchase = self.purchase.as_ref()?;
         let x = f64::from(facts.frequency);
-        let (Ok(p_alive), Ok(expected_purchases)) = (
-            purchase.p_alive(x, facts.recency, facts.t),
-            purchase.conditional_expected_purchases(self.horizon, x, facts.recency, facts.t),
-        ) else {
-            return None;
-        };
-        let discounted_purchases = self.spend.as_ref().and_then(|_| {
-            discounted_purchases(purchase, x, facts.recency, facts.t, &self.options).ok()
-        });
+        let expected_purchases = purchase
+            .expected_purchases_if_alive(self.horizon, x, facts.t)
+            .ok()?;
+        let discounted_purchases = self
+            .spend
+            .as_ref()
+            .and_then(|_| discounted_purchases_if_alive(purchase, x, facts.t, &self.options).ok());
         Some(Outlook {
-            p_alive,
             expected_purchases,
             discounted_purchases,
         })
     }
 
-    /// [`Self::outlook`], computed once per distinct history.
+    /// [`Self::outlook`], computed once per distinct (x, T).
     fn remembered_outlook(&mut self, facts: &ClvFacts) -> Option<Outlook> {
-        let history = (facts.frequency, facts.recency.to_bits(), facts.t.to_bits());
-        if let Some(outlook) = self.outlooks.get(&history) {
+        let pair = (facts.frequency, facts.t.to_bits());
+        if let Some(outlook) = self.outlooks.get(&pair) {
             return *outlook;
         }
         let outlook = self.outlook(facts);
         if self.outlooks.len() >= MAX_REMEMBERED_OUTLOOKS {
             self.outlooks.clear();
         }
-        self.outlooks.insert(history, outlook);
+        self.outlooks.insert(pair, outlook);
         outlook
     }
 
-    /// A history's outlook applied to the customer's own spend.
-    fn scored(&self, outlook: Outlook, facts: &ClvFacts) -> Scored {
+    /// An (x, T) outlook applied to the customer's own recency and spend.
+    fn scored(&self, outlook: Outlook, facts: &ClvFacts) -> Option<Scored> {
+        let purchase = self.purchase.as_ref()?;
         let scale = 10u32.pow(u32::from(self.rules.currency.minor_digits()));
         let x = f64::from(facts.frequency);
+        let p_alive = purchase.p_alive(x, facts.recency, facts.t).ok()?;
         let value = self
             .spend
             .as_ref()
@@ -476,21 +478,21 @@ impl ClvModels {
                     .filter(|average| average.is_finite())?;
                 Some(SpendValue {
                     average,
-                    clv: average * discounted,
+                    clv: p_alive * discounted * average,
                 })
             });
-        Scored {
-            p_alive: outlook.p_alive,
-            expected_purchases: outlook.expected_purchases,
+        Some(Scored {
+            p_alive,
+            expected_purchases: p_alive * outlook.expected_purchases,
             value,
-        }
+        })
     }
 
     /// The customer's `customer_clv` row as of `as_of_us`.
     pub fn row(&mut self, customer: &CustomerId, facts: &ClvFacts, as_of_us: i64) -> Row {
         let c = self
             .remembered_outlook(facts)
-            .map(|outlook| self.scored(outlook, facts));
+            .and_then(|outlook| self.scored(outlook, facts));
         let value = c.and_then(|c| c.value);
         let rfm = (!self.sorted_keys[0].is_empty()).then(|| {
             let [r, f, m] = rfm_keys(facts);
@@ -650,8 +652,8 @@ mod tests {
                 fresh.value.map(|v| v.average * 100.0).into(),
                 Value::from(fresh.value.map(|v| (v.clv * 100.0).round() as i64)),
             ];
-            let history = (facts.frequency, facts.recency.to_bits(), facts.t.to_bits());
-            remembered += usize::from(models.outlooks.contains_key(&history));
+            let pair = (facts.frequency, facts.t.to_bits());
+            remembered += usize::from(models.outlooks.contains_key(&pair));
             for _ in 0..2 {
                 assert_eq!(figures(&models.row(&customer, facts, 0)), expected);
             }
