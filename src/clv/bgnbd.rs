@@ -192,8 +192,8 @@ impl BgNbdParams {
     }
 
     /// Expected repeat purchases in (T, T+t] of a customer still alive at
-    /// T after x repeat purchases: FHL 2005 eq. 10 without its P(alive)
-    /// denominator. It does not depend on tₓ. Evaluated with 2F1 in log
+    /// T after x repeat purchases: the numerator of FHL 2005 eq. 10 (its
+    /// denominator is 1 / P(alive)). It does not depend on tₓ. Evaluated with 2F1 in log
     /// space so heavy buyers and long horizons do not overflow.
     pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
         self.validate()?;
@@ -470,6 +470,13 @@ mod tests {
             .unwrap();
         assert!((e - c).abs() < 1e-12);
         assert!(e > 0.0 && e < 39.0 * P.r / P.alpha);
+        // FHL 2005's worked example on CDNOW: x = 2, tₓ = 30.43, T = 38.86
+        // expects 1.226 purchases in the next 39 weeks (P(alive) 0.7266).
+        let worked = P
+            .conditional_expected_purchases(39.0, 2.0, 30.43, 38.86)
+            .unwrap();
+        assert!((worked - 1.226_028).abs() < 1e-6, "{worked}");
+        assert!((P.p_alive(2.0, 30.43, 38.86).unwrap() - 0.726_579).abs() < 1e-6);
         // Monotone in the horizon.
         let e2 = P.expected_purchases(78.0).unwrap();
         assert!(e2 > e);

@@ -78,6 +78,7 @@ pub fn discounted_clv(
     expected_spend: f64,
     opts: &ClvOptions,
 ) -> Result<f64, ClvError> {
+    opts.validate()?;
     if !expected_spend.is_finite() {
         return Err(invalid("expected_spend", "must be finite"));
     }
@@ -97,6 +98,9 @@ pub fn discounted_purchases(
     opts: &ClvOptions,
 ) -> Result<f64, ClvError> {
     let if_alive = discounted_purchases_if_alive(model, x, t_cal, opts)?;
+    if opts.horizon_periods == 0 {
+        return Ok(0.0);
+    }
     Ok(model.p_alive(x, t_x, t_cal)? * if_alive)
 }
 

@@ -208,6 +208,8 @@ impl ParetoNbdParams {
     /// after x repeat purchases (it does not depend on tₓ):
     /// (r+x)(β+T)/(α+T) · [1 − ((β+T)/(β+T+t))^(s−1)]/(s−1).
     pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
+        self.validate()?;
+        check_history(x, 0.0, t_cal)?;
         if !(t.is_finite() && t >= 0.0) {
             return Err(invalid(
                 "t",

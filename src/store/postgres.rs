@@ -57,22 +57,15 @@ struct Appender {
     /// after any failure. The committer writes one group at a time, so one
     /// connection serves it; taking one from the pool per group cost a
     /// liveness round trip (the pool pings a connection before handing it
-    /// out), about 0.1 ms of every group's wait at 16 writers. It is pinged
-    /// only after it sat idle (see [`IDLE_BEFORE_PING`]).
-    connection: tokio::sync::Mutex<Option<CommitterConnection>>,
+    /// out), about 0.1 ms of every group's wait at 16 writers. The group's
+    /// first statement, the heads read, checks it instead (see
+    /// [`Appender::commit_group`]).
+    connection: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
-/// A connection idle this long is pinged before the next group uses it,
-/// so one the server or the network closed meanwhile (a restart, an idle
-/// timeout) is replaced instead of failing that group. Busy, it is never
-/// pinged: a connection lost mid-group fails that group, as it would
-/// with a pooled one.
-const IDLE_BEFORE_PING: Duration = Duration::from_secs(2);
-
-struct CommitterConnection {
-    connection: sqlx::PgConnection,
-    last_used: std::time::Instant,
-}
+/// How long the committer waits to open its connection (as long as the
+/// pool waits for one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
@@ -284,21 +277,35 @@ fn renumber(results: &mut [RequestResult], planned: u64, base: u64) {
 }
 
 impl Appender {
-    /// The common case in two round trips and no lock held between them:
-    /// read the heads, plan as if no id were stored, write. `None` when a
+    /// Opens the committer's connection with the pool's settings.
+    async fn connect(&self) -> Result<sqlx::PgConnection, StoreError> {
+        let options = self.pool.connect_options();
+        tokio::time::timeout(CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&*options))
+            .await
+            .map_err(|_| StoreError::Backend {
+                backend: "postgres",
+                message: format!(
+                    "no connection to the server within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            })?
+            .map_err(StoreError::from)
+    }
+
+    /// The common case, on the heads just read and with no lock held
+    /// between the two round trips: plan as if no id were stored, write. `None` when a
     /// request was refused (a refusal may be a retry in disguise, decided
     /// with the stored events in hand) or the plan no longer holds.
     async fn commit_unlocked(
         &self,
         conn: &mut sqlx::PgConnection,
         group: &[Vec<StreamWrite>],
+        heads: &HashMap<StreamId, StreamHead>,
     ) -> Result<Option<Vec<RequestResult>>, StoreError> {
-        let streams = batch::streams_of(group.iter().flatten());
-        let heads = stream_heads(conn, &streams).await?;
         let recorded_at = batch::now_micros();
         // Planned as if the log ended at 0: with no stored events in hand,
         // every position in the results is one of the group's own rows.
-        let mut plan = batch::plan_group(group, &HashMap::new(), &heads, 0, recorded_at);
+        let mut plan = batch::plan_group(group, &HashMap::new(), heads, 0, recorded_at);
         if !plan.all_accepted() {
             return Ok(None);
         }
@@ -306,7 +313,7 @@ impl Appender {
             return Ok(Some(plan.results));
         };
 
-        match append_group(conn, &plan, &heads, recorded_at).await? {
+        match append_group(conn, &plan, heads, recorded_at).await? {
             Ok(base) => {
                 renumber(&mut plan.results, 0, base);
                 batch::advance_head(&self.head, base + last);
@@ -380,28 +387,38 @@ impl CommitGroup for Appender {
         &self,
         group: &[Vec<StreamWrite>],
     ) -> Result<Vec<RequestResult>, StoreError> {
+        let streams = batch::streams_of(group.iter().flatten());
         let mut slot = self.connection.lock().await;
-        if let Some(idle) = slot.as_mut() {
-            if idle.last_used.elapsed() >= IDLE_BEFORE_PING
-                && sqlx::Connection::ping(&mut idle.connection).await.is_err()
-            {
-                *slot = None;
+        // The heads read is the group's first statement and writes nothing:
+        // should it fail on a connection that served before (the server or
+        // the network closed it since: a restart, an idle timeout), it is
+        // read again on a new one instead of failing the group. A
+        // connection lost after it fails the group, as a pooled one would.
+        let mut heads = None;
+        if let Some(open) = slot.as_mut() {
+            match stream_heads(open, &streams).await {
+                Ok(read) => heads = Some(read),
+                Err(e) => {
+                    tracing::debug!(error = %e, "committer connection failed; reconnecting");
+                    *slot = None;
+                }
             }
         }
-        let committer = match &mut *slot {
+        let conn = match &mut *slot {
             Some(open) => open,
-            empty => empty.insert(CommitterConnection {
-                connection: sqlx::ConnectOptions::connect(&*self.pool.connect_options()).await?,
-                last_used: std::time::Instant::now(),
-            }),
+            empty => empty.insert(self.connect().await?),
         };
-        let conn = &mut committer.connection;
-        let committed = match self.commit_unlocked(conn, group).await {
-            Ok(Some(results)) => Ok(results),
-            Ok(None) => self.commit_locked(conn, group).await,
-            Err(e) => Err(e),
-        };
-        committer.last_used = std::time::Instant::now();
+        let committed = async {
+            let heads = match heads {
+                Some(heads) => heads,
+                None => stream_heads(conn, &streams).await?,
+            };
+            match self.commit_unlocked(conn, group, &heads).await? {
+                Some(results) => Ok(results),
+                None => self.commit_locked(conn, group).await,
+            }
+        }
+        .await;
         if committed.is_err() {
             // Whatever failed, a fresh connection serves the next group.
             *slot = None;
