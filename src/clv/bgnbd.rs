@@ -193,8 +193,9 @@ impl BgNbdParams {
 
     /// Expected repeat purchases in (T, T+t] of a customer still alive at
     /// T after x repeat purchases: the numerator of FHL 2005 eq. 10 (its
-    /// denominator is 1 / P(alive)). It does not depend on tₓ. Evaluated with 2F1 in log
-    /// space so heavy buyers and long horizons do not overflow.
+    /// denominator is 1 / P(alive)). It does not depend on tₓ. Evaluated
+    /// with 2F1 in log space so heavy buyers and long horizons do not
+    /// overflow.
     pub fn expected_purchases_if_alive(&self, t: f64, x: f64, t_cal: f64) -> Result<f64, ClvError> {
         self.validate()?;
         check_history(x, 0.0, t_cal)?;

@@ -63,8 +63,8 @@ struct Appender {
     connection: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
-/// How long the committer waits to open its connection (as long as the
-/// pool waits for one).
+/// How long the pool waits for a connection, and the committer to open
+/// its own.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for PostgresStore {
@@ -78,7 +78,7 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = crate::store::pool_options::<sqlx::Postgres>()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect(url)
             .await?;
         Self::from_pool(pool).await
@@ -293,8 +293,8 @@ impl Appender {
     }
 
     /// The common case, on the heads just read and with no lock held
-    /// between the two round trips: plan as if no id were stored, write. `None` when a
-    /// request was refused (a refusal may be a retry in disguise, decided
+    /// between the two round trips: plan as if no id were stored, write.
+    /// `None` when a request was refused (a refusal may be a retry in disguise, decided
     /// with the stored events in hand) or the plan no longer holds.
     async fn commit_unlocked(
         &self,
@@ -329,8 +329,8 @@ impl Appender {
         &self,
         conn: &mut sqlx::PgConnection,
         group: &[Vec<StreamWrite>],
+        streams: &[StreamId],
     ) -> Result<Vec<RequestResult>, StoreError> {
-        let streams = batch::streams_of(group.iter().flatten());
         let mut tx = sqlx::Connection::begin(conn).await?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM ledger_head WHERE id FOR UPDATE")
             .fetch_one(&mut *tx)
@@ -339,7 +339,7 @@ impl Appender {
         // Read by statements of their own after the lock: under READ
         // COMMITTED each statement reads a fresh snapshot, so they see
         // the previous holder's commit.
-        let heads = stream_heads(&mut tx, &streams).await?;
+        let heads = stream_heads(&mut tx, streams).await?;
         let ids = batch::event_ids(group);
         // Planned afresh each time, as `stream_heads` is.
         let rows = sqlx::query(&format!(
@@ -415,7 +415,7 @@ impl CommitGroup for Appender {
             };
             match self.commit_unlocked(conn, group, &heads).await? {
                 Some(results) => Ok(results),
-                None => self.commit_locked(conn, group).await,
+                None => self.commit_locked(conn, group, &streams).await,
             }
         }
         .await;
