@@ -24,7 +24,13 @@ fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // Before any connection opens: SQLite's page caches then come from
+    // mimalloc too (see the function's docs for the memory it saves).
+    let sqlite_allocator = journey_ledger::store::sqlite_raw::allocate_through_global_allocator();
     cli::init_tracing(args.verbose);
+    if !sqlite_allocator {
+        tracing::warn!("SQLite was initialized early and keeps the C library's malloc");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

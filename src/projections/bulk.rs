@@ -122,6 +122,14 @@ pub struct BulkWriter {
     done: tokio::task::JoinHandle<Result<WriteStats, StorageError>>,
 }
 
+/// The bulk writer's page cache, as SQLite's negative `cache_size` (KiB).
+/// Its rows go in customer order, so the pages it revisits are the few
+/// B-tree paths it is appending along; a larger cache mostly holds pages
+/// already written. 10M events / 1,045,266 customers on SQLite (two runs
+/// each): 16 MiB 309k–328k events/s, 309–338 MB peak; 64 MiB 289k–300k,
+/// 382–388 MB peak.
+const WRITER_CACHE_KIB: i64 = -16_384;
+
 /// Units of work queued per writer before senders wait (each holds a
 /// chunk's rows: memory is about this many chunks per worker).
 const QUEUE: usize = 2;
@@ -138,7 +146,10 @@ impl BulkWriter {
         let done = match db {
             ReadModelDb::Sqlite(pool) => {
                 let options: SqliteConnectOptions = (*pool.connect_options()).clone();
-                let conn = options.connect().await?;
+                let conn = options
+                    .pragma("cache_size", WRITER_CACHE_KIB.to_string())
+                    .connect()
+                    .await?;
                 tokio::task::spawn_blocking(move || {
                     sqlite_writer(conn, model_version, &tables, receiver)
                 })
@@ -571,6 +582,12 @@ fn sqlite_writer(
         }
         Ok(())
     })();
+    let (cache_bytes, _) = raw_conn.cache_used_bytes();
+    tracing::debug!(
+        page_cache_mib = cache_bytes >> 20,
+        rows = stats.rows,
+        "bulk writer done"
+    );
     if in_transaction {
         let _ = raw_conn.execute("ROLLBACK");
     }
