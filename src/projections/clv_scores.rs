@@ -201,6 +201,11 @@ fn fit_groups(histories: &HashMap<(u32, i64, i32), f64>, end: i32, unit: f64) ->
             let age = snap(i64::from(end - first_day));
             let recency = snap(*recency_days).min(age);
             *coarse.entry((*x, recency, age)).or_insert(0.0) += weight;
+            // Past the limit this grid is too fine: stop filling it (a
+            // million histories would otherwise be copied once more).
+            if coarse.len() > MAX_FIT_GROUPS && grid < 364 {
+                break;
+            }
         }
         if coarse.len() <= MAX_FIT_GROUPS || grid >= 364 {
             if grid > 1 {

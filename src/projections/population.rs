@@ -20,8 +20,8 @@ use crate::domain::CustomerId;
 
 /// The first pass: what the population models need from each customer.
 /// A rebuild's workers each collect the inputs of their partitions while
-/// folding, and [`PopulationInputs::absorb`] joins them in partition order,
-/// so the first pass costs nothing extra there.
+/// folding, and [`PopulationCollector`] joins them, so the first pass
+/// costs nothing extra there.
 ///
 /// Inputs count the orders up to the instant they are collected as of; the
 /// models are fitted as of that instant or an earlier one after every order
@@ -77,6 +77,44 @@ impl PopulationInputs {
             clv: self.clv.fit(&folds.clv.rules, as_of),
             next: 0,
         }
+    }
+}
+
+/// Joins the first passes of a rebuild's partitions as they finish, in
+/// whatever order: the CLV models' grouped inputs are merged at once (one
+/// set of groups instead of one per partition until the end), and only
+/// what depends on the customers' order, one revenue per customer, waits
+/// per partition to be joined in partition order.
+#[derive(Default)]
+pub struct PopulationCollector {
+    merged: Option<PopulationInputs>,
+    revenues: std::collections::BTreeMap<i64, Vec<i64>>,
+}
+
+impl PopulationCollector {
+    /// Adds the inputs of partition `partition_no` (partitions are
+    /// numbered in customer order).
+    pub fn add(&mut self, partition_no: i64, mut inputs: PopulationInputs) {
+        let mut revenues = std::mem::take(&mut inputs.revenues);
+        revenues.shrink_to_fit();
+        self.revenues.insert(partition_no, revenues);
+        match &mut self.merged {
+            Some(merged) => merged.absorb(inputs),
+            None => self.merged = Some(inputs),
+        }
+    }
+
+    /// The whole first pass, customers in id order; `None` when no
+    /// partition was added.
+    pub fn finish(self) -> Option<PopulationInputs> {
+        let mut merged = self.merged?;
+        let total = self.revenues.values().map(Vec::len).sum();
+        let mut revenues = Vec::with_capacity(total);
+        for part in self.revenues.into_values() {
+            revenues.extend(part);
+        }
+        merged.revenues = revenues;
+        Some(merged)
     }
 }
 

@@ -40,7 +40,7 @@ use super::bulk::{
     open_bulk_reader, send_blocking, BulkWork, BulkWriter, PartitionProgress, WriteStats,
 };
 use super::clock::Clock;
-use super::population::PopulationInputs;
+use super::population::{PopulationCollector, PopulationInputs};
 use super::rules::RuleSet;
 use super::runner::{refit_population, Projector, ProjectorOptions, RunnerError};
 use super::state::Folds;
@@ -199,7 +199,7 @@ pub async fn rebuild(
 
     let pass = PartitionPass {
         collect_inputs: resumed_from.is_none(),
-        inputs: Mutex::new(std::collections::BTreeMap::new()),
+        inputs: Mutex::new(PopulationCollector::default()),
         folds: folds.clone(),
         clock,
         head,
@@ -284,14 +284,7 @@ pub async fn rebuild(
         // (earlier partitions' inputs are gone) or the catch-up changed
         // customers since.
         let inputs = if pass.collect_inputs && caught_up == 0 {
-            let mut parts =
-                std::mem::take(&mut *pass.inputs.lock().expect("not poisoned")).into_values();
-            parts.next().map(|mut all| {
-                for part in parts {
-                    all.absorb(part);
-                }
-                all
-            })
+            std::mem::take(&mut *pass.inputs.lock().expect("not poisoned")).finish()
         } else {
             None
         };
@@ -388,8 +381,8 @@ async fn source_for(
 struct PartitionPass {
     /// Whether workers collect the population's first pass as they fold.
     collect_inputs: bool,
-    /// The collected first pass, per partition.
-    inputs: Mutex<std::collections::BTreeMap<i64, PopulationInputs>>,
+    /// The collected first pass, joined as partitions finish.
+    inputs: Mutex<PopulationCollector>,
     folds: Folds,
     clock: DateTime<Utc>,
     head: u64,
@@ -593,7 +586,7 @@ fn worker(
             pass.inputs
                 .lock()
                 .expect("not poisoned")
-                .insert(partition.no, inputs);
+                .add(partition.no, inputs);
         }
         let work = chunk.take(&partition, true);
         let events = work.events as u64;
