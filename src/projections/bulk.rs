@@ -582,7 +582,7 @@ fn sqlite_writer(
         }
         Ok(())
     })();
-    let (cache_bytes, _) = raw_conn.cache_used_bytes();
+    let cache_bytes = raw_conn.cache_used_bytes();
     tracing::debug!(
         page_cache_mib = cache_bytes >> 20,
         rows = stats.rows,

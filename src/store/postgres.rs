@@ -294,8 +294,9 @@ impl Appender {
 
     /// The common case, on the heads just read and with no lock held
     /// between the two round trips: plan as if no id were stored, write.
-    /// `None` when a request was refused (a refusal may be a retry in disguise, decided
-    /// with the stored events in hand) or the plan no longer holds.
+    /// `None` when a request was refused (a refusal may be a retry in
+    /// disguise, decided with the stored events in hand) or the plan no
+    /// longer holds.
     async fn commit_unlocked(
         &self,
         conn: &mut sqlx::PgConnection,

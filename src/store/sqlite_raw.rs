@@ -28,8 +28,8 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 /// connection opens (SQLite accepts it only before it initializes; false
 /// when it was too late and SQLite keeps `malloc`).
 ///
-/// Why: SQLite's page caches are most of a rebuild's heap (a 64 MiB cache
-/// per writer), and each connection lives on its own thread. glibc gives
+/// Why: SQLite's page caches are most of a rebuild's heap (up to 64 MiB
+/// per connection), and each connection lives on its own thread. glibc gives
 /// each thread an arena and keeps what a closed connection freed there, so
 /// a million-customer rebuild peaked at 470–482 MB resident against about
 /// 210 MB of live heap. The global allocator (mimalloc in the binary)
@@ -265,9 +265,9 @@ impl<'c> RawConnection<'c> {
         })
     }
 
-    /// Bytes of heap the connection's page cache holds now, and the most
-    /// it has held (SQLite's `SQLITE_DBSTATUS_CACHE_USED`).
-    pub fn cache_used_bytes(&self) -> (i64, i64) {
+    /// Bytes of heap the connection's page cache holds now (SQLite's
+    /// `SQLITE_DBSTATUS_CACHE_USED`, which keeps no high-water mark).
+    pub fn cache_used_bytes(&self) -> i64 {
         let (mut current, mut highwater) = (0, 0);
         // SAFETY: valid handle; the out-pointers are live locals.
         unsafe {
@@ -279,7 +279,7 @@ impl<'c> RawConnection<'c> {
                 0,
             );
         }
-        (i64::from(current), i64::from(highwater))
+        i64::from(current)
     }
 
     fn db(&self) -> *mut ffi::sqlite3 {
