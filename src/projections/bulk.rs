@@ -34,7 +34,7 @@ use super::state::CustomerState;
 use super::storage::{BatchWrite, ReadModelDb, StateRow, StorageError};
 use super::{Row, TableKind, TableSpec, Value};
 use crate::domain::CustomerId;
-use crate::store::sqlite_raw::{Bind, RawConnection, RawError};
+use crate::store::sqlite_raw::{Bind, BorrowedBinds, RawConnection, RawError, Statement};
 
 /// A partition's progress, committed with its rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,8 +336,8 @@ const ROWS_PER_INSERT: usize = 16;
 
 /// One table's prepared inserts.
 struct TableInserts<'c> {
-    many: crate::store::sqlite_raw::Statement<'c>,
-    one: crate::store::sqlite_raw::Statement<'c>,
+    many: Statement<'c>,
+    one: Statement<'c>,
     spec: &'c TableSpec,
 }
 
@@ -346,15 +346,18 @@ impl TableInserts<'_> {
     fn insert(&mut self, model_version: i64, rows: &[&Row]) -> Result<(), StorageError> {
         let width = self.spec.columns.len() + 2;
         let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+        let spec = self.spec;
         for chunk in chunks.by_ref() {
-            for (r, row) in chunk.iter().enumerate() {
-                bind_row(&mut self.many, r * width, model_version, self.spec, row)?;
-            }
-            self.many.execute().map_err(raw)?;
+            self.many.execute_borrowing(|binds| {
+                for (r, row) in chunk.iter().enumerate() {
+                    bind_row(binds, r * width, model_version, spec, row)?;
+                }
+                Ok::<_, StorageError>(())
+            })?;
         }
         for row in chunks.remainder() {
-            bind_row(&mut self.one, 0, model_version, self.spec, row)?;
-            self.one.execute().map_err(raw)?;
+            self.one
+                .execute_borrowing(|binds| bind_row(binds, 0, model_version, spec, row))?;
         }
         Ok(())
     }
@@ -421,33 +424,30 @@ fn insert_rows(
     Ok(())
 }
 
-/// Binds a state row to `(model_version, customer_id, last_occurred_us,
-/// due_us, state)` parameters 1–5.
-fn bind_state(
-    statement: &mut crate::store::sqlite_raw::Statement<'_>,
+/// Writes a state row with `statement`, whose parameters 1–5 are
+/// `(model_version, customer_id, last_occurred_us, due_us, state)`.
+fn write_state(
+    statement: &mut Statement<'_>,
     model_version: i64,
     state: &StateRow,
 ) -> Result<(), StorageError> {
-    statement.bind(1, Bind::Int(model_version)).map_err(raw)?;
-    statement
-        .bind(2, Bind::Text(&state.customer_id))
-        .map_err(raw)?;
-    statement
-        .bind(3, Bind::Int(state.last_occurred_us))
-        .map_err(raw)?;
-    statement
-        .bind(4, state.due_us.map_or(Bind::Null, Bind::Int))
-        .map_err(raw)?;
-    statement.bind(5, Bind::Blob(&state.state)).map_err(raw)
+    statement.execute_borrowing(|binds| {
+        binds.bind(1, Bind::Int(model_version))?;
+        binds.bind(2, Bind::Text(&state.customer_id))?;
+        binds.bind(3, Bind::Int(state.last_occurred_us))?;
+        binds.bind(4, state.due_us.map_or(Bind::Null, Bind::Int))?;
+        binds.bind(5, Bind::Blob(&state.state))?;
+        Ok::<_, StorageError>(())
+    })
 }
 
 /// Binds one row's values from parameter `offset + 1` on.
-fn bind_row(
-    statement: &mut crate::store::sqlite_raw::Statement<'_>,
+fn bind_row<'b>(
+    binds: &mut BorrowedBinds<'_, '_, 'b>,
     offset: usize,
     model_version: i64,
     spec: &TableSpec,
-    row: &Row,
+    row: &'b Row,
 ) -> Result<(), StorageError> {
     if row.values.len() != spec.columns.len() {
         return Err(StorageError::RowShape {
@@ -456,16 +456,10 @@ fn bind_row(
             got: row.values.len(),
         });
     }
-    statement
-        .bind(offset + 1, Bind::Int(model_version))
-        .map_err(raw)?;
-    statement
-        .bind(offset + 2, Bind::Text(&row.customer_id))
-        .map_err(raw)?;
+    binds.bind(offset + 1, Bind::Int(model_version))?;
+    binds.bind(offset + 2, Bind::Text(&row.customer_id))?;
     for (i, value) in row.values.iter().enumerate() {
-        statement
-            .bind(offset + i + 3, bind_value(value))
-            .map_err(raw)?;
+        binds.bind(offset + i + 3, bind_value(value))?;
     }
     Ok(())
 }
@@ -542,8 +536,7 @@ fn sqlite_writer(
             // (in customer order within each), several per statement.
             insert_rows(&mut inserts, model_version, &work.rows)?;
             for state in &work.states {
-                bind_state(&mut insert_state, model_version, state)?;
-                insert_state.execute().map_err(raw)?;
+                write_state(&mut insert_state, model_version, state)?;
             }
             if work.events > 0 || work.watermark_us.is_some() {
                 count_events.bind(1, Bind::Int(work.events)).map_err(raw)?;
@@ -749,8 +742,7 @@ pub(crate) fn commit_sqlite_batch(
         insert_rows(&mut inserts, model_version, &batch.rows)?;
         // 3. States.
         for state in &batch.states {
-            bind_state(&mut upsert_state, model_version, state)?;
-            upsert_state.execute().map_err(raw)?;
+            write_state(&mut upsert_state, model_version, state)?;
         }
         // 4. The live feed.
         let recorded_us = chrono::Utc::now().timestamp_micros();

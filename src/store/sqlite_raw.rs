@@ -424,6 +424,31 @@ impl<'c> Statement<'c> {
         self.check(code)
     }
 
+    /// Binds borrowed values without copying them, runs the statement
+    /// (which returns no rows) and resets it.
+    ///
+    /// [`Statement::bind`] has SQLite copy every text and blob, since its
+    /// buffers may be gone by the time the statement runs; for a bulk
+    /// writer those copies are a large share of the work. Here `bind`
+    /// binds values that outlive this call, and the bindings are cleared
+    /// before it returns, so SQLite never holds a pointer past the borrow.
+    pub fn execute_borrowing<'b, E: From<RawError>>(
+        &mut self,
+        bind: impl FnOnce(&mut BorrowedBinds<'_, 'c, 'b>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let bound = bind(&mut BorrowedBinds {
+            statement: self,
+            _values: PhantomData,
+        });
+        let ran = match bound {
+            Ok(()) => self.execute().map_err(E::from),
+            Err(e) => Err(e),
+        };
+        // SAFETY: a live statement; afterwards it holds no borrowed pointer.
+        unsafe { ffi::sqlite3_clear_bindings(self.stmt) };
+        ran
+    }
+
     /// Runs a statement that returns no rows (after binding), then resets it.
     pub fn execute(&mut self) -> Result<(), RawError> {
         // SAFETY: a live statement.
@@ -463,6 +488,46 @@ impl<'c> Statement<'c> {
                 Err(error(self.db, code, &self.sql))
             }
         }
+    }
+}
+
+/// Binds values that outlive one [`Statement::execute_borrowing`] call,
+/// without copying them.
+pub struct BorrowedBinds<'s, 'c, 'b> {
+    statement: &'s mut Statement<'c>,
+    _values: PhantomData<&'b ()>,
+}
+
+impl<'b> BorrowedBinds<'_, '_, 'b> {
+    /// Binds parameter `index` (1-based) to a value borrowed for `'b`.
+    pub fn bind(&mut self, index: usize, value: Bind<'b>) -> Result<(), RawError> {
+        let stmt = self.statement.stmt;
+        let i = index as c_int;
+        // SAFETY: a live statement; SQLITE_STATIC lets SQLite read the
+        // caller's buffers in place, which outlive the statement's run:
+        // `execute_borrowing` clears the bindings before `'b` can end.
+        let code = unsafe {
+            match value {
+                Bind::Int(v) => ffi::sqlite3_bind_int64(stmt, i, v),
+                Bind::Real(v) => ffi::sqlite3_bind_double(stmt, i, v),
+                Bind::Text(v) => ffi::sqlite3_bind_text(
+                    stmt,
+                    i,
+                    v.as_ptr() as *const c_char,
+                    v.len() as c_int,
+                    ffi::SQLITE_STATIC(),
+                ),
+                Bind::Blob(v) => ffi::sqlite3_bind_blob(
+                    stmt,
+                    i,
+                    v.as_ptr() as *const std::ffi::c_void,
+                    v.len() as c_int,
+                    ffi::SQLITE_STATIC(),
+                ),
+                Bind::Null => ffi::sqlite3_bind_null(stmt, i),
+            }
+        };
+        self.statement.check(code)
     }
 }
 
