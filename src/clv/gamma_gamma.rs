@@ -10,7 +10,7 @@
 //! units to major units with an explicit `minor_per_major`, so fitted γ and
 //! all predicted spends are in **major units** (e.g. dollars).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +95,10 @@ impl GammaGammaData {
 #[derive(Debug)]
 pub struct SpendGroups {
     scale: f64,
-    counts: HashMap<(u32, u64), f64>,
+    /// Frequency → mean spend (its bits) → customers. Nearly every repeat
+    /// customer's mean is distinct, so entries are kept at 16 bytes (the
+    /// few frequencies are the outer keys).
+    counts: BTreeMap<u32, HashMap<u64, u32>>,
     skipped: u64,
 }
 
@@ -107,7 +110,7 @@ impl SpendGroups {
         }
         Ok(Self {
             scale: f64::from(minor_per_major),
-            counts: HashMap::new(),
+            counts: BTreeMap::new(),
             skipped: 0,
         })
     }
@@ -132,35 +135,43 @@ impl SpendGroups {
         if m <= 0.0 {
             self.skipped += 1;
         } else {
-            *self.counts.entry((frequency, m.to_bits())).or_insert(0.0) += 1.0;
+            let customers = self
+                .counts
+                .entry(frequency)
+                .or_default()
+                .entry(m.to_bits())
+                .or_insert(0);
+            *customers = customers.saturating_add(1);
         }
         Ok(())
     }
 
     /// Adds every group of `other` (same scale).
     pub fn absorb(&mut self, other: SpendGroups) {
-        for (key, weight) in other.counts {
-            *self.counts.entry(key).or_insert(0.0) += weight;
+        for (frequency, theirs) in other.counts {
+            let mine = self.counts.entry(frequency).or_default();
+            for (spend, customers) in theirs {
+                let count = mine.entry(spend).or_insert(0);
+                *count = count.saturating_add(customers);
+            }
         }
         self.skipped += other.skipped;
     }
 
     /// The grouped data, sorted by (frequency, spend).
     pub fn finish(self) -> GammaGammaData {
-        let mut rows: Vec<_> = self.counts.into_iter().collect();
-        rows.sort_unstable_by(|a, b| {
-            a.0 .0
-                .cmp(&b.0 .0)
-                .then(f64::from_bits(a.0 .1).total_cmp(&f64::from_bits(b.0 .1)))
-        });
         let mut out = GammaGammaData {
             skipped_non_positive: self.skipped,
             ..GammaGammaData::default()
         };
-        for ((f, m), w) in rows {
-            out.frequency.push(f64::from(f));
-            out.monetary.push(f64::from_bits(m));
-            out.weight.push(w);
+        for (f, spends) in self.counts {
+            let mut spends: Vec<(u64, u32)> = spends.into_iter().collect();
+            spends.sort_unstable_by(|a, b| f64::from_bits(a.0).total_cmp(&f64::from_bits(b.0)));
+            for (m, customers) in spends {
+                out.frequency.push(f64::from(f));
+                out.monetary.push(f64::from_bits(m));
+                out.weight.push(f64::from(customers));
+            }
         }
         out
     }

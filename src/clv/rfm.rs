@@ -207,6 +207,63 @@ pub fn quintile_score(sorted: &[f64], key: f64) -> u8 {
     (1 + (5 * worse) / sorted.len().max(1)).min(5) as u8
 }
 
+/// The four keys that split a population into quintiles: [`quintile_score`]
+/// without the population. A key scores one more than the number of cuts
+/// below it, so a pass over many customers keeps four numbers per key
+/// instead of every customer's key.
+///
+/// `quintile_score` is `1 + floor(5 · worse / n)`, at most 5, where `worse`
+/// counts the keys below; it reaches `j + 1` when `worse ≥ ⌈j·n/5⌉`, that is
+/// when the key is above the `⌈j·n/5⌉`-th smallest key: that key is cut `j`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuintileCuts([f64; 4]);
+
+impl QuintileCuts {
+    /// The cuts of a population given as distinct keys, ascending, each
+    /// with how many customers have it; `None` for an empty population.
+    pub fn from_counts(counted: impl IntoIterator<Item = (f64, u64)>) -> Option<Self> {
+        let counted: Vec<(f64, u64)> = counted.into_iter().collect();
+        let n: u64 = counted.iter().map(|(_, count)| count).sum();
+        if n == 0 {
+            return None;
+        }
+        let mut cuts = [0.0; 4];
+        let mut keys = counted.iter();
+        let (mut key, mut through) = (0.0, 0);
+        for (j, cut) in (1..).zip(&mut cuts) {
+            let rank = (j * n).div_ceil(5);
+            while through < rank {
+                let (next, count) = keys.next().expect("ranks are within the population");
+                (key, through) = (*next, through + count);
+            }
+            *cut = key;
+        }
+        Some(Self(cuts))
+    }
+
+    /// The cuts of a population given as every customer's key, in any
+    /// order (sorted in place); `None` for an empty population.
+    pub fn from_keys(keys: &mut [i64]) -> Option<Self> {
+        keys.sort_unstable();
+        let n = keys.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        Some(Self([1, 2, 3, 4].map(|j: u64| {
+            keys[((j * n).div_ceil(5) - 1) as usize] as f64
+        })))
+    }
+
+    /// The score 1–5 of `key`, as [`quintile_score`] gives it.
+    pub fn score(&self, key: f64) -> u8 {
+        1 + self
+            .0
+            .iter()
+            .filter(|cut| cut.total_cmp(&key).is_lt())
+            .count() as u8
+    }
+}
+
 /// The RFM keys of one customer, larger is better on each: recency is
 /// negated days since the last purchase.
 pub fn rfm_keys(input: &RfmInput) -> [f64; 3] {
@@ -271,6 +328,39 @@ pub fn score_rfm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The cuts score every key as the whole sorted population does,
+        /// keys outside the population and heavy ties included, whether
+        /// built from counted keys or from every key.
+        #[test]
+        fn cuts_score_as_the_sorted_population(
+            keys in prop::collection::vec(-20i64..20, 1..120),
+            probes in prop::collection::vec(-25i64..25, 1..20),
+        ) {
+            let mut sorted: Vec<f64> = keys.iter().map(|k| *k as f64).collect();
+            sorted.sort_unstable_by(f64::total_cmp);
+            let mut counts = std::collections::BTreeMap::new();
+            for k in &keys {
+                *counts.entry(*k).or_insert(0u64) += 1;
+            }
+            let counted = QuintileCuts::from_counts(counts.iter().map(|(k, c)| (*k as f64, *c)));
+            let every = QuintileCuts::from_keys(&mut keys.clone());
+            prop_assert_eq!(counted, every);
+            let cuts = every.expect("a population");
+            for key in keys.iter().chain(&probes) {
+                let key = *key as f64;
+                prop_assert_eq!(cuts.score(key), quintile_score(&sorted, key));
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_population_has_no_cuts() {
+        assert_eq!(QuintileCuts::from_counts([]), None);
+        assert_eq!(QuintileCuts::from_keys(&mut []), None);
+    }
 
     fn inp(c: &str, days: f64, f: u32, m: i64) -> RfmInput {
         RfmInput {

@@ -16,15 +16,16 @@
 //! for a fit (a fresh store) the model columns stay NULL and RFM is still
 //! written; the reason is logged, never guessed around.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::population::Values;
 use super::{CustomerFold, FoldEvent, Row, TableKind, TableSpec, Value};
 use crate::clv::gamma_gamma::SpendGroups;
 use crate::clv::ledger::fit_purchase_model_on;
-use crate::clv::rfm::{quintile_score, total_and_segment};
+use crate::clv::rfm::{total_and_segment, QuintileCuts};
 use crate::clv::rules::ClvRules;
 use crate::clv::summary::HistoryGroups;
 use crate::clv::{
@@ -158,18 +159,24 @@ impl ClvHistory {
 }
 
 /// The first pass of a refit: what the models need from every customer,
-/// grouped (histories, spends) or as sorted keys (RFM), never per customer
-/// id. Everything here is in calendar days, independent of the instant the
+/// grouped (histories, spends, RFM days) or as a bare list (RFM spends),
+/// never per customer id. Everything here is in calendar days, independent of the instant the
 /// models are fitted as of (a rebuild collects it while folding, before it
 /// knows the newest event), and converted when fitting.
 #[derive(Debug)]
 pub struct ClvPopulation {
     /// (repeat days, first-to-last days, first day) → customers.
-    histories: HashMap<(u32, i64, i32), f64>,
+    /// A million customers have hundreds of thousands of distinct ones:
+    /// 12-byte keys and 4-byte counts keep each entry at 16 bytes.
+    histories: HashMap<(u32, i32, i32), u32>,
     spends: Option<SpendGroups>,
     spend_error: Option<String>,
-    /// RFM: last purchase day (days since the epoch), purchase days, spend.
-    keys: [Vec<f64>; 3],
+    /// RFM recency: customers per last purchase day (days from CE).
+    last_days: BTreeMap<i32, u64>,
+    /// RFM frequency: customers per number of purchase days.
+    purchase_days: BTreeMap<u32, u64>,
+    /// RFM monetary: every customer's total spend (nearly all distinct).
+    totals: Values,
 }
 
 /// Distinct histories the purchase model is fitted on exactly. Each
@@ -184,11 +191,11 @@ pub const MAX_FIT_GROUPS: usize = 50_000;
 /// The (x, tₓ, T) groups the purchase model is fitted on, in model units:
 /// exact while there are at most [`MAX_FIT_GROUPS`] distinct histories,
 /// else on the finest grid of days that brings them under it.
-fn fit_groups(histories: &HashMap<(u32, i64, i32), f64>, end: i32, unit: f64) -> CompressedData {
+fn fit_groups(histories: &HashMap<(u32, i32, i32), u32>, end: i32, unit: f64) -> CompressedData {
     let mut grid: i64 = 1;
     loop {
         let mut coarse: HashMap<(u32, i64, i64), f64> = HashMap::new();
-        for ((x, recency_days, first_day), weight) in histories {
+        for (&(x, recency_days, first_day), &customers) in histories {
             // The middle of the grid cell, so rounding does not bias; zero
             // stays zero (no repeat purchase).
             let snap = |days: i64| {
@@ -199,8 +206,8 @@ fn fit_groups(histories: &HashMap<(u32, i64, i32), f64>, end: i32, unit: f64) ->
                 }
             };
             let age = snap(i64::from(end - first_day));
-            let recency = snap(*recency_days).min(age);
-            *coarse.entry((*x, recency, age)).or_insert(0.0) += weight;
+            let recency = snap(i64::from(recency_days)).min(age);
+            *coarse.entry((x, recency, age)).or_insert(0.0) += f64::from(customers);
             // Past the limit this grid is too fine: stop filling it (a
             // million histories would otherwise be copied once more).
             if coarse.len() > MAX_FIT_GROUPS && grid < 364 {
@@ -243,38 +250,41 @@ impl ClvPopulation {
             histories: HashMap::new(),
             spends: SpendGroups::new(scale).ok(),
             spend_error: None,
-            keys: Default::default(),
+            last_days: BTreeMap::new(),
+            purchase_days: BTreeMap::new(),
+            totals: Values::default(),
         }
     }
 
     /// Adds one customer.
     pub fn observe(&mut self, customer: &str, facts: &ClvFacts) {
+        let first_day = day_number(facts.first_day);
         let key = (
             facts.frequency,
-            (facts.last_day - facts.first_day).num_days(),
-            day_number(facts.first_day),
+            day_number(facts.last_day) - first_day,
+            first_day,
         );
-        *self.histories.entry(key).or_insert(0.0) += 1.0;
+        let customers = self.histories.entry(key).or_insert(0);
+        *customers = customers.saturating_add(1);
         if let Some(spends) = &mut self.spends {
             if let Err(e) = spends.add(customer, facts.frequency, facts.monetary_minor_avg) {
                 self.spend_error = Some(e.to_string());
                 self.spends = None;
             }
         }
-        let keys = [
-            f64::from(day_number(facts.last_day)),
-            f64::from(facts.purchase_days),
-            facts.total_minor as f64,
-        ];
-        for (list, key) in self.keys.iter_mut().zip(keys) {
-            list.push(key);
-        }
+        *self
+            .last_days
+            .entry(day_number(facts.last_day))
+            .or_insert(0) += 1;
+        *self.purchase_days.entry(facts.purchase_days).or_insert(0) += 1;
+        self.totals.push(facts.total_minor);
     }
 
     /// Adds another part of the population (order does not matter).
     pub fn absorb(&mut self, other: ClvPopulation) {
-        for (key, weight) in other.histories {
-            *self.histories.entry(key).or_insert(0.0) += weight;
+        for (key, theirs) in other.histories {
+            let customers = self.histories.entry(key).or_insert(0);
+            *customers = customers.saturating_add(theirs);
         }
         match (&mut self.spends, other.spends) {
             (Some(mine), Some(theirs)) => mine.absorb(theirs),
@@ -284,18 +294,22 @@ impl ClvPopulation {
         if other.spend_error.is_some() {
             self.spend_error = other.spend_error;
         }
-        for (mine, theirs) in self.keys.iter_mut().zip(other.keys) {
-            mine.extend(theirs);
+        for (day, count) in other.last_days {
+            *self.last_days.entry(day).or_insert(0) += count;
         }
+        for (days, count) in other.purchase_days {
+            *self.purchase_days.entry(days).or_insert(0) += count;
+        }
+        self.totals.absorb(other.totals);
     }
 
     /// Fits the purchase and spend models as of `as_of` (T runs to its
-    /// day) and sorts the RFM keys. Without a purchase model (too little
+    /// day) and cuts the RFM keys into quintiles. Without a purchase model (too little
     /// data) nobody gets model figures, and the reason is logged; without a
     /// spend model (Gamma-Gamma did not fit) customers keep P(alive) and
     /// expected purchases, and CLV stays empty.
     pub fn fit(self, rules: &ClvRules, as_of: DateTime<Utc>) -> ClvModels {
-        let customers = self.keys[0].len();
+        let customers = self.totals.len();
         let unit = rules.model.time_unit.days();
         let end = day_number(as_of.date_naive());
         let groups = fit_groups(&self.histories, end, unit);
@@ -337,14 +351,22 @@ impl ClvPopulation {
                 })
                 .ok(),
         };
-        let mut keys = self.keys;
         // Recency: days since the last purchase, negated (later is better).
-        for last in &mut keys[0] {
-            *last -= f64::from(end);
-        }
-        for k in &mut keys {
-            k.sort_unstable_by(f64::total_cmp);
-        }
+        let recency = QuintileCuts::from_counts(
+            self.last_days
+                .iter()
+                .map(|(day, count)| (f64::from(*day) - f64::from(end), *count)),
+        );
+        let frequency = QuintileCuts::from_counts(
+            self.purchase_days
+                .iter()
+                .map(|(days, count)| (f64::from(*days), *count)),
+        );
+        let monetary = QuintileCuts::from_keys(&mut self.totals.into_vec());
+        let rfm_cuts = match (recency, frequency, monetary) {
+            (Some(r), Some(f), Some(m)) => Some([r, f, m]),
+            _ => None,
+        };
         let options = ClvOptions::monthly(
             rules.model.time_unit,
             rules.clv.horizon_months,
@@ -356,7 +378,7 @@ impl ClvPopulation {
             spend,
             horizon: f64::from(options.horizon_periods) * options.period_length,
             options,
-            sorted_keys: keys,
+            rfm_cuts,
             outlooks: HashMap::new(),
         }
     }
@@ -370,8 +392,8 @@ fn rfm_keys(facts: &ClvFacts) -> [f64; 3] {
     ]
 }
 
-/// The fitted models and the population's RFM keys: what the second pass
-/// scores each customer with.
+/// The fitted models and the population's RFM quintile cuts: what the
+/// second pass scores each customer with.
 #[derive(Debug)]
 pub struct ClvModels {
     rules: ClvRules,
@@ -379,7 +401,8 @@ pub struct ClvModels {
     spend: Option<GammaGammaParams>,
     options: ClvOptions,
     horizon: f64,
-    sorted_keys: [Vec<f64>; 3],
+    /// Recency, frequency and monetary cuts (none without customers).
+    rfm_cuts: Option<[QuintileCuts; 3]>,
     /// The outlooks of the (x, T) pairs scored so far by
     /// [`ClvModels::row`].
     outlooks: HashMap<(u32, u64), Option<Outlook>>,
@@ -499,13 +522,9 @@ impl ClvModels {
             .remembered_outlook(facts)
             .and_then(|outlook| self.scored(outlook, facts));
         let value = c.and_then(|c| c.value);
-        let rfm = (!self.sorted_keys[0].is_empty()).then(|| {
+        let rfm = self.rfm_cuts.map(|[r_cuts, f_cuts, m_cuts]| {
             let [r, f, m] = rfm_keys(facts);
-            let scores = (
-                quintile_score(&self.sorted_keys[0], r),
-                quintile_score(&self.sorted_keys[1], f),
-                quintile_score(&self.sorted_keys[2], m),
-            );
+            let scores = (r_cuts.score(r), f_cuts.score(f), m_cuts.score(m));
             let (total, segment) =
                 total_and_segment(scores, &self.rules.rfm.weights, &self.rules.rfm.segments);
             (scores, total, segment)
@@ -709,11 +728,11 @@ mod tests {
     fn many_distinct_histories_are_fitted_on_a_coarser_grid_with_every_customer() {
         let mut histories = HashMap::new();
         let end = 800_000;
-        for i in 0..60_000i64 {
+        for i in 0..60_000i32 {
             let x = (i % 7) as u32;
             let recency = if x == 0 { 0 } else { 1 + i % 500 };
-            let first = end - 500 - (i % 900) as i32;
-            *histories.entry((x, recency, first)).or_insert(0.0) += 1.0;
+            let first = end - 500 - i % 900;
+            *histories.entry((x, recency, first)).or_insert(0) += 1;
         }
         let exact = fit_groups(&histories, end, 7.0);
         assert!(exact.len() <= MAX_FIT_GROUPS, "{} groups", exact.len());

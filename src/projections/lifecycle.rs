@@ -491,36 +491,133 @@ pub fn value_tiers<'a>(
 }
 
 /// [`value_tiers`] of customers given in id order (ties go to the earlier
-/// position): one tier per revenue, in the same order. A population pass
-/// streams customers in id order and keeps only this array.
+/// position): one tier per revenue, in the same order.
 pub fn value_tiers_in_order(rules: &LifecycleRules, revenues: &[i64]) -> Vec<ValueTier> {
-    let mut ranked: Vec<u32> = (0..revenues.len() as u32).collect();
-    ranked.sort_by(|&a, &b| {
-        revenues[b as usize]
-            .cmp(&revenues[a as usize])
-            .then(a.cmp(&b))
-    });
-    let total: i128 = revenues.iter().map(|r| (*r).max(0) as i128).sum();
-    let high = total * rules.value_tiers.high_revenue_share_percent as i128;
-    let mid = total
-        * (rules.value_tiers.high_revenue_share_percent
-            + rules.value_tiers.mid_revenue_share_percent) as i128;
-    let mut before: i128 = 0;
-    let mut tiers = vec![ValueTier::Low; revenues.len()];
-    for index in ranked {
-        let revenue = revenues[index as usize];
-        tiers[index as usize] = if revenue <= 0 {
-            ValueTier::Low
-        } else if before * 100 < high {
+    let mut tiers = ValueTierCuts::rank(rules, revenues.to_vec()).assigner();
+    revenues.iter().map(|r| tiers.next(*r)).collect()
+}
+
+/// Where a value tier ends in the ranking (revenue descending, ties in id
+/// order): it holds every customer with more revenue than `revenue_minor`
+/// and the first `ties` customers, in id order, with exactly that revenue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TierCut {
+    revenue_minor: i64,
+    ties: u64,
+}
+
+/// The two cuts that decide every customer's value tier ([`value_tiers`]).
+///
+/// The high tier is a prefix of the ranking and the mid tier the stretch
+/// after it, so a population pass ranks the revenues once, keeps these
+/// two cuts (a few bytes, whatever the customer count) and assigns each
+/// customer's tier from their own revenue as it streams the customers
+/// again in id order ([`ValueTierAssigner`]), instead of keeping one tier
+/// per customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueTierCuts {
+    /// The end of the high tier (none when it is empty).
+    high: Option<TierCut>,
+    /// The end of the high and mid tiers together (none when both are
+    /// empty).
+    high_or_mid: Option<TierCut>,
+}
+
+impl ValueTierCuts {
+    /// Ranks a population's revenues, given in any order.
+    pub fn rank(rules: &LifecycleRules, mut revenues: Vec<i64>) -> Self {
+        revenues.sort_unstable_by(|a, b| b.cmp(a));
+        let total: i128 = revenues.iter().map(|r| i128::from((*r).max(0))).sum();
+        let shares = &rules.value_tiers;
+        let high = total * i128::from(shares.high_revenue_share_percent);
+        let high_or_mid = total
+            * i128::from(shares.high_revenue_share_percent + shares.mid_revenue_share_percent);
+        // A customer is high while the revenue ranked before them is below
+        // the high share of the total, then mid while it is below the two
+        // shares; without positive revenue they are low.
+        let (mut high_len, mut high_or_mid_len) = (0, 0);
+        let mut before: i128 = 0;
+        for (position, &revenue) in revenues.iter().enumerate() {
+            if revenue <= 0 || before * 100 >= high_or_mid {
+                break;
+            }
+            if before * 100 < high {
+                high_len = position + 1;
+            }
+            high_or_mid_len = position + 1;
+            before += i128::from(revenue);
+        }
+        let cut = |len: usize| {
+            let ranked = &revenues[..len];
+            let revenue_minor = *ranked.last()?;
+            let above = ranked.partition_point(|r| *r > revenue_minor);
+            Some(TierCut {
+                revenue_minor,
+                ties: (len - above) as u64,
+            })
+        };
+        Self {
+            high: cut(high_len),
+            high_or_mid: cut(high_or_mid_len),
+        }
+    }
+
+    /// Assigns tiers to the ranked customers, streamed in id order.
+    pub fn assigner(self) -> ValueTierAssigner {
+        ValueTierAssigner {
+            cuts: self,
+            high_ties: 0,
+            high_or_mid_ties: 0,
+        }
+    }
+}
+
+/// Tiers of the customers [`ValueTierCuts`] ranked, one after another in
+/// id order; it counts the customers tied at each cut, so a tie goes to
+/// the customer first in id order.
+#[derive(Debug)]
+pub struct ValueTierAssigner {
+    cuts: ValueTierCuts,
+    high_ties: u64,
+    high_or_mid_ties: u64,
+}
+
+impl ValueTierAssigner {
+    /// The tier of the next customer in id order, whose revenue is
+    /// `revenue_minor`.
+    pub fn next(&mut self, revenue_minor: i64) -> ValueTier {
+        if revenue_minor <= 0 {
+            return ValueTier::Low;
+        }
+        // Both counters see every customer, whatever tier they get.
+        let high = within(self.cuts.high, &mut self.high_ties, revenue_minor);
+        let high_or_mid = within(
+            self.cuts.high_or_mid,
+            &mut self.high_or_mid_ties,
+            revenue_minor,
+        );
+        if high {
             ValueTier::High
-        } else if before * 100 < mid {
+        } else if high_or_mid {
             ValueTier::Mid
         } else {
             ValueTier::Low
-        };
-        before += revenue.max(0) as i128;
+        }
     }
-    tiers
+}
+
+/// Whether a customer with `revenue_minor` falls within `cut`, counting
+/// them in `ties` when they are tied at it.
+fn within(cut: Option<TierCut>, ties: &mut u64, revenue_minor: i64) -> bool {
+    let Some(cut) = cut else { return false };
+    match revenue_minor.cmp(&cut.revenue_minor) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => {
+            *ties += 1;
+            *ties <= cut.ties
+        }
+    }
 }
 
 /// The lifecycle fold under one rule set.
@@ -753,4 +850,60 @@ pub fn fold_as_of(
         state.advance_to(rules, to_us(as_of), &mut transitions);
     }
     (state, transitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The ranking [`value_tiers`] documents, done the obvious way: every
+    /// customer sorted, one tier per position.
+    fn ranked_one_by_one(rules: &LifecycleRules, revenues: &[i64]) -> Vec<ValueTier> {
+        let mut ranked: Vec<usize> = (0..revenues.len()).collect();
+        ranked.sort_by(|&a, &b| revenues[b].cmp(&revenues[a]).then(a.cmp(&b)));
+        let total: i128 = revenues.iter().map(|r| i128::from((*r).max(0))).sum();
+        let shares = &rules.value_tiers;
+        let high = total * i128::from(shares.high_revenue_share_percent);
+        let mid = total
+            * i128::from(shares.high_revenue_share_percent + shares.mid_revenue_share_percent);
+        let mut before: i128 = 0;
+        let mut tiers = vec![ValueTier::Low; revenues.len()];
+        for index in ranked {
+            let revenue = revenues[index];
+            tiers[index] = if revenue <= 0 {
+                ValueTier::Low
+            } else if before * 100 < high {
+                ValueTier::High
+            } else if before * 100 < mid {
+                ValueTier::Mid
+            } else {
+                ValueTier::Low
+            };
+            before += i128::from(revenue.max(0));
+        }
+        tiers
+    }
+
+    proptest! {
+        /// The two cuts give every customer the tier of the one-by-one
+        /// ranking, ties (few distinct revenues), zero and negative
+        /// revenues included.
+        #[test]
+        fn cuts_assign_the_tiers_of_the_full_ranking(
+            revenues in prop::collection::vec(-3i64..12, 0..200),
+            scale in prop::sample::select(vec![1i64, 1_000, 1_000_003]),
+            high in 1u32..=100,
+            mid in 0u32..=100,
+        ) {
+            let mut rules = crate::projections::rules::RuleSet::shipped_defaults().lifecycle;
+            rules.value_tiers.high_revenue_share_percent = high;
+            rules.value_tiers.mid_revenue_share_percent = mid.min(100 - high);
+            let revenues: Vec<i64> = revenues.iter().map(|r| r * scale).collect();
+            prop_assert_eq!(
+                value_tiers_in_order(&rules, &revenues),
+                ranked_one_by_one(&rules, &revenues)
+            );
+        }
+    }
 }

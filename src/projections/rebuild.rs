@@ -583,10 +583,7 @@ fn worker(
             Err(e) => return Err(e),
         }
         if let Some(inputs) = chunk.inputs.take() {
-            pass.inputs
-                .lock()
-                .expect("not poisoned")
-                .add(partition.no, inputs);
+            pass.inputs.lock().expect("not poisoned").add(inputs);
         }
         let work = chunk.take(&partition, true);
         let events = work.events as u64;
