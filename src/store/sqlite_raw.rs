@@ -436,17 +436,21 @@ impl<'c> Statement<'c> {
         &mut self,
         bind: impl FnOnce(&mut BorrowedBinds<'_, 'c, 'b>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let bound = bind(&mut BorrowedBinds {
+        /// Clears the bindings however the call ends, a panic in `bind`
+        /// included, so the statement holds no borrowed pointer after it.
+        struct ClearBindings(*mut ffi::sqlite3_stmt);
+        impl Drop for ClearBindings {
+            fn drop(&mut self) {
+                // SAFETY: the statement outlives this guard.
+                unsafe { ffi::sqlite3_clear_bindings(self.0) };
+            }
+        }
+        let _clear = ClearBindings(self.stmt);
+        bind(&mut BorrowedBinds {
             statement: self,
             _values: PhantomData,
-        });
-        let ran = match bound {
-            Ok(()) => self.execute().map_err(E::from),
-            Err(e) => Err(e),
-        };
-        // SAFETY: a live statement; afterwards it holds no borrowed pointer.
-        unsafe { ffi::sqlite3_clear_bindings(self.stmt) };
-        ran
+        })?;
+        self.execute().map_err(E::from)
     }
 
     /// Runs a statement that returns no rows (after binding), then resets it.
@@ -614,5 +618,39 @@ mod tests {
             sqlite_free(fresh);
             assert!(sqlite_malloc(-1).is_null());
         }
+    }
+
+    /// Values bound in place are stored, and the statement does not keep
+    /// them: run again without binding, it inserts NULLs, not whatever the
+    /// freed buffer held.
+    #[tokio::test]
+    async fn borrowed_bindings_are_written_and_then_cleared() {
+        use sqlx::Connection;
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let raw = RawConnection::lock(&mut conn).unwrap();
+        raw.execute("CREATE TABLE t (name TEXT, bytes BLOB)")
+            .unwrap();
+        let mut insert = raw.prepare("INSERT INTO t VALUES (?1, ?2)").unwrap();
+        let name = String::from("borrowed name");
+        let bytes = vec![7u8; 40];
+        insert
+            .execute_borrowing(|binds| {
+                binds.bind(1, Bind::Text(&name))?;
+                binds.bind(2, Bind::Blob(&bytes))?;
+                Ok::<_, RawError>(())
+            })
+            .unwrap();
+        drop((name, bytes));
+        insert.execute().unwrap();
+        let mut select = raw
+            .prepare("SELECT name, length(bytes) FROM t ORDER BY rowid")
+            .unwrap();
+        {
+            let first = select.next_row().unwrap().unwrap();
+            assert_eq!(first.text(0).unwrap(), "borrowed name");
+            assert_eq!(first.int(1), 40);
+        }
+        let second = select.next_row().unwrap().unwrap();
+        assert!(second.is_null(0) && second.is_null(1));
     }
 }
