@@ -76,6 +76,7 @@ macro_rules! store_contract_tests {
             reading_past_the_end_is_empty,
             stream_heads_answer_in_order,
             global_order_across_streams,
+            replay_pages_keep_order_limit_and_stop_for_a_gone_reader,
             concurrent_appenders_with_a_tailing_reader,
             concurrent_requests_succeed_or_fail_alone,
             subscription_catches_up_then_goes_live,
@@ -610,6 +611,53 @@ pub async fn global_order_across_streams(store: Arc<dyn EventStore>) {
         .collect()
         .await;
     assert_eq!(from_middle, written[7..]);
+}
+
+/// [`EventStore::read_all_into`], which replays hand on in pages: events
+/// from `from` in position order, at most `limit`, in pages of at most
+/// `page`; the count and last position say where to resume; a reader that
+/// has gone stops it without error.
+pub async fn replay_pages_keep_order_limit_and_stop_for_a_gone_reader(store: Arc<dyn EventStore>) {
+    for c in 0..4u64 {
+        store
+            .append(&stream(&format!("p{c}")), ExpectedVersion::Any, events(3))
+            .await
+            .unwrap();
+    }
+    let all = everything(store.clone()).await;
+    let from = all[2].position;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let sent = store.read_all_into(from, 7, 3, &tx).await.unwrap();
+    drop(tx);
+    let mut pages = Vec::new();
+    while let Some(page) = rx.recv().await {
+        pages.push(page.unwrap());
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    let read: Vec<_> = pages.concat().iter().map(|e| e.event_id).collect();
+    let expected: Vec<_> = all[2..9].iter().map(|e| e.event_id).collect();
+    assert_eq!(read, expected);
+    assert_eq!((sent.events, sent.receiver_gone), (7, false));
+    assert_eq!(sent.last_position, Some(all[8].position));
+    assert_eq!(sent.next_from(from), all[8].position + 1);
+
+    // Past the end: fewer than the limit, and the total says so.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let sent = store.read_all_into(from, 100, 5, &tx).await.unwrap();
+    drop(tx);
+    let mut tail = 0;
+    while let Some(page) = rx.recv().await {
+        tail += page.unwrap().len();
+    }
+    assert_eq!((sent.events, tail), (all.len() - 2, all.len() - 2));
+
+    // The reader goes after the first page: the store stops, no error.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, StoreError>>(1);
+    let reader = tokio::spawn(async move { rx.recv().await.map(|p| p.map(|p| p.len())) });
+    let sent = store.read_all_into(0, 100, 2, &tx).await.unwrap();
+    assert_eq!(reader.await.unwrap().unwrap().unwrap(), 2);
+    assert!(sent.receiver_gone, "{sent:?}");
+    assert!(sent.events <= 4, "{sent:?}");
 }
 
 /// Many tasks race on one stream with expected versions while a subscriber

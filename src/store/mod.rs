@@ -9,6 +9,7 @@ pub mod error;
 pub mod esdb;
 pub(crate) mod group_commit;
 pub mod postgres;
+mod postgres_row;
 pub mod sqlite;
 mod sqlite_append;
 mod sqlite_checkpoint;
@@ -224,6 +225,36 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Sends the events with position `>= from`, at most `limit` of them,
+    /// to `sink` in position order, in pages of at most `page` events, and
+    /// says how far it got. Stops early, without error, once the receiver
+    /// is gone.
+    ///
+    /// A replay calls this with a `limit` many pages long, so a backend
+    /// that streams rows can serve the pages from one query as they arrive
+    /// (PostgreSQL does) while memory holds only the pages in flight. The
+    /// default reads page by page with [`EventStore::read_all_page`].
+    async fn read_all_into(
+        &self,
+        from: u64,
+        limit: usize,
+        page: usize,
+        sink: &PageSink,
+    ) -> Result<PagesSent, StoreError> {
+        let page = page.max(1);
+        let mut sent = PagesSent::default();
+        while sent.events < limit {
+            let events = self
+                .read_all_page(sent.next_from(from), page.min(limit - sent.events))
+                .await?;
+            let short = events.len() < page.min(limit - sent.events);
+            if events.is_empty() || !sent.send(sink, events).await || short {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
     /// The last committed global position (0 when empty).
     async fn head_position(&self) -> Result<u64, StoreError>;
 
@@ -294,6 +325,40 @@ pub trait EventStore: Send + Sync + 'static {
     /// where the backend can tell, another). May resolve spuriously;
     /// callers re-read. Backends without notifications poll.
     async fn wait_for_append(&self, after_position: u64);
+}
+
+/// Where [`EventStore::read_all_into`] sends its pages.
+pub type PageSink = tokio::sync::mpsc::Sender<Result<Vec<RecordedEvent>, StoreError>>;
+
+/// How far [`EventStore::read_all_into`] got.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PagesSent {
+    /// Events sent.
+    pub events: usize,
+    /// The position of the last event sent.
+    pub last_position: Option<u64>,
+    /// Whether the receiver had gone.
+    pub receiver_gone: bool,
+}
+
+impl PagesSent {
+    /// Where reading resumes: after the last event sent, else at `from`.
+    pub fn next_from(&self, from: u64) -> u64 {
+        self.last_position.map_or(from, |p| p + 1)
+    }
+
+    /// Sends a non-empty page; false (and `receiver_gone`) if nobody
+    /// receives any more.
+    pub async fn send(&mut self, sink: &PageSink, page: Vec<RecordedEvent>) -> bool {
+        let (count, last) = (page.len(), page.last().map(|e| e.position));
+        if sink.send(Ok(page)).await.is_err() {
+            self.receiver_gone = true;
+            return false;
+        }
+        self.events += count;
+        self.last_position = last.or(self.last_position);
+        true
+    }
 }
 
 /// Reads all events from `from` (inclusive) as an async stream, fetching the

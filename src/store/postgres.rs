@@ -17,15 +17,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sqlx::postgres::{PgListener, PgPool, PgRow};
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::Row;
 use tokio::sync::watch;
 
 use super::batch::{self, RequestResult};
 use super::group_commit::{CommitGroup, GroupCommitter};
+use super::postgres_row::decode_row;
 use super::{
-    AppendOutcome, Capabilities, Direction, EventStore, ReadStream, StoreError, StoreStats,
-    StreamHead, StreamWrite,
+    AppendOutcome, Capabilities, Direction, EventStore, PageSink, PagesSent, ReadStream,
+    StoreError, StoreStats, StreamHead, StreamWrite,
 };
 use crate::domain::{EventHash, RecordedEvent, StreamId};
 
@@ -35,7 +36,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("schema/postgres")
 /// The `NOTIFY` channel announcing new positions.
 const CHANNEL: &str = "journey_events";
 
-const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+/// The event columns, in the order [`decode_row`] reads them.
+pub(super) const COLUMNS: &str =
+    "position, event_id, stream_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, metadata, payload, hash";
 
 /// Fallback re-check interval should a notification be lost.
@@ -128,27 +131,17 @@ impl PostgresStore {
     }
 }
 
-fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.try_get(0)?;
-    let position = position as u64;
-    let stream: String = row.try_get(2)?;
-    let version: i64 = row.try_get(3)?;
-    let schema_version: i32 = row.try_get(5)?;
-    let hash: &[u8] = row.try_get(10)?;
-    Ok(RecordedEvent {
-        event_id: row.try_get(1)?,
-        stream_id: StreamId::from_trusted(stream),
-        version: version as u64,
-        position,
-        event_type: row.try_get(4)?,
-        schema_version: schema_version as u32,
-        occurred_at: row.try_get::<DateTime<Utc>, _>(6)?,
-        recorded_at: row.try_get::<DateTime<Utc>, _>(7)?,
-        metadata_json: row.try_get(8)?,
-        payload_json: row.try_get(9)?,
-        hash: EventHash::from_slice(hash)
-            .map_err(|reason| StoreError::Corrupt { position, reason })?,
-    })
+/// Up to `limit` events from position `from`, in position order.
+fn replay_query(
+    from: u64,
+    limit: usize,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT {COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2")
+    });
+    sqlx::query(SQL.as_str())
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
 }
 
 async fn stream_heads(
@@ -497,12 +490,7 @@ impl EventStore for PostgresStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
-        let mut rows = sqlx::query(&sql)
-            .bind(i64::try_from(from).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch(&self.pool);
+        let mut rows = replay_query(from, limit).fetch(&self.pool);
         // Decode while streaming: each row is dropped as soon as it is
         // converted, instead of holding a whole page of driver rows.
         let mut events = Vec::with_capacity(limit.min(100_000));
@@ -510,6 +498,32 @@ impl EventStore for PostgresStore {
             events.push(decode_row(&row)?);
         }
         Ok(events)
+    }
+
+    async fn read_all_into(
+        &self,
+        from: u64,
+        limit: usize,
+        page: usize,
+        sink: &PageSink,
+    ) -> Result<PagesSent, StoreError> {
+        let page = page.max(1);
+        let mut rows = replay_query(from, limit).fetch(&self.pool);
+        let mut sent = PagesSent::default();
+        let mut events = Vec::with_capacity(page.min(limit));
+        while let Some(row) = rows.try_next().await? {
+            events.push(decode_row(&row)?);
+            if events.len() == page {
+                let full = std::mem::replace(&mut events, Vec::with_capacity(page));
+                if !sent.send(sink, full).await {
+                    return Ok(sent);
+                }
+            }
+        }
+        if !events.is_empty() {
+            sent.send(sink, events).await;
+        }
+        Ok(sent)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -17,6 +17,14 @@ use crate::domain::RecordedEvent;
 /// Page size for catch-up reads when the caller does not choose one.
 pub const DEFAULT_PAGE: usize = 2_000;
 
+/// Events a replay asks the store for at a time, handed on in pages. On
+/// PostgreSQL each such read is one query streamed page by page: with a
+/// query per 5,000-event page the round trips cost about an eighth of a
+/// replay's rate (`bench read`, 2M events: 583k–623k events/s against
+/// 668k–742k with 100k-event queries). A query holds its snapshot until
+/// its last page is taken, well under a second at replay rates.
+const EVENTS_PER_READ: usize = 100_000;
+
 /// Replays the log from `from` to the head as of each page read.
 ///
 /// A background task fetches page `n + 1` while the consumer works on page
@@ -27,17 +35,15 @@ pub fn read_all(
     page_size: usize,
 ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
     let page_size = page_size.max(1);
+    let per_read = page_size.max(EVENTS_PER_READ);
     let (tx, rx) = mpsc::channel::<Result<Vec<RecordedEvent>, StoreError>>(2);
     tokio::spawn(async move {
         let mut next = from;
         loop {
-            match store.read_all_page(next, page_size).await {
-                Ok(page) => {
-                    let done = page.len() < page_size;
-                    if let Some(last) = page.last() {
-                        next = last.position + 1;
-                    }
-                    if page.is_empty() || tx.send(Ok(page)).await.is_err() || done {
+            match store.read_all_into(next, per_read, page_size, &tx).await {
+                Ok(sent) => {
+                    next = sent.next_from(next);
+                    if sent.receiver_gone || sent.events < per_read {
                         return;
                     }
                 }
