@@ -160,9 +160,9 @@ impl ClvHistory {
 
 /// The first pass of a refit: what the models need from every customer,
 /// grouped (histories, spends, RFM days) or as a bare list (RFM spends),
-/// never per customer id. Everything here is in calendar days, independent of the instant the
-/// models are fitted as of (a rebuild collects it while folding, before it
-/// knows the newest event), and converted when fitting.
+/// never per customer id. Everything here is in calendar days, independent
+/// of the instant the models are fitted as of (a rebuild collects it while
+/// folding, before it knows the newest event), and converted when fitting.
 #[derive(Debug)]
 pub struct ClvPopulation {
     /// (repeat days, first-to-last days, first day) → customers.
@@ -258,12 +258,8 @@ impl ClvPopulation {
 
     /// Adds one customer.
     pub fn observe(&mut self, customer: &str, facts: &ClvFacts) {
-        let first_day = day_number(facts.first_day);
-        let key = (
-            facts.frequency,
-            day_number(facts.last_day) - first_day,
-            first_day,
-        );
+        let (first_day, last_day) = (day_number(facts.first_day), day_number(facts.last_day));
+        let key = (facts.frequency, last_day - first_day, first_day);
         let customers = self.histories.entry(key).or_insert(0);
         *customers = customers.saturating_add(1);
         if let Some(spends) = &mut self.spends {
@@ -272,10 +268,7 @@ impl ClvPopulation {
                 self.spends = None;
             }
         }
-        *self
-            .last_days
-            .entry(day_number(facts.last_day))
-            .or_insert(0) += 1;
+        *self.last_days.entry(last_day).or_insert(0) += 1;
         *self.purchase_days.entry(facts.purchase_days).or_insert(0) += 1;
         self.totals.push(facts.total_minor);
     }
@@ -304,10 +297,10 @@ impl ClvPopulation {
     }
 
     /// Fits the purchase and spend models as of `as_of` (T runs to its
-    /// day) and cuts the RFM keys into quintiles. Without a purchase model (too little
-    /// data) nobody gets model figures, and the reason is logged; without a
-    /// spend model (Gamma-Gamma did not fit) customers keep P(alive) and
-    /// expected purchases, and CLV stays empty.
+    /// day) and cuts the RFM keys into quintiles. Without a purchase model
+    /// (too little data) nobody gets model figures, and the reason is
+    /// logged; without a spend model (Gamma-Gamma did not fit) customers
+    /// keep P(alive) and expected purchases, and CLV stays empty.
     pub fn fit(self, rules: &ClvRules, as_of: DateTime<Utc>) -> ClvModels {
         let customers = self.totals.len();
         let unit = rules.model.time_unit.days();

@@ -501,9 +501,10 @@ pub fn value_tiers_in_order(rules: &LifecycleRules, revenues: &[i64]) -> Vec<Val
 /// order): it holds every customer with more revenue than `revenue_minor`
 /// and the first `ties` customers, in id order, with exactly that revenue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TierCut {
-    revenue_minor: i64,
-    ties: u64,
+pub(crate) struct TierCut {
+    pub(crate) revenue_minor: i64,
+    /// At least 1: a cut ends at a customer.
+    pub(crate) ties: u64,
 }
 
 /// The two cuts that decide every customer's value tier ([`value_tiers`]).
@@ -560,6 +561,16 @@ impl ValueTierCuts {
             high: cut(high_len),
             high_or_mid: cut(high_or_mid_len),
         }
+    }
+
+    /// Where the high tier ends (none when it is empty).
+    pub(crate) fn high(&self) -> Option<TierCut> {
+        self.high
+    }
+
+    /// Where the mid tier ends (none when it is empty).
+    pub(crate) fn mid(&self) -> Option<TierCut> {
+        self.high_or_mid.filter(|end| Some(*end) != self.high)
     }
 
     /// Assigns tiers to the ranked customers, streamed in id order.

@@ -6,12 +6,11 @@
 //! does not need them at once. The first pass ([`PopulationInputs`]) keeps
 //! two numbers per customer (revenue and total spend, in any order,
 //! compressed to a few bytes: [`Values`]) and the CLV models' grouped
-//! inputs. The fit
-//! ([`PopulationInputs::fit`]) reduces those numbers to a few cuts (value
-//! tiers, RFM quintiles) and frees them, so the second pass
-//! ([`PopulationModels::rows`]), which reads the states again in customer id
-//! order (value-tier ties go to the first id) and writes each customer's
-//! rows, keeps nothing per customer.
+//! inputs. The fit ([`PopulationInputs::fit`]) reduces those numbers to a
+//! few cuts (value tiers, RFM quintiles) and frees them, so the second pass
+//! ([`PopulationModels::rows`]), which reads the states again in customer
+//! id order (value-tier ties go to the first id) and writes each
+//! customer's rows, keeps nothing per customer.
 
 use chrono::{DateTime, Utc};
 

@@ -24,7 +24,7 @@ use std::cmp::Ordering;
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
 use super::cohorts::YearMonth;
-use super::lifecycle::{value_tiers_in_order, ValueTier};
+use super::lifecycle::{TierCut, ValueTier, ValueTierCuts};
 use super::rules::LifecycleRules;
 use super::storage::{both, ReadModelDb, StorageError};
 
@@ -68,32 +68,31 @@ pub struct TierBounds {
 
 impl TierBounds {
     /// The bounds of a population given as `(customer id, revenue)` in any
-    /// order, ranked as [`value_tiers_in_order`] ranks them.
+    /// order, ranked as [`ValueTierCuts`] ranks them.
     pub fn rank(
         rules: &LifecycleRules,
         as_of: DateTime<Utc>,
         mut revenues: Vec<(String, i64)>,
     ) -> Self {
         revenues.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let amounts: Vec<i64> = revenues.iter().map(|(_, r)| *r).collect();
-        let tiers = value_tiers_in_order(rules, &amounts);
-        // The last of a tier in ranking order: least revenue, then the
-        // greatest id (the greatest index, ids being in order).
-        let last_of = |tier: ValueTier| {
-            tiers
+        let cuts = ValueTierCuts::rank(rules, revenues.iter().map(|(_, r)| *r).collect());
+        // A tier ends at the `ties`-th customer, in id order, of those with
+        // the cut's revenue.
+        let end_at = |cut: TierCut| {
+            let nth = usize::try_from(cut.ties).ok()?.checked_sub(1)?;
+            revenues
                 .iter()
-                .enumerate()
-                .filter(|(_, t)| **t == tier)
-                .min_by(|(a, _), (b, _)| amounts[*a].cmp(&amounts[*b]).then(b.cmp(a)))
-                .map(|(i, _)| TierEnd {
-                    revenue_minor: amounts[i],
-                    customer_id: revenues[i].0.clone(),
+                .filter(|(_, revenue)| *revenue == cut.revenue_minor)
+                .nth(nth)
+                .map(|(id, revenue)| TierEnd {
+                    revenue_minor: *revenue,
+                    customer_id: id.clone(),
                 })
         };
         Self {
             as_of,
-            high: last_of(ValueTier::High),
-            mid: last_of(ValueTier::Mid),
+            high: cuts.high().and_then(end_at),
+            mid: cuts.mid().and_then(end_at),
         }
     }
 
