@@ -37,9 +37,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("schema/postgres")
 const CHANNEL: &str = "journey_events";
 
 /// The event columns, in the order [`decode_row`] reads them.
-pub(super) const COLUMNS: &str =
-    "position, event_id, stream_id, version, event_type, schema_version, \
-                       occurred_at, recorded_at, metadata, payload, hash";
+pub(super) const COLUMNS: &str = "position, event_id, stream_id, version, event_type, \
+     schema_version, occurred_at, recorded_at, metadata, payload, hash";
 
 /// Fallback re-check interval should a notification be lost.
 const POLL: Duration = Duration::from_secs(1);
