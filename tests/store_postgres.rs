@@ -114,3 +114,56 @@ async fn appends_after_the_server_closed_the_committer_connection() {
     drop(store);
     db.drop_database().await;
 }
+
+/// An events table whose column types drifted from the schema (here the
+/// payload altered to `jsonb`, whose binary form is a version byte before
+/// the text, and `occurred_at` to a `TIMESTAMP` without time zone) is
+/// refused by name on every read path, never decoded into wrong events.
+#[tokio::test]
+async fn an_events_table_of_other_column_types_is_refused_by_name() {
+    use futures::StreamExt;
+    use journey_ledger::store::contract::sample_event;
+    use journey_ledger::store::{read_all, EventStore, ExpectedVersion, ReadStream};
+
+    let db = TempDatabase::create()
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
+    let store: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let stream = journey_ledger::domain::StreamId::parse("customer-drift").unwrap();
+    store
+        .append(&stream, ExpectedVersion::Any, vec![sample_event(1)])
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for (alter, column) in [
+        (
+            "ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb",
+            "payload",
+        ),
+        (
+            "ALTER TABLE events ALTER COLUMN payload TYPE text, \
+             ALTER COLUMN occurred_at TYPE timestamp",
+            "occurred_at",
+        ),
+    ] {
+        sqlx::query(alter).execute(&admin).await.unwrap();
+        // A fresh store: statements prepared before the change would fail
+        // with "cached plan must not change result type" instead.
+        let store: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+        let page = store.read_all_page(0, 10).await.unwrap_err().to_string();
+        assert!(page.contains(column), "{alter}: {page}");
+        let stream_read = store
+            .read_stream(&stream, ReadStream::all_forwards())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(stream_read.contains(column), "{alter}: {stream_read}");
+        let replay = read_all(store.clone(), 0, 10).next().await.unwrap();
+        assert!(
+            replay.unwrap_err().to_string().contains(column),
+            "{alter}: replay"
+        );
+    }
+    admin.close().await;
+    db.drop_database().await;
+}

@@ -568,7 +568,9 @@ impl ValueTierCuts {
         self.high
     }
 
-    /// Where the mid tier ends (none when it is empty).
+    /// Where the mid tier ends (none when it is empty). Over one ranking a
+    /// cut names one length (the customers above its revenue plus its
+    /// ties), so the two ends are equal exactly when the mid tier is empty.
     pub(crate) fn mid(&self) -> Option<TierCut> {
         self.high_or_mid.filter(|end| Some(*end) != self.high)
     }

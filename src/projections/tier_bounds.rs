@@ -79,7 +79,11 @@ impl TierBounds {
         // A tier ends at the `ties`-th customer, in id order, of those with
         // the cut's revenue.
         let end_at = |cut: TierCut| {
-            let nth = usize::try_from(cut.ties).ok()?.checked_sub(1)?;
+            let nth = cut
+                .ties
+                .checked_sub(1)
+                .and_then(|n| usize::try_from(n).ok())
+                .expect("a cut ends at a customer");
             revenues
                 .iter()
                 .filter(|(_, revenue)| *revenue == cut.revenue_minor)

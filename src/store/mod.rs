@@ -226,9 +226,11 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Sends the events with position `>= from`, at most `limit` of them,
-    /// to `sink` in position order, in pages of at most `page` events, and
-    /// says how far it got. Stops early, without error, once the receiver
-    /// is gone.
+    /// to `sink` in position order, in non-empty pages of at most `page`
+    /// events, and says how far it got. It sends fewer than `limit` only at
+    /// the end of the log or when the receiver has gone (it then stops
+    /// without error). On an error, the pages already sent stand: the
+    /// caller resumes after the last event it received.
     ///
     /// A replay calls this with a `limit` many pages long, so a backend
     /// that streams rows can serve the pages from one query as they arrive
@@ -244,10 +246,9 @@ pub trait EventStore: Send + Sync + 'static {
         let page = page.max(1);
         let mut sent = PagesSent::default();
         while sent.events < limit {
-            let events = self
-                .read_all_page(sent.next_from(from), page.min(limit - sent.events))
-                .await?;
-            let short = events.len() < page.min(limit - sent.events);
+            let want = page.min(limit - sent.events);
+            let events = self.read_all_page(sent.next_from(from), want).await?;
+            let short = events.len() < want;
             if events.is_empty() || !sent.send(sink, events).await || short {
                 break;
             }

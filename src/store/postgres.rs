@@ -507,20 +507,24 @@ impl EventStore for PostgresStore {
         sink: &PageSink,
     ) -> Result<PagesSent, StoreError> {
         let page = page.max(1);
+        // Room for a page, but not reserved ahead for huge pages or limits.
+        let room = |sent: &PagesSent| page.min(limit - sent.events).min(8_192);
         let mut rows = replay_query(from, limit).fetch(&self.pool);
         let mut sent = PagesSent::default();
-        let mut events = Vec::with_capacity(page.min(limit));
+        let mut events = Vec::with_capacity(room(&sent));
         while let Some(row) = rows.try_next().await? {
             events.push(decode_row(&row)?);
             if events.len() == page {
-                let full = std::mem::replace(&mut events, Vec::with_capacity(page));
+                let full = std::mem::take(&mut events);
                 if !sent.send(sink, full).await {
                     return Ok(sent);
                 }
+                events.reserve(room(&sent));
             }
         }
         if !events.is_empty() {
-            sent.send(sink, events).await;
+            // A receiver gone now is noted in `sent`; nothing is left to stop.
+            let _ = sent.send(sink, events).await;
         }
         Ok(sent)
     }

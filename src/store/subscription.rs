@@ -25,7 +25,8 @@ pub const DEFAULT_PAGE: usize = 2_000;
 /// 668k–742k with 100k-event queries; streaming the pages of one query as
 /// rows arrive then took it to 781k–884k). A query holds its snapshot and
 /// one pooled connection until its last page is taken: well under a second
-/// at replay rates, as long as the consumer takes over slower ones.
+/// at replay rates, but as long as a slow consumer needs for 100k events.
+/// A PostgreSQL `statement_timeout` shorter than that cancels the replay.
 const EVENTS_PER_READ: usize = 100_000;
 
 /// Replays the log from `from` to the head as of each page read.
@@ -37,8 +38,19 @@ pub fn read_all(
     from: u64,
     page_size: usize,
 ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+    read_all_in_reads(store, from, page_size, EVENTS_PER_READ)
+}
+
+/// [`read_all`] asking the store for `per_read` events at a time (at least
+/// a page), so tests can make a replay span several reads.
+pub(crate) fn read_all_in_reads(
+    store: Arc<dyn EventStore>,
+    from: u64,
+    page_size: usize,
+    per_read: usize,
+) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
     let page_size = page_size.max(1);
-    let per_read = page_size.max(EVENTS_PER_READ);
+    let per_read = page_size.max(per_read);
     let (tx, rx) = mpsc::channel::<Result<Vec<RecordedEvent>, StoreError>>(2);
     tokio::spawn(async move {
         let mut next = from;
