@@ -397,28 +397,43 @@ impl<'c> Statement<'c> {
 
     /// Binds parameter `index` (1-based).
     pub fn bind(&mut self, index: usize, value: Bind<'_>) -> Result<(), RawError> {
-        let i = index as c_int;
-        // SAFETY: a live statement; SQLITE_TRANSIENT makes SQLite copy text
-        // and blobs before returning.
+        // SAFETY: SQLITE_TRANSIENT makes SQLite copy text and blobs before
+        // returning, so `value` need not outlive this call.
+        unsafe { self.bind_with(index, value, ffi::SQLITE_TRANSIENT()) }
+    }
+
+    /// Binds parameter `index` (1-based), text and blobs with `destructor`.
+    ///
+    /// # Safety
+    /// With `SQLITE_STATIC`, `value`'s buffers must stay valid until the
+    /// binding is cleared or replaced.
+    unsafe fn bind_with(
+        &mut self,
+        index: usize,
+        value: Bind<'_>,
+        destructor: ffi::sqlite3_destructor_type,
+    ) -> Result<(), RawError> {
+        let (stmt, i) = (self.stmt, index as c_int);
+        // SAFETY: a live statement; the caller answers for the buffers.
         let code = unsafe {
             match value {
-                Bind::Int(v) => ffi::sqlite3_bind_int64(self.stmt, i, v),
-                Bind::Real(v) => ffi::sqlite3_bind_double(self.stmt, i, v),
+                Bind::Int(v) => ffi::sqlite3_bind_int64(stmt, i, v),
+                Bind::Real(v) => ffi::sqlite3_bind_double(stmt, i, v),
                 Bind::Text(v) => ffi::sqlite3_bind_text(
-                    self.stmt,
+                    stmt,
                     i,
                     v.as_ptr() as *const c_char,
                     v.len() as c_int,
-                    ffi::SQLITE_TRANSIENT(),
+                    destructor,
                 ),
                 Bind::Blob(v) => ffi::sqlite3_bind_blob(
-                    self.stmt,
+                    stmt,
                     i,
                     v.as_ptr() as *const std::ffi::c_void,
                     v.len() as c_int,
-                    ffi::SQLITE_TRANSIENT(),
+                    destructor,
                 ),
-                Bind::Null => ffi::sqlite3_bind_null(self.stmt, i),
+                Bind::Null => ffi::sqlite3_bind_null(stmt, i),
             }
         };
         self.check(code)
@@ -505,33 +520,10 @@ pub struct BorrowedBinds<'s, 'c, 'b> {
 impl<'b> BorrowedBinds<'_, '_, 'b> {
     /// Binds parameter `index` (1-based) to a value borrowed for `'b`.
     pub fn bind(&mut self, index: usize, value: Bind<'b>) -> Result<(), RawError> {
-        let stmt = self.statement.stmt;
-        let i = index as c_int;
-        // SAFETY: a live statement; SQLITE_STATIC lets SQLite read the
-        // caller's buffers in place, which outlive the statement's run:
+        // SAFETY: SQLITE_STATIC lets SQLite read the caller's buffers in
+        // place; they outlive the statement's run, because
         // `execute_borrowing` clears the bindings before `'b` can end.
-        let code = unsafe {
-            match value {
-                Bind::Int(v) => ffi::sqlite3_bind_int64(stmt, i, v),
-                Bind::Real(v) => ffi::sqlite3_bind_double(stmt, i, v),
-                Bind::Text(v) => ffi::sqlite3_bind_text(
-                    stmt,
-                    i,
-                    v.as_ptr() as *const c_char,
-                    v.len() as c_int,
-                    ffi::SQLITE_STATIC(),
-                ),
-                Bind::Blob(v) => ffi::sqlite3_bind_blob(
-                    stmt,
-                    i,
-                    v.as_ptr() as *const std::ffi::c_void,
-                    v.len() as c_int,
-                    ffi::SQLITE_STATIC(),
-                ),
-                Bind::Null => ffi::sqlite3_bind_null(stmt, i),
-            }
-        };
-        self.statement.check(code)
+        unsafe { self.statement.bind_with(index, value, ffi::SQLITE_STATIC()) }
     }
 }
 
