@@ -52,15 +52,9 @@ const COLUMN_TYPES: [u32; COLUMNS.len()] = [20, 2950, 25, 20, 25, 23, 1184, 1184
 /// Decodes a row selected with [`COLUMNS`].
 pub(super) fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     check_shape(row)?;
-    let mut values: [&[u8]; COLUMNS.len()] = [&[]; COLUMNS.len()];
+    let mut values: [Option<&[u8]>; COLUMNS.len()] = [None; COLUMNS.len()];
     for (index, value) in values.iter_mut().enumerate() {
-        *value = row.try_get_raw(index)?.as_bytes().map_err(|_| {
-            let position = values_position(row);
-            StoreError::Corrupt {
-                position,
-                reason: format!("{} is NULL", COLUMNS[index]),
-            }
-        })?;
+        *value = row.try_get_raw(index)?.as_bytes().ok();
     }
     decode_values(values)
 }
@@ -97,25 +91,24 @@ fn check_shape(row: &PgRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The row's position for an error message, 0 if unreadable.
-fn values_position(row: &PgRow) -> u64 {
-    row.try_get_raw(0)
-        .ok()
-        .and_then(|raw| raw.as_bytes().ok())
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-        .map_or(0, |bytes| i64::from_be_bytes(bytes).max(0) as u64)
-}
-
-/// Decodes the binary values of one event row, in [`COLUMNS`] order.
-fn decode_values(values: [&[u8]; COLUMNS.len()]) -> Result<RecordedEvent, StoreError> {
-    let [position, event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, metadata, payload, hash] =
-        values;
-    let position = big_int(position, 0, "position")?;
+/// Decodes the binary values of one event row, in [`COLUMNS`] order
+/// (`None` for NULL).
+fn decode_values(values: [Option<&[u8]>; COLUMNS.len()]) -> Result<RecordedEvent, StoreError> {
+    // The position first, so every other error can say where it is.
+    let position = match values[0] {
+        Some(bytes) => big_int(bytes, 0, "position")?,
+        None => 0,
+    };
     let position = u64::try_from(position).map_err(|_| StoreError::Corrupt {
         position: 0,
         reason: format!("negative position {position}"),
     })?;
     let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    if let Some(null) = values.iter().position(Option::is_none) {
+        return Err(corrupt(format!("{} is NULL", COLUMNS[null])));
+    }
+    let [_position, event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, metadata, payload, hash] =
+        values.map(Option::unwrap_or_default);
     let text = |bytes: &[u8], column: &str| {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
@@ -199,7 +192,8 @@ mod tests {
         }
 
         fn decode(&self) -> Result<RecordedEvent, StoreError> {
-            let values: [&[u8]; COLUMNS.len()] = std::array::from_fn(|i| self.0[i].as_slice());
+            let values: [Option<&[u8]>; COLUMNS.len()] =
+                std::array::from_fn(|i| Some(self.0[i].as_slice()));
             decode_values(values)
         }
     }
@@ -233,6 +227,23 @@ mod tests {
     #[test]
     fn binary_values_decode_to_the_event() {
         assert_eq!(Values::of(&event()).decode().unwrap(), event());
+    }
+
+    #[test]
+    fn a_null_value_is_corrupt_at_its_position_and_names_its_column() {
+        let values = Values::of(&event());
+        let mut with_null: [Option<&[u8]>; COLUMNS.len()] =
+            std::array::from_fn(|i| Some(values.0[i].as_slice()));
+        with_null[2] = None;
+        match decode_values(with_null) {
+            Err(StoreError::Corrupt { position, reason }) => {
+                assert_eq!(
+                    (position, reason.as_str()),
+                    (1_234_567, "stream_id is NULL")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
