@@ -12,7 +12,9 @@ use super::validation::ValidationError;
 /// ISO 4217 codes the ledger accepts, with their minor-unit exponent.
 ///
 /// A closed list, so that typos such as `USX` are rejected at the door
-/// rather than creating a currency nobody reports on.
+/// rather than creating a currency nobody reports on. Sorted by code: every
+/// decoded amount looks its currency up, and a linear scan comparing
+/// strings was 4 % of a rebuild's samples (CDNOW ×10, `perf`).
 const CURRENCIES: &[(&str, u8)] = &[
     ("AED", 2),
     ("ARS", 2),
@@ -66,9 +68,17 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 /// An ISO 4217 currency code from the accepted list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct Currency([u8; 3]);
+
+/// The entry of [`CURRENCIES`] for a code, by binary search.
+fn listed(code: &[u8]) -> Option<&'static (&'static str, u8)> {
+    CURRENCIES
+        .binary_search_by(|(listed, _)| listed.as_bytes().cmp(code))
+        .ok()
+        .map(|index| &CURRENCIES[index])
+}
 
 impl Currency {
     /// US dollars, the currency of the CDNOW data set.
@@ -76,7 +86,7 @@ impl Currency {
 
     /// Parses an upper-case ISO 4217 code such as `EUR`.
     pub fn parse(code: &str) -> Result<Self, ValidationError> {
-        match CURRENCIES.iter().find(|(c, _)| *c == code) {
+        match listed(code.as_bytes()) {
             Some((c, _)) => {
                 let b = c.as_bytes();
                 Ok(Currency([b[0], b[1], b[2]]))
@@ -95,9 +105,7 @@ impl Currency {
 
     /// Digits after the decimal point (2 for USD, 0 for JPY).
     pub fn minor_digits(&self) -> u8 {
-        CURRENCIES
-            .iter()
-            .find(|(c, _)| c.as_bytes() == self.0)
+        listed(&self.0)
             .map(|(_, d)| *d)
             .expect("constructed from the list")
     }
@@ -106,6 +114,24 @@ impl Currency {
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+/// Deserialized from the borrowed text where the format allows (JSON
+/// payloads): no `String` per amount.
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ISO 4217 currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                Currency::parse(code).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
     }
 }
 
@@ -239,6 +265,29 @@ impl fmt::Display for Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_list_is_sorted_for_its_binary_search() {
+        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0));
+        for (code, digits) in CURRENCIES {
+            let currency = Currency::parse(code).unwrap();
+            assert_eq!((currency.code(), currency.minor_digits()), (*code, *digits));
+        }
+    }
+
+    #[test]
+    fn currencies_round_trip_through_serde() {
+        let json = serde_json::to_string(&Currency::parse("JPY").unwrap()).unwrap();
+        assert_eq!(json, "\"JPY\"");
+        let back: Currency = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.code(), "JPY");
+        let error = serde_json::from_str::<Currency>("\"usd\"").unwrap_err();
+        assert!(
+            error.to_string().contains("not a supported ISO 4217"),
+            "{error}"
+        );
+        assert!(serde_json::from_str::<Currency>("7").is_err());
+    }
 
     #[test]
     fn unknown_currencies_are_rejected() {
