@@ -135,13 +135,6 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
-impl TryFrom<String> for Currency {
-    type Error = ValidationError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
 impl From<Currency> for String {
     fn from(value: Currency) -> Self {
         value.code().to_owned()
